@@ -1,0 +1,75 @@
+"""Tokenisation and batching. Pads each batch only to its own longest sequence; tensors stay on
+the CPU (the training loop moves them)."""
+import torch
+
+
+def pad(sequences, pad_id, side="right"):
+    """Stack token lists into (ids, mask), padding on `side` to the longest list."""
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(0, len(seq)) if side == "right" else slice(length - len(seq), length)
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
+class QACollator:
+    """Turns `Example`s into the tensors of one batch:
+
+    text_ids/text_mask   documents, truncated to max_text_len, right-padded
+    qa_ids/qa_mask       question tokens + tokens of " " + answer (+ EOS if qa_eos)
+    qa_labels            -100 except on the answer tokens (the QA loss target)
+    gen_ids/gen_mask     the question alone, left-padded, as a generation prompt
+    """
+
+    def __init__(self, tokenizer, max_text_len=1024, max_question_len=128, max_answer_len=24, qa_eos=False):
+        self.tokenizer = tokenizer
+        self.max_text_len = max_text_len
+        self.max_question_len = max_question_len
+        self.max_answer_len = max_answer_len
+        self.qa_eos = qa_eos
+
+    @classmethod
+    def from_config(cls, tokenizer, dataset_cfg):
+        return cls(tokenizer, dataset_cfg.max_text_len, dataset_cfg.max_question_len,
+                   dataset_cfg.max_answer_len, dataset_cfg.get("qa_eos", False))
+
+    def question_tokens(self, question):
+        return self.tokenizer(question)["input_ids"][: self.max_question_len]
+
+    def answer_tokens(self, answer):
+        ids = self.tokenizer(" " + answer)["input_ids"][: self.max_answer_len]
+        return ids + [self.tokenizer.eos_token_id] if self.qa_eos else ids
+
+    def text_tokens(self, texts):
+        return [self.tokenizer(t)["input_ids"][: self.max_text_len] for t in texts]
+
+    def qa_tokens(self, question, answer):
+        """(ids, labels) of one QA pair, labels -100 outside the answer."""
+        q, a = self.question_tokens(question), self.answer_tokens(answer)
+        return q + a, [-100] * len(q) + a
+
+    def encode_texts(self, texts):
+        return pad(self.text_tokens(texts), self.tokenizer.pad_token_id)
+
+    def encode_qa(self, questions, answers):
+        pairs = [self.qa_tokens(q, a) for q, a in zip(questions, answers)]
+        ids, mask = pad([p[0] for p in pairs], self.tokenizer.pad_token_id)
+        labels, _ = pad([p[1] for p in pairs], -100)
+        return ids, mask, labels
+
+    def encode_prompts(self, questions):
+        return pad([self.question_tokens(q) for q in questions], self.tokenizer.pad_token_id, side="left")
+
+    def __call__(self, examples):
+        texts = [e.text for e in examples]
+        questions = [e.question for e in examples]
+        answers = [e.answer for e in examples]
+        text_ids, text_mask = self.encode_texts(texts)
+        qa_ids, qa_mask, qa_labels = self.encode_qa(questions, answers)
+        gen_ids, gen_mask = self.encode_prompts(questions)
+        return dict(text_ids=text_ids, text_mask=text_mask, qa_ids=qa_ids, qa_mask=qa_mask,
+                    qa_labels=qa_labels, gen_ids=gen_ids, gen_mask=gen_mask,
+                    texts=texts, questions=questions, answers=answers)

@@ -1,0 +1,275 @@
+"""Shared helpers: QA metrics, the three losses of the method, seeding, paths, model loading.
+
+Nothing here picks a device or touches the filesystem at import time.
+"""
+import os
+import random
+import re
+import string
+import sys
+import tempfile
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+class UsageError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2, no traceback."""
+
+
+def run_cli(main_fn):
+    """Run an entry point so that a `UsageError` (also raised inside Hydra) is one line and exit 2."""
+    try:
+        main_fn()
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# QA metrics (SQuAD conventions; EM uses a prefix rule so that a generation running past the
+# answer still counts when it starts with the answer)
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, strip punctuation, drop the articles a/an/the, fold white space."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, answer: str) -> float:
+    """1.0 when the normalised prediction, cut to the normalised answer's length, equals it."""
+    pred, gold = normalize_answer(prediction), normalize_answer(answer)
+    return float(pred[: len(gold)] == gold)
+
+
+def f1_score(prediction: str, answer: str) -> float:
+    """SQuAD token-level F1 between normalised prediction and answer."""
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(answer).split()
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    common = Counter(pred_tokens) & Counter(gold_tokens)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision = overlap / len(pred_tokens)
+    recall = overlap / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+
+def weighted_lm_loss(logits, input_ids, attention_mask, weights, max_text_len):
+    """Token loss of documents, each next-token cross-entropy scaled by the weight of that token.
+
+    Position t predicts token t+1 and is scaled by weights[:, t+1]; padded targets contribute 0.
+    The sum is divided by B * (max_text_len - 1), a constant that does not depend on how far the
+    batch was padded, so dynamic padding gives the numbers of padding to max_text_len.
+    """
+    batch_size = input_ids.shape[0]
+    token_nll = F.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(), input_ids[:, 1:], reduction="none"
+    )
+    scale = weights[:, 1:] * attention_mask[:, 1:].to(weights.dtype)
+    return (token_nll * scale).sum() / (batch_size * (max_text_len - 1))
+
+
+def answer_nll(logits, labels, reduction="mean"):
+    """NLL of the answer tokens. `labels` is -100 wherever the position is not an answer token.
+
+    reduction="mean": mean over all answer tokens of the batch; "none": one mean per example.
+    """
+    shifted_logits = logits[:, :-1].float()
+    shifted_labels = labels[:, 1:]
+    token_nll = F.cross_entropy(
+        shifted_logits.transpose(1, 2), shifted_labels, ignore_index=-100, reduction="none"
+    )
+    is_answer = (shifted_labels != -100).to(token_nll.dtype)
+    if reduction == "mean":
+        return (token_nll * is_answer).sum() / is_answer.sum().clamp(min=1)
+    if reduction == "none":
+        return (token_nll * is_answer).sum(1) / is_answer.sum(1).clamp(min=1)
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def kl_locality(logits_before, logits_after, attention_mask):
+    """Mean over unmasked positions of KL(p_before || p_after), computed in float32."""
+    log_p = F.log_softmax(logits_before.float(), dim=-1)
+    log_q = F.log_softmax(logits_after.float(), dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    mask = attention_mask.to(kl.dtype)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeding, paths, devices
+
+
+def set_seed(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cache_dir(configured=None) -> Path:
+    """Where built artefacts live: the config value, else $CAMELS_CACHE_DIR, else <repo>/.cache."""
+    path = configured or os.environ.get("CAMELS_CACHE_DIR") or REPO_ROOT / ".cache"
+    return Path(path).expanduser().resolve()
+
+
+def register_resolvers():
+    """Config interpolations: ${tiny_world:data|base_model} (built on first use), ${basename:path}."""
+    from omegaconf import OmegaConf
+
+    from exp_datasets import tiny_world
+
+    OmegaConf.register_new_resolver("tiny_world", tiny_world.artefact_path, replace=True)
+    OmegaConf.register_new_resolver("basename", lambda p: Path(str(p)).name or str(p), replace=True)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device={name} was asked for but CUDA is not available; use device=cpu")
+    return torch.device(name)
+
+
+def pick_dtype(name: str) -> torch.dtype:
+    dtypes = {"float32": torch.float32, "float64": torch.float64,
+              "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise UsageError(f"dtype={name} is unknown; use one of {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def load_tokenizer(name_or_path):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as err:
+        raise UsageError(
+            f"cannot load a tokenizer from {name_or_path!r} ({first_line(err)}); "
+            "give a Hugging Face model name or a folder written by save_pretrained"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name_or_path, state_dict_path=None, attn_implementation=None, torch_dtype=None):
+    """`AutoModelForCausalLM.from_pretrained`, then optionally a state dict saved by train_qa.py.
+
+    Meta-training needs second-order gradients, which PyTorch's SDPA attention lacks on CPU, so
+    it passes attn_implementation="eager".
+    """
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    except (OSError, ValueError) as err:
+        raise UsageError(
+            f"cannot load a causal LM from {name_or_path!r} ({first_line(err)}); "
+            "give a Hugging Face model name or a folder written by save_pretrained"
+        ) from None
+    if state_dict_path:
+        load_state_dict_into(model, state_dict_path)
+    return model
+
+
+def load_state_dict_into(model, state_dict_path):
+    path = Path(state_dict_path)
+    if not path.is_file():
+        raise UsageError(f"state dict {path} does not exist; point base_model_state_dict at a .pt file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("attn.bias")]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        example = (mismatched or missing or unexpected)[0]
+        raise UsageError(
+            f"state dict {path} does not fit {type(model).__name__} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mismatched "
+            f"keys, e.g. {example!r}); load it into the architecture it was saved from"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def first_line(err) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes: a crash never leaves a half-written file in place of a good one
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_torch_save(obj, path):
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def atomic_write_text(text, path):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+@contextmanager
+def atomic_dir(path):
+    """Yield a temporary folder beside `path`; swap it in for `path` only if the block succeeds."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
