@@ -25,8 +25,18 @@ class UsageError(Exception):
 
 def run_cli(main_fn):
     """Run an entry point so that a `UsageError` (also raised inside Hydra) is one line and exit 2."""
-    try:
+    # without it Hydra catches exceptions of config composition itself, prints a trace and exits 1
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    with usage_errors_exit():
         main_fn()
+
+
+@contextmanager
+def usage_errors_exit():
+    """A `UsageError` raised in the block: one line on stderr, exit 2. A Hydra task function wraps
+    its body in this, because Hydra prints an extra line for an exception leaving a job."""
+    try:
+        yield
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -73,6 +83,11 @@ def f1_score(prediction: str, answer: str) -> float:
 # Losses
 
 
+def at_least_float32(tensor):
+    """Half precision is upcast for the losses; float64 stays float64 (gradient checks need it)."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
+
+
 def weighted_lm_loss(logits, input_ids, attention_mask, weights, max_text_len):
     """Token loss of documents, each next-token cross-entropy scaled by the weight of that token.
 
@@ -82,7 +97,7 @@ def weighted_lm_loss(logits, input_ids, attention_mask, weights, max_text_len):
     """
     batch_size = input_ids.shape[0]
     token_nll = F.cross_entropy(
-        logits[:, :-1].transpose(1, 2).float(), input_ids[:, 1:], reduction="none"
+        at_least_float32(logits[:, :-1].transpose(1, 2)), input_ids[:, 1:], reduction="none"
     )
     scale = weights[:, 1:] * attention_mask[:, 1:].to(weights.dtype)
     return (token_nll * scale).sum() / (batch_size * (max_text_len - 1))
@@ -93,7 +108,7 @@ def answer_nll(logits, labels, reduction="mean"):
 
     reduction="mean": mean over all answer tokens of the batch; "none": one mean per example.
     """
-    shifted_logits = logits[:, :-1].float()
+    shifted_logits = at_least_float32(logits[:, :-1])
     shifted_labels = labels[:, 1:]
     token_nll = F.cross_entropy(
         shifted_logits.transpose(1, 2), shifted_labels, ignore_index=-100, reduction="none"
@@ -107,9 +122,9 @@ def answer_nll(logits, labels, reduction="mean"):
 
 
 def kl_locality(logits_before, logits_after, attention_mask):
-    """Mean over unmasked positions of KL(p_before || p_after), computed in float32."""
-    log_p = F.log_softmax(logits_before.float(), dim=-1)
-    log_q = F.log_softmax(logits_after.float(), dim=-1)
+    """Mean over unmasked positions of KL(p_before || p_after), computed in float32 (or float64)."""
+    log_p = F.log_softmax(at_least_float32(logits_before), dim=-1)
+    log_q = F.log_softmax(at_least_float32(logits_after), dim=-1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)
     mask = attention_mask.to(kl.dtype)
     return (kl * mask).sum() / mask.sum().clamp(min=1)
@@ -231,6 +246,13 @@ def first_line(err) -> str:
 # Atomic writes: a crash never leaves a half-written file in place of a good one
 
 
+def _umask_mode(full_mode):
+    """`full_mode` less the process umask: what a plain open() or mkdir() would have given."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return full_mode & ~umask
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -238,6 +260,8 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    # mkstemp makes the file private (0600); outputs should be as readable as ordinary files
+    os.chmod(tmp, _umask_mode(0o666))
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -264,6 +288,7 @@ def atomic_dir(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    os.chmod(tmp, _umask_mode(0o777))
     try:
         yield tmp
         old = path.with_name(f".{path.name}.old")

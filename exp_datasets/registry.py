@@ -5,6 +5,7 @@ Every loader returns plain `Example`s for one of the splits
 answers are already reduced to the shortest alternative (and capitalised where the config says).
 """
 import random
+import zlib
 from pathlib import Path
 
 from util import UsageError
@@ -121,7 +122,7 @@ def load_squad(cfg, split, path=None):
         records = records.select(range(start, min(stop, len(records))))
     examples = [
         Example(text=r["context"], question=r["question"], answer=shortest_answer(r["answers"]["text"]),
-                doc_id=str(hash(r["context"]) & 0xFFFFFFFF), group=r["title"])
+                doc_id=str(zlib.crc32(r["context"].encode())), group=r["title"])
         for r in records
     ]
     return group_shuffle(examples, lambda e: e.group, random.Random(cfg.get("shuffle_seed", 0)))
@@ -133,7 +134,13 @@ def _squad_json(path):
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"SQuAD file {path} does not exist; point the option at a JSON file in the HF SQuAD schema")
-    return datasets.load_dataset("json", data_files=str(path), split="train")
+    try:
+        return datasets.load_dataset("json", data_files=str(path), split="train")
+    except Exception as err:  # pyarrow and datasets raise several types for unreadable JSON
+        raise UsageError(
+            f"SQuAD file {path} is not readable JSON ({type(err).__name__}); "
+            "use a JSON or JSON-lines file in the HF SQuAD schema"
+        ) from None
 
 
 def load_web_text(csv_path, limit=None):
