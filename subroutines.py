@@ -1,10 +1,11 @@
-"""Subroutines shared by the entry points: answer generation and QA scoring."""
+"""Subroutines shared by the entry points: answer generation, QA scoring, weighted online
+adaptation on a document stream and light QA tuning."""
 import re
 
 import torch
 from tqdm.auto import tqdm
 
-from util import UsageError, answer_nll, exact_match, f1_score
+from util import UsageError, answer_nll, exact_match, f1_score, weighted_lm_loss
 
 # Diverse beam search of SPEC §6 for top-K evaluation
 DIVERSE_BEAMS = dict(num_beams=12, num_beam_groups=4, diversity_penalty=10.0)
@@ -51,7 +52,8 @@ def evaluate_qa(model, tokenizer, examples, collator, device, eval_modes=("em",)
     """Score `examples` with the model: per-question rows and a summary of means.
 
     rows: question, answer, prediction (top-1), predictions (top-K, ' || '-joined), em, f1,
-    max_f1 (over top-K), nll (answer NLL, when `ppl` is among the modes).
+    max_f1 (over top-K), f1s (F1 of each top-K prediction, space-separated), nll (answer NLL,
+    when `ppl` is among the modes).
     """
     top_k, with_nll = parse_eval_modes(eval_modes)
     was_training = model.training
@@ -71,7 +73,8 @@ def evaluate_qa(model, tokenizer, examples, collator, device, eval_modes=("em",)
             f1s = [f1_score(p, answer) for p in preds]
             rows.append(dict(question=question, answer=answer, prediction=preds[0],
                              predictions=" || ".join(preds), em=exact_match(preds[0], answer),
-                             f1=f1s[0], max_f1=max(f1s), nll=example_nll))
+                             f1=f1s[0], max_f1=max(f1s), f1s=" ".join(f"{f:.4f}" for f in f1s),
+                             nll=example_nll))
     model.train(was_training)
     return rows, summarize(rows, with_generation=bool(top_k), with_nll=with_nll)
 
@@ -85,3 +88,151 @@ def summarize(rows, with_generation=True, with_nll=False):
                 max_f1=mean("max_f1") if with_generation else None,
                 nll=mean("nll") if with_nll else None,
                 n_questions=len(rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# Online adaptation: fine-tune the base model on a stream of documents with per-token weights
+
+OPTIMIZERS = ("adam", "sgd", "adafactor")
+
+
+def make_optimizer(name, parameters, lr):
+    """Adam, SGD or Adafactor (fixed `lr`: no relative step or parameter scaling)."""
+    name = str(name).lower()
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(parameters, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
+    raise UsageError(f"optimizer={name} is unknown; use one of {', '.join(OPTIMIZERS)}")
+
+
+def weighted_train(base_model, weight_model, texts, collator, device, optimizer="adam", lr=1e-4,
+                   batch_size=1, grad_acc_steps=1, grad_clip_thresh=750.0, n_epochs=1, progress=True,
+                   every_k_documents=None, callback=None):
+    """Fine-tune `base_model` in place on `texts` in order with util.weighted_lm_loss, the token
+    weights coming from the frozen `weight_model` (computed without gradients).
+
+    Documents are batched `batch_size` at a time and truncated to the collator's max_text_len;
+    gradients are accumulated over `grad_acc_steps` batches, clipped to `grad_clip_thresh` and
+    applied. With `every_k_documents` and `callback`, callback(n_documents_seen) runs after every
+    k documents (and is the caller's place to evaluate along the stream).
+
+    Returns {"n_steps", "n_batches", "mean_loss"}.
+    """
+    parameters = [p for p in base_model.parameters() if p.requires_grad]
+    opt = make_optimizer(optimizer, parameters, lr)
+    weight_model.eval()
+    base_model.train()
+    opt.zero_grad(set_to_none=True)
+    n_steps, n_batches, total_loss, documents_seen = 0, 0, 0.0, 0
+    batches = [texts[i: i + batch_size] for i in range(0, len(texts), batch_size)]
+
+    def apply_step():
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip_thresh)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    bar = tqdm(total=len(batches) * n_epochs, desc="adapting", disable=not progress, leave=False)
+    for _ in range(n_epochs):
+        for batch_texts in batches:
+            ids, mask = collator.encode_texts(batch_texts)
+            ids, mask = ids.to(device), mask.to(device)
+            with torch.no_grad():
+                weights = weight_model(ids, mask).to(device)
+            logits = base_model(input_ids=ids, attention_mask=mask).logits
+            loss = weighted_lm_loss(logits, ids, mask, weights, collator.max_text_len)
+            (loss / grad_acc_steps).backward()
+            n_batches += 1
+            loss_value = loss.item()
+            total_loss += loss_value
+            if n_batches % grad_acc_steps == 0:
+                apply_step()
+                n_steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            previous, documents_seen = documents_seen, documents_seen + len(batch_texts)
+            if callback and every_k_documents and documents_seen // every_k_documents > previous // every_k_documents:
+                callback(documents_seen)
+    if n_batches % grad_acc_steps:  # the stream's last, incomplete accumulation still counts
+        apply_step()
+        n_steps += 1
+    bar.close()
+    base_model.eval()
+    return dict(n_steps=n_steps, n_batches=n_batches, mean_loss=total_loss / max(n_batches, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Light QA tuning after adaptation (the "+qa_tune" baseline)
+
+LT_METRICS = ("em", "f1", "max_f1", "nll")
+
+
+def light_tune(model, tokenizer, train_examples, val_examples, collator, device, lr=2.5e-5, batch_size=16,
+               val_steps=50, patience=3, stopping_metric="max_f1", max_epochs=1, eval_modes=("em",),
+               eval_batch_size=16, max_new_tokens=16, seed=0, progress=True):
+    """Adam on the QA loss of `train_examples` (shuffled with `seed`), validating on
+    `val_examples` before training and every `val_steps` steps; stops when `stopping_metric` has
+    not improved for `patience` validations in a row (or after `max_epochs`) and restores the
+    best state. nll counts lower-is-better, the others higher-is-better.
+
+    Returns the validations: [{"step", "em", "f1", "max_f1", "nll", "n_questions"}, ...].
+    """
+    import random
+
+    if stopping_metric not in LT_METRICS:
+        raise UsageError(f"lt_stopping_metric={stopping_metric} is unknown; use one of {', '.join(LT_METRICS)}")
+    if stopping_metric == "nll":
+        eval_modes = (*eval_modes, "ppl")
+    elif parse_eval_modes(eval_modes)[0] is None:
+        eval_modes = (*eval_modes, "em")
+    sign = -1.0 if stopping_metric == "nll" else 1.0
+    history = []
+
+    def validate(step):
+        _, summary = evaluate_qa(model, tokenizer, val_examples, collator, device, eval_modes,
+                                 eval_batch_size, max_new_tokens, desc="light-tune val", progress=progress)
+        history.append(dict(step=step, **summary))
+        return sign * summary[stopping_metric]
+
+    def snapshot():
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def shuffled_batches():
+        rng = random.Random(seed)
+        for _ in range(max_epochs):
+            order = list(train_examples)
+            rng.shuffle(order)
+            for start in range(0, len(order), batch_size):
+                yield order[start: start + batch_size]
+
+    best_score, best_state = validate(0), snapshot()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    bad_validations = 0
+    bar = tqdm(desc="light-tuning", disable=not progress, leave=False)
+    for step, examples in enumerate(shuffled_batches(), start=1):
+        model.train()
+        batch = collator(examples)
+        logits = model(input_ids=batch["qa_ids"].to(device), attention_mask=batch["qa_mask"].to(device)).logits
+        loss = answer_nll(logits, batch["qa_labels"].to(device))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % val_steps:
+            continue
+        score = validate(step)
+        if score > best_score:
+            best_score, best_state, bad_validations = score, snapshot(), 0
+        else:
+            bad_validations += 1
+            if bad_validations >= patience:
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return history

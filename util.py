@@ -224,7 +224,7 @@ def load_state_dict_into(model, state_dict_path):
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("attn.bias")]
+    missing = [k for k in own if k not in state and not k.endswith(".attn.bias")]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or mismatched:

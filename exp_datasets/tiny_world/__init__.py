@@ -1,0 +1,179 @@
+"""The tiny world: a synthetic miniature of the paper's setting (documents, QA pairs, a tokenizer
+and a small pretrained GPT-2) on which every default config, the demo and the tests run.
+
+`python -m exp_datasets.tiny_world [key=value ...]` builds it (recipe: conf/tiny_world.yaml);
+`artefact_path("data" | "base_model")` returns a folder of the default build, building it first
+when it is missing or its recipe changed (config resolver ${tiny_world:...}); `build(cfg)` builds
+any recipe into any folder.
+"""
+import fcntl
+import hashlib
+import json
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from util import REPO_ROOT, UsageError, atomic_dir, cache_dir
+
+RECIPE_PATH = REPO_ROOT / "conf" / "tiny_world.yaml"
+ARTEFACTS = ("data", "base_model")
+# Where and how to build, not what: never part of a stage's hash
+RUNTIME_KEYS = ("cache_dir", "out_dir", "device", "num_threads", "progress")
+# Each stage's config groups; every other key of the recipe describes the data
+STAGE_GROUPS = {"model": ("tokenizer", "model", "pretrain"), "report": ("report",)}
+STAGE_SOURCES = {"data": "world.py", "model": "model.py", "report": "report.py"}
+STAGE_OUTPUTS = {"data": ("data",), "model": ("base_model",), "report": ("report.json", "report.md")}
+
+
+def load_recipe(overrides=()):
+    """The recipe of conf/tiny_world.yaml (without Hydra's own settings), with dotlist overrides."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(RECIPE_PATH)
+    for key in ("defaults", "hydra"):
+        cfg.pop(key, None)
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+
+
+def output_root(cfg) -> Path:
+    return Path(cfg.out_dir).expanduser().resolve() if cfg.get("out_dir") else cache_dir(cfg.get("cache_dir")) / "tiny_world"
+
+
+def stage_hashes(cfg):
+    """One hash per stage, chained, over the config that affects it and the code that makes it."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    grouped = {g for groups in STAGE_GROUPS.values() for g in groups}
+    parts = {"data": {k: v for k, v in plain.items() if k not in grouped and k not in RUNTIME_KEYS}}
+    for stage, groups in STAGE_GROUPS.items():
+        parts[stage] = {g: plain.get(g) for g in groups}
+    hashes, previous = {}, ""
+    for stage in ("data", "model", "report"):
+        source = (Path(__file__).parent / STAGE_SOURCES[stage]).read_text()
+        digest = hashlib.sha256(json.dumps([previous, parts[stage], source], sort_keys=True).encode())
+        hashes[stage] = previous = digest.hexdigest()[:16]
+    return hashes
+
+
+def read_built(root: Path):
+    """The recipe record of a finished build, or {} (nothing there, or not a complete build)."""
+    try:
+        record = json.loads((root / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    stages = record.get("hashes", {})
+    return record if all(s in stages for s in STAGE_SOURCES) else {}
+
+
+def is_current(root: Path, hashes) -> bool:
+    return read_built(root).get("hashes") == hashes and all(
+        (root / name).exists() for outputs in STAGE_OUTPUTS.values() for name in outputs)
+
+
+@contextmanager
+def build_lock(root: Path):
+    """Serialise builds of one folder across processes (two runs starting at once build once)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_recipe(cfg):
+    """Fail on a recipe that cannot build, before any work starts."""
+    if cfg.n_pretrain_entities < 2:
+        raise UsageError("n_pretrain_entities must be at least 2 (some with QA pairs, some document-only)")
+    if not 0 < cfg.qa_entity_fraction < 1:
+        raise UsageError(f"qa_entity_fraction={cfg.qa_entity_fraction} must lie strictly between 0 and 1")
+    for key in ("n_train_docs", "n_val_docs", "n_test_docs", "n_web_texts", "docs_per_pretrain_entity"):
+        if cfg[key] < 1:
+            raise UsageError(f"{key}={cfg[key]} must be at least 1")
+    for key in ("doc_words", "pretrain_doc_words", "facts_per_doc", "questions_per_fact", "web_text_words"):
+        if cfg[key] is None and key == "pretrain_doc_words":
+            continue
+        low, high = cfg[key]
+        if not 1 <= low <= high:
+            raise UsageError(f"{key}={list(cfg[key])} must be [low, high] with 1 <= low <= high")
+    if cfg.facts_per_doc[1] > 4:
+        raise UsageError("facts_per_doc allows at most 4 facts (the smallest entity kind has 4 attributes)")
+    if cfg.model.n_embd % cfg.model.n_head:
+        raise UsageError(f"model.n_embd={cfg.model.n_embd} must be a multiple of model.n_head={cfg.model.n_head}")
+
+
+def build(cfg, progress=None) -> Path:
+    """Build (or bring up to date) the tiny world described by `cfg` into its output folder and
+    return that folder. Stages whose hash is unchanged are copied from the previous build; the
+    new build replaces the old one in a single rename, so an interrupted build leaves the old one."""
+    check_recipe(cfg)
+    progress = cfg.get("progress", True) if progress is None else progress
+    root = output_root(cfg)
+    hashes = stage_hashes(cfg)
+    with build_lock(root):
+        if is_current(root, hashes):
+            return root
+        previous = read_built(root).get("hashes", {}) if root.exists() else {}
+        started = time.time()
+        timings = {}
+        with atomic_dir(root) as tmp:
+            for stage in ("data", "model", "report"):
+                stage_start = time.time()
+                if previous.get(stage) == hashes[stage] and all((root / n).exists() for n in STAGE_OUTPUTS[stage]):
+                    for name in STAGE_OUTPUTS[stage]:
+                        copy_any(root / name, tmp / name)
+                    timings[stage] = "reused"
+                    continue
+                run_stage(stage, cfg, tmp, progress)
+                timings[stage] = round(time.time() - stage_start, 1)
+            timings["total"] = round(time.time() - started, 1)
+            record = dict(hashes=hashes, timings_s=timings, config=_plain(cfg))
+            (tmp / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
+        summary = json.loads((root / "report.json").read_text()).get("summary", "")
+        stages = ", ".join(f"{k} {v}" + ("" if v == "reused" else "s") for k, v in timings.items() if k != "total")
+        print(f"tiny world written to {root} in {timings['total']:.0f}s ({stages}); {summary}", flush=True)
+    return root
+
+
+def run_stage(stage, cfg, folder: Path, progress):
+    import torch
+
+    from . import model, report, world
+
+    # set for the stage only: a build inside a test session must not change the process's threads
+    threads = torch.get_num_threads()
+    if cfg.get("num_threads"):
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        {"data": world.build_data, "model": model.build_model, "report": report.build_report}[stage](cfg, folder, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def copy_any(source: Path, target: Path):
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copy2(source, target)
+
+
+def _plain(cfg):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def artefact_path(name: str) -> str:
+    """Folder of the default tiny world's `name` ("data" or "base_model"), built on first use."""
+    if name not in ARTEFACTS:
+        raise UsageError(f"${{tiny_world:{name}}} is unknown; use ${{tiny_world:data}} or ${{tiny_world:base_model}}")
+    cfg = load_recipe()
+    root = output_root(cfg)
+    if not is_current(root, stage_hashes(cfg)):
+        print(f"building the tiny world into {root} (recipe {RECIPE_PATH}; a few minutes, once)", file=sys.stderr)
+        build(cfg)
+    return str(root / name)

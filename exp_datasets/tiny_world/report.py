@@ -1,0 +1,261 @@
+"""The build's sanity report: what the base model knows, and how much one document's update
+teaches it under different token weightings (the phenomenon CaMeLS exists for)."""
+import json
+import random
+import re
+
+import torch
+from tqdm import tqdm
+
+from util import answer_nll, weighted_lm_loss
+
+NUMBER_OR_CAPITALISED = re.compile(r"\b(?:[A-Z][a-z]+|\d[\d,]*)\b")
+SCHEMES = ("uniform", "oracle", "salient")
+
+
+def answer_spans(document):
+    """Character spans of the answers inside a Document's text (from the CSV's extra columns)."""
+    spans = {(int(e.extra["answer_start"]), int(e.extra["answer_end"])) for e in document.examples}
+    return sorted(spans)
+
+
+@torch.no_grad()
+def answer_nlls(model, collator, examples, batch_size=64):
+    """Per-question mean NLL of the answer tokens."""
+    values = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        batch = collator.encode_qa([e.question for e in chunk], [e.answer for e in chunk])
+        ids, mask, labels = (t.to(model.device) for t in batch)
+        values.append(answer_nll(model(input_ids=ids, attention_mask=mask).logits, labels, reduction="none"))
+    return torch.cat(values)
+
+
+def qa_scores(model, tokenizer, collator, examples, progress=False):
+    """Greedy EM/F1 and answer NLL, through the evaluation code every entry point uses."""
+    from subroutines import evaluate_qa
+
+    _, summary = evaluate_qa(model, tokenizer, examples, collator, model.device, eval_modes=("em", "ppl"),
+                             batch_size=64, progress=progress)
+    return dict(em=summary["em"], f1=summary["f1"], nll=summary["nll"], n=summary["n_questions"])
+
+
+def token_weights(scheme, tokenizer, text, spans, max_text_len):
+    """Weights of one document's tokens; every scheme has the total mass of uniform weights.
+
+    oracle: mass only on tokens overlapping an answer span; salient: on capitalised words and
+    numbers (a cheap stand-in for named-entity spans).
+    """
+    offsets = tokenizer(text, return_offsets_mapping=True, verbose=False)["offset_mapping"][:max_text_len]
+    n = len(offsets)
+    if scheme == "uniform":
+        return torch.ones(n)
+    if scheme == "salient":
+        spans = [(m.start(), m.end()) for m in NUMBER_OR_CAPITALISED.finditer(text)]
+    elif scheme != "oracle":
+        raise ValueError(f"unknown weighting scheme {scheme!r}")
+    chosen = torch.tensor([float(any(s < end and begin < e for s, e in spans)) for begin, end in offsets])
+    # weighted_lm_loss scores targets 1..n-1, so the mass is matched over those positions
+    chosen[0] = 0.0
+    if chosen.sum() == 0:
+        return torch.ones(n)
+    return chosen * (n - 1) / chosen.sum()
+
+
+class Snapshot:
+    """The model's parameters at one moment, to restore after a trial update."""
+
+    def __init__(self, model):
+        self.model = model
+        self.values = [p.detach().clone() for p in model.parameters()]
+
+    @torch.no_grad()
+    def restore(self):
+        for p, v in zip(self.model.parameters(), self.values):
+            p.copy_(v)
+
+
+def document_loss(model, ids, weights, max_text_len):
+    ids = ids.to(model.device)
+    mask = torch.ones_like(ids)
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return weighted_lm_loss(logits, ids, mask, weights[None].to(model.device), max_text_len)
+
+
+def one_step_uptake(model, tokenizer, collator, documents, unrelated, lrs, progress=True):
+    """Per (scheme, lr): mean drop of the answer NLL of a document's questions after one SGD step
+    on that document alone (from the base model each time), and the mean rise of answer NLL on
+    unrelated QA pairs. Returns all rows and each scheme's row at its best lr."""
+    snapshot = Snapshot(model)
+    unrelated_before = answer_nlls(model, collator, unrelated).mean().item()
+    prepared = [(d, torch.tensor([collator.text_tokens([d.text])[0]]),
+                 answer_nlls(model, collator, d.examples).mean().item()) for d in documents]
+    rows = []
+    bar = tqdm(total=len(SCHEMES) * len(lrs) * len(documents), desc="one-step uptake", disable=not progress,
+               mininterval=2)
+    for scheme in SCHEMES:
+        for lr in lrs:
+            drops, rises = [], []
+            for doc, ids, before in prepared:
+                weights = token_weights(scheme, tokenizer, doc.text, answer_spans(doc), collator.max_text_len)
+                model.zero_grad(set_to_none=True)
+                document_loss(model, ids, weights, collator.max_text_len).backward()
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.add_(p.grad, alpha=-lr)
+                drops.append(before - answer_nlls(model, collator, doc.examples).mean().item())
+                rises.append(answer_nlls(model, collator, unrelated).mean().item() - unrelated_before)
+                snapshot.restore()
+                bar.update()
+            rows.append(dict(scheme=scheme, lr=lr, answer_nll_drop=sum(drops) / len(drops),
+                             unrelated_nll_rise=sum(rises) / len(rises)))
+    bar.close()
+    model.zero_grad(set_to_none=True)
+    best = [max((r for r in rows if r["scheme"] == s), key=lambda r: r["answer_nll_drop"]) for s in SCHEMES]
+    return rows, best
+
+
+def stream_adaptation(model, tokenizer, collator, documents, schemes, lrs, grad_clip, progress=True):
+    """Adam on a stream of documents, one step each (batch 1), then every question of the stream
+    is asked: EM/F1/NLL per (scheme, lr), and before any update (scheme "none")."""
+    examples = [e for d in documents for e in d.examples]
+    snapshot = Snapshot(model)
+    rows = [dict(scheme="none", lr=0.0, **qa_scores(model, tokenizer, collator, examples))]
+    encoded = [torch.tensor([collator.text_tokens([d.text])[0]]) for d in documents]
+    bar = tqdm(total=len(schemes) * len(lrs) * len(documents), desc="stream adaptation", disable=not progress,
+               mininterval=2)
+    for scheme in schemes:
+        weights = [token_weights(scheme, tokenizer, d.text, answer_spans(d), collator.max_text_len) for d in documents]
+        for lr in lrs:
+            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+            for ids, w in zip(encoded, weights):
+                optimizer.zero_grad(set_to_none=True)
+                document_loss(model, ids, w, collator.max_text_len).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+                bar.update()
+            rows.append(dict(scheme=scheme, lr=lr, **qa_scores(model, tokenizer, collator, examples)))
+            snapshot.restore()
+    bar.close()
+    model.zero_grad(set_to_none=True)
+    return rows
+
+
+def dataset_config(data_dir):
+    """conf/dataset/tiny_world.yaml (one source of the length limits) pointed at `data_dir`."""
+    from omegaconf import OmegaConf
+
+    from util import REPO_ROOT
+
+    cfg = OmegaConf.load(REPO_ROOT / "conf" / "dataset" / "tiny_world.yaml")
+    cfg.data_dir = str(data_dir)
+    cfg.web_text_csv = str(data_dir / "web_text.csv")
+    return cfg
+
+
+def answer_token_share(tokenizer, documents, max_text_len):
+    """Fraction of document tokens that overlap an answer span."""
+    chosen = total = 0
+    for doc in documents:
+        weights = token_weights("oracle", tokenizer, doc.text, answer_spans(doc), max_text_len)
+        chosen += int((weights > 0).sum())
+        total += len(weights) - 1
+    return chosen / total
+
+
+def build_report(cfg, folder, progress=True):
+    """The report stage of the build: report.json and report.md in `folder`."""
+    from exp_datasets import QACollator, load_split, to_documents
+    from util import load_causal_lm, load_tokenizer, pick_device
+
+    report_cfg = cfg.report
+    device = pick_device(cfg.get("device", "auto"))
+    tokenizer = load_tokenizer(folder / "base_model")
+    model = load_causal_lm(folder / "base_model").to(device).eval()
+    dataset_cfg = dataset_config(folder / "data")
+    collator = QACollator.from_config(tokenizer, dataset_cfg)
+    rng = random.Random(cfg.seed)
+
+    def sample(examples, n):
+        return examples if len(examples) <= n else rng.sample(examples, n)
+
+    qa_train = load_split(dataset_cfg, "qa_train")
+    sets = {"trained": sample(qa_train, report_cfg.n_qa),
+            "document_only": sample(load_split(dataset_cfg, "qa_val"), report_cfg.n_qa),
+            "unseen": sample(load_split(dataset_cfg, "test"), report_cfg.n_qa)}
+    qa = {name: qa_scores(model, tokenizer, collator, examples, progress) for name, examples in sets.items()}
+    test_docs = to_documents(load_split(dataset_cfg, "test"))
+    rng.shuffle(test_docs)
+    n_one, n_stream = report_cfg.one_step.n_docs, report_cfg.stream.n_docs
+    one_step_rows, one_step_best = one_step_uptake(
+        model, tokenizer, collator, test_docs[:n_one], sample(qa_train, report_cfg.one_step.n_unrelated),
+        list(report_cfg.one_step.lrs), progress)
+    stream_rows = stream_adaptation(model, tokenizer, collator, test_docs[n_one:n_one + n_stream],
+                                    list(report_cfg.stream.schemes), list(report_cfg.stream.lrs),
+                                    report_cfg.stream.grad_clip, progress) if n_stream else []
+    pretraining = json.loads((folder / "base_model" / "pretraining.json").read_text())
+    test_lengths = [len(tokenizer(d.text, verbose=False)["input_ids"]) for d in test_docs]
+    report = dict(
+        base_model=dict(params=pretraining["params"], pretraining_seconds=pretraining["seconds"],
+                        final_loss=pretraining["loss_curve"][-1], device=pretraining["device"]),
+        data=dict(answer_token_share=answer_token_share(tokenizer, test_docs, collator.max_text_len),
+                  mean_test_document_tokens=sum(test_lengths) / len(test_lengths),
+                  max_test_document_tokens=max(test_lengths),
+                  mean_pretraining_document_tokens=pretraining["mean_document_tokens"]),
+        qa=qa, one_step=dict(rows=one_step_rows, best=one_step_best), stream=stream_rows,
+    )
+    report["summary"] = summary_line(report)
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "report.md").write_text(markdown(report))
+    if progress:
+        print(markdown(report))
+
+
+def best_stream_rows(rows):
+    best = {}
+    for row in rows:
+        if row["scheme"] not in best or row["em"] > best[row["scheme"]]["em"]:
+            best[row["scheme"]] = row
+    return best
+
+
+def summary_line(report):
+    qa = report["qa"]
+    drops = ", ".join(f"{r['scheme']} {r['answer_nll_drop']:.2f}" for r in report["one_step"]["best"])
+    line = (f"base model {report['base_model']['params'] / 1e6:.2f}M params; EM trained/document-only/unseen "
+            f"{qa['trained']['em']:.2f}/{qa['document_only']['em']:.2f}/{qa['unseen']['em']:.2f}; "
+            f"one-step answer-NLL drop at best lr: {drops}")
+    if report["stream"]:
+        best = best_stream_rows(report["stream"])
+        line += "; stream EM " + ", ".join(f"{s} {r['em']:.3f}" for s, r in best.items())
+    return line
+
+
+def markdown(report):
+    qa = report["qa"]
+    lines = ["# Tiny world: sanity report", "",
+             f"Base model: {report['base_model']['params'] / 1e6:.2f}M parameters, pretrained in "
+             f"{report['base_model']['pretraining_seconds']:.0f}s on {report['base_model']['device']} "
+             f"(final loss {report['base_model']['final_loss']:.3f}). Answer tokens are "
+             f"{100 * report['data']['answer_token_share']:.1f}% of the tokens of test documents, which average "
+             f"{report['data']['mean_test_document_tokens']:.0f} tokens (max {report['data']['max_test_document_tokens']}); "
+             f"pretraining documents average {report['data']['mean_pretraining_document_tokens']:.0f}.", "",
+             "## What the base model knows (greedy EM/F1, answer NLL)", "",
+             "| QA pairs | n | EM | F1 | answer NLL |", "|---|---|---|---|---|"]
+    titles = {"trained": "(a) trained on", "document_only": "(b) document-only facts", "unseen": "(c) unseen test facts"}
+    for name, title in titles.items():
+        s = qa[name]
+        lines.append(f"| {title} | {s['n']} | {s['em']:.3f} | {s['f1']:.3f} | {s['nll']:.3f} |")
+    lines += ["", "## One SGD step on one held-out document", "",
+              "Mean drop of the document's answer NLL (nats) and rise of NLL on unrelated QA pairs; "
+              "every scheme has the total weight mass of uniform weights. * = best lr of the scheme.", "",
+              "| scheme | lr | answer NLL drop | unrelated NLL rise |", "|---|---|---|---|"]
+    for r in report["one_step"]["rows"]:
+        star = " *" if any(b["scheme"] == r["scheme"] and b["lr"] == r["lr"] for b in report["one_step"]["best"]) else ""
+        lines.append(f"| {r['scheme']}{star} | {r['lr']:g} | {r['answer_nll_drop']:.3f} | {r['unrelated_nll_rise']:.3f} |")
+    if report["stream"]:
+        lines += ["", "## Stream: Adam, one step per document, then every question of the stream", "",
+                  "| scheme | lr | EM | F1 | answer NLL |", "|---|---|---|---|---|"]
+        for r in report["stream"]:
+            lines.append(f"| {r['scheme']} | {r['lr']:g} | {r['em']:.3f} | {r['f1']:.3f} | {r['nll']:.3f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,42 @@
+"""Shared fixtures. `tiny_world_small`: a seconds-sized tiny world (data CSVs and a tiny base
+model), built once per test session into a temporary folder."""
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Small sizes so the whole build takes seconds on two busy cores; the values are what matters to
+# the tests (every split non-empty, a model that loads like a hub model), not its quality.
+SMALL_WORLD = [
+    "n_value_people=40", "n_value_towns=30", "n_value_rivers=12", "n_pretrain_entities=24",
+    "docs_per_pretrain_entity=2", "n_train_docs=12", "n_val_docs=6", "n_test_docs=14", "n_web_texts=8",
+    "tokenizer.vocab_size=700", "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
+    "pretrain.epochs=2", "pretrain.doc_batch_size=8",
+    "report.n_qa=8", "report.one_step.n_docs=2", "report.one_step.n_unrelated=4", "report.one_step.lrs=[1.0]",
+    "report.stream.n_docs=2", "report.stream.lrs=[1.0e-3]",
+    "device=cpu", "num_threads=1", "progress=false",
+]
+
+
+@dataclass
+class TinyWorld:
+    root: Path
+    data_dir: Path
+    base_model: Path
+    overrides: list
+
+    @property
+    def dataset_cfg(self):
+        """conf/dataset/tiny_world.yaml pointed at this world's CSVs."""
+        from exp_datasets.tiny_world.report import dataset_config
+
+        return dataset_config(self.data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_world_small(tmp_path_factory):
+    from exp_datasets import tiny_world
+
+    overrides = SMALL_WORLD + [f"out_dir={tmp_path_factory.mktemp('tiny_world') / 'world'}"]
+    root = tiny_world.build(tiny_world.load_recipe(overrides))
+    return TinyWorld(root=root, data_dir=root / "data", base_model=root / "base_model", overrides=overrides)

@@ -1,0 +1,273 @@
+"""Online-adaptation evaluation: QA scoring, weighted stream training, light tuning, run.py."""
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import run
+import util
+import weight_model as W
+from exp_datasets import QACollator, load_split
+from subroutines import evaluate_qa, light_tune, weighted_train
+
+REPO = Path(__file__).resolve().parent.parent
+OFFLINE_ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+SUMMARY_KEYS = {"method", "lr", "seed", "dataset", "split", "base_model", "downsample_to", "optimizer", "n_epochs",
+                "n_documents", "n_questions", "em", "f1", "max_f1", "nll", "init", "unrelated", "wall_time_s",
+                "run_dir"}
+
+
+@pytest.fixture(scope="module")
+def world(tiny_world_small):
+    return tiny_world_small
+
+
+@pytest.fixture(scope="module")
+def world_parts(world):
+    torch.set_num_threads(2)
+    tokenizer = util.load_tokenizer(world.base_model)
+    model = util.load_causal_lm(world.base_model).double().eval()
+    dataset_cfg = compose_config(world, []).dataset
+    return SimpleNamespace(tokenizer=tokenizer, model=model, dataset=dataset_cfg,
+                           collator=QACollator.from_config(tokenizer, dataset_cfg),
+                           test=load_split(dataset_cfg, "test"))
+
+
+def compose_config(world, overrides):
+    run.register_run_resolvers()
+    base = [f"base_model={world.base_model}", f"dataset.data_dir={world.data_dir}", "dataset=tiny_world",
+            "device=cpu", "progress=false", "max_new_tokens=4"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose(config_name="config", overrides=base + overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# QA scoring against a hand-written greedy decoder
+
+
+def greedy_answer(model, tokenizer, question, max_new_tokens):
+    ids = tokenizer(question, return_tensors="pt")["input_ids"]
+    for _ in range(max_new_tokens):
+        next_id = model(input_ids=ids).logits[0, -1].argmax()
+        ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+    text = tokenizer.decode(ids[0, -max_new_tokens:], skip_special_tokens=True)
+    return text.strip().split("\n")[0].strip()
+
+
+def manual_answer_nll(model, tokenizer, question, answer):
+    q, a = tokenizer(question)["input_ids"], tokenizer(" " + answer)["input_ids"]
+    logits = model(input_ids=torch.tensor([q + a])).logits[0]
+    return F.cross_entropy(logits[len(q) - 1: -1], torch.tensor(a)).item()
+
+
+@torch.no_grad()
+def test_evaluate_qa_matches_greedy_decoding_and_metrics(world_parts):
+    parts = world_parts
+    examples = parts.test[:5]
+    rows, summary = evaluate_qa(parts.model, parts.tokenizer, examples, parts.collator, "cpu", ["em", "ppl"],
+                                batch_size=3, max_new_tokens=4, progress=False)
+    for example, row in zip(examples, rows):
+        prediction = greedy_answer(parts.model, parts.tokenizer, example.question, 4)
+        assert row["prediction"] == prediction
+        assert row["em"] == util.exact_match(prediction, example.answer)
+        assert row["f1"] == row["max_f1"] == util.f1_score(prediction, example.answer)
+        assert row["nll"] == pytest.approx(manual_answer_nll(parts.model, parts.tokenizer, example.question,
+                                                             example.answer), rel=1e-6)
+    assert summary["nll"] == pytest.approx(sum(r["nll"] for r in rows) / len(rows))
+    assert summary["n_questions"] == 5
+    rows, _ = evaluate_qa(parts.model, parts.tokenizer, examples, parts.collator, "cpu", ["em3"],
+                          batch_size=5, max_new_tokens=4, progress=False)
+    for row in rows:
+        f1s = [float(f) for f in row["f1s"].split()]
+        assert len(row["predictions"].split(" || ")) == len(f1s) == 3
+        assert row["max_f1"] == pytest.approx(max(f1s), abs=1e-4) and row["f1"] == pytest.approx(f1s[0], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stream training
+
+
+class PositionWeights(torch.nn.Module):
+    """Weights that differ per position, so a test can tell they were used."""
+
+    def forward(self, input_ids, attention_mask):
+        positions = torch.arange(input_ids.shape[1], dtype=torch.float64)
+        return (1.0 + 0.1 * positions).expand_as(input_ids) * attention_mask
+
+
+def manual_weighted_loss(model, ids, weights, max_text_len):
+    logits = model(input_ids=ids).logits
+    token_nll = F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="none")
+    return (token_nll * weights[0, 1:]).sum() / (max_text_len - 1)
+
+
+def without_dropout(model):
+    """A copy in which train mode is deterministic, so two copies can be compared step by step."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def test_weighted_train_is_accumulated_sgd_on_the_weighted_loss(world_parts):
+    parts = world_parts
+    texts = [e.text for e in parts.test[:4:2]]
+    reference = without_dropout(parts.model)
+    total = 0
+    for text in texts:
+        ids = torch.tensor([parts.tokenizer(text)["input_ids"]])
+        weights = PositionWeights()(ids, torch.ones_like(ids))
+        total = total + manual_weighted_loss(reference, ids, weights, parts.collator.max_text_len) / 2
+    grads = torch.autograd.grad(total, list(reference.parameters()))
+    expected = [p.detach() - 0.5 * g for p, g in zip(reference.parameters(), grads)]
+
+    model = without_dropout(parts.model)
+    stats = weighted_train(model, PositionWeights(), texts, parts.collator, "cpu", optimizer="sgd", lr=0.5,
+                           batch_size=1, grad_acc_steps=2, grad_clip_thresh=1e9, progress=False)
+    assert stats["n_steps"] == 1 and stats["n_batches"] == 2
+    for new, want in zip(model.parameters(), expected):
+        assert torch.allclose(new, want, atol=1e-10)
+    # clipping: one document, a tiny threshold, so the SGD step has exactly lr x threshold norm
+    model = without_dropout(parts.model)
+    weighted_train(model, PositionWeights(), texts[:1], parts.collator, "cpu", optimizer="sgd", lr=0.5,
+                   grad_clip_thresh=1e-3, progress=False)
+    step = torch.cat([(new - old).flatten() for new, old in zip(model.parameters(), parts.model.parameters())])
+    assert step.norm().item() == pytest.approx(0.5 * 1e-3, rel=1e-5)
+
+
+def test_uniform_weights_reproduce_the_plain_lm_loss(world_parts):
+    parts = world_parts
+    ids, mask = parts.collator.encode_texts([e.text for e in parts.test[:3]])
+    uniform = W.build_weight_model(OmegaConf.load(REPO / "conf/model/uniform.yaml"), parts.tokenizer)
+    with torch.no_grad():
+        logits = parts.model(input_ids=ids, attention_mask=mask).logits
+        labels = ids.masked_fill(mask == 0, -100)
+        plain = parts.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    weighted = util.weighted_lm_loss(logits, ids, mask, uniform(ids, mask).double(), parts.collator.max_text_len)
+    n_targets = mask[:, 1:].sum()
+    assert (weighted * 3 * (parts.collator.max_text_len - 1) / n_targets).item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_light_tune_restores_the_best_validation(world_parts):
+    parts = world_parts
+    model = copy.deepcopy(parts.model)
+    train = load_split(parts.dataset, "qa_train")
+    val = load_split(parts.dataset, "qa_val")[:6]
+    history = light_tune(model, parts.tokenizer, train, val, parts.collator, "cpu", lr=0.05, batch_size=4,
+                         val_steps=1, patience=2, stopping_metric="nll", max_epochs=3, eval_modes=("ppl",),
+                         progress=False)
+    nlls = [h["nll"] for h in history]
+    best = min(range(len(nlls)), key=nlls.__getitem__)
+    assert history[0]["step"] == 0 and [h["step"] for h in history] == list(range(len(history)))
+    n_batches = 3 * -(-len(train) // 4)
+    assert best == len(history) - 3 or history[-1]["step"] == n_batches  # stopped by patience, or out of data
+    _, after = evaluate_qa(model, parts.tokenizer, val, parts.collator, "cpu", ["ppl"], progress=False)
+    assert after["nll"] == pytest.approx(nlls[best], rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# run.py task=eval
+
+
+def test_uniform_adaptation_lowers_answer_nll(world, tmp_path):
+    cfg = compose_config(world, ["model=uniform", "lr=1e-3", "eval=[em,ppl]", "eval_init=true", "downsample_to=4",
+                                 "unrelated_qa_eval=true", "unrelated_questions=4"])
+    summary = run.evaluate(cfg, tmp_path)
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["nll"] < summary["init"]["nll"]
+    assert summary["method"] == "uniform" and summary["split"] == "test" and summary["n_questions"] > 0
+    assert set(summary["unrelated"]) == {"em", "f1", "nll"}
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    results = pd.read_csv(tmp_path / "results.csv", keep_default_na=False)
+    assert len(results) == summary["n_questions"] + 4
+    assert list(results["answer"].iloc[-4:]) == ["EM", "mean F1", "max F1", "mean NLL"]
+    assert float(results["nll"].iloc[-1]) == pytest.approx(summary["nll"])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["adaptation"]["n_steps"] == summary["n_documents"] == 4
+    assert set(metrics["unrelated_init"]) == {"em", "f1", "nll"}
+
+
+def test_camels_and_tfidf_runs(world, world_parts, tmp_path):
+    body = f"model.pretrained_model={world.base_model}"
+    weight_model = W.build_weight_model(compose_config(world, ["model=CaMeLS", body]).model, world_parts.tokenizer)
+    weight_model.save(tmp_path / "wm")
+    cfg = compose_config(world, ["model=CaMeLS", f"weight_model_path={tmp_path / 'wm'}", "eval=[ppl]",
+                                 "downsample_to=2", "qa_lt_final=true", "lt_val_steps=1", "lt_patience=1",
+                                 "lt_val_questions=4", "lt_stopping_metric=nll"])
+    summary = run.evaluate(cfg, tmp_path / "camels")
+    assert summary["method"] == "CaMeLS+qa_tune" and summary["n_documents"] == 2 and summary["em"] is None
+    cfg = compose_config(world, ["model=TFIDF", "eval=[ppl]", "downsample_to=3", "eval_every_k=2"])
+    summary = run.evaluate(cfg, tmp_path / "tfidf")
+    assert summary["method"] == "TFIDF" and summary["nll"] > 0
+    curve = json.loads((tmp_path / "tfidf" / "metrics.json").read_text())["curve"]
+    assert [point["n_documents"] for point in curve] == [2]
+
+
+def bad_input_cases(world, tmp_path, tokenizer):
+    other_body = tmp_path / "other_body"
+    from test_weight_model import byte_level_tokenizer
+
+    other = byte_level_tokenizer(["nothing in common with the world's text"] * 3, vocab_size=280)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(other), n_positions=64, n_embd=16, n_layer=1, n_head=2)).save_pretrained(other_body)
+    other.save_pretrained(other_body)
+    W.build_weight_model(compose_config(world, ["model=CaMeLS", f"model.pretrained_model={other_body}"]).model,
+                         other).save(tmp_path / "other_wm")
+    small = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=16, n_layer=1, n_head=2))
+    torch.save(small.state_dict(), tmp_path / "other_arch.pt")
+    return {
+        "weight_model_path": (["model=CaMeLS"], "needs weight_model_path"),
+        "vocabulary": (["model=CaMeLS", f"weight_model_path={tmp_path / 'other_wm'}"], "another vocabulary"),
+        "architecture": ([f"base_model_state_dict={tmp_path / 'other_arch.pt'}"], "does not fit"),
+        "test_path": ([f"test_path={tmp_path / 'missing.csv'}"], "does not exist"),
+        "eval_mode": (["eval=[em,bleu]"], "eval mode 'bleu' is unknown"),
+    }
+
+
+def test_bad_inputs_fail_with_one_line_before_training(world, world_parts, tmp_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(run, "weighted_train", no_training)
+    for name, (overrides, message) in bad_input_cases(world, tmp_path, world_parts.tokenizer).items():
+        with pytest.raises(util.UsageError) as caught:
+            run.evaluate(compose_config(world, overrides), tmp_path / name)
+        assert message in str(caught.value) and "\n" not in str(caught.value), name
+        assert not (tmp_path / name / "summary.json").exists()
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=OFFLINE_ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_sweep_makes_one_folder_per_job_and_bad_input_exits_2(world, tmp_path):
+    common = [f"base_model={world.base_model}", f"dataset.data_dir={world.data_dir}", "device=cpu",
+              "progress=false", "eval=[ppl]", "downsample_to=2"]
+    result = run_cli("-m", "task=eval", "model=uniform", "lr=1e-4,1e-3", *common, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summaries = sorted((tmp_path / "outputs").rglob("summary.json"))
+    assert len(summaries) == 2
+    assert sorted(json.loads(p.read_text())["lr"] for p in summaries) == [1e-4, 1e-3]
+    for path in summaries:
+        assert "lr" in path.parent.name and (path.parent / "results.csv").is_file()
+        assert (path.parent / ".hydra" / "config.yaml").is_file() and (path.parent / "config.yaml").is_file()
+        assert set(json.loads(path.read_text())) == SUMMARY_KEYS
+    assert all(p.relative_to(tmp_path).parts[:4] == ("outputs", "eval", "tiny_world", "uniform-test-ds2")
+               for p in summaries)
+
+    result = run_cli("task=eval", "model=CaMeLS", *common, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "weight_model_path" in lines[0]

@@ -1,0 +1,206 @@
+"""The meta-gradient of CaMeLS meta-training equals central finite differences of the outer loss,
+for both inner-loop backends, sequential and batched updates, one and two inner steps, with and
+without the locality term; and the backends agree."""
+import dataclasses
+import itertools
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+from meta_train import MetaSettings, outer_loss
+from weight_model import CaMeLS
+
+VOCAB, MAX_TEXT_LEN = 40, 12
+FD_EPS = 1e-6
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def few_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def micro_config(seed):
+    torch.manual_seed(seed)
+    # a wide init makes the micro model's predictions (and so the meta-gradient) far from uniform
+    return GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=2, initializer_range=0.3,
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")
+
+
+@pytest.fixture(scope="module")
+def base_model():
+    model = GPT2LMHeadModel(micro_config(0)).double().eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def batch():
+    generator = torch.Generator().manual_seed(1)
+    lengths = [12, 9, 7]
+    text_ids = torch.randint(0, VOCAB, (3, 12), generator=generator)
+    text_mask = torch.zeros_like(text_ids)
+    for row, n in enumerate(lengths):
+        text_mask[row, :n] = 1
+    text_ids = text_ids.masked_fill(text_mask == 0, 0)
+    qa_ids = torch.randint(0, VOCAB, (3, 6), generator=generator)
+    qa_mask = torch.ones_like(qa_ids)
+    qa_labels = torch.full_like(qa_ids, -100)
+    qa_labels[:, 4:] = qa_ids[:, 4:]
+    loc_ids = torch.randint(0, VOCAB, (2, 8), generator=generator)
+    loc_mask = torch.ones_like(loc_ids)
+    loc_mask[1, 6:] = 0
+    weights = (torch.rand(3, 12, generator=generator, dtype=torch.float64) + 0.5) * text_mask
+    return dict(text_ids=text_ids, text_mask=text_mask, qa_ids=qa_ids, qa_mask=qa_mask, qa_labels=qa_labels,
+                loc={"web_text": (loc_ids, loc_mask)}, weights=weights)
+
+
+def settings_for(backend, sequential, steps, c_kl, c_norm=0.0):
+    return MetaSettings(inner_lr=2.0, num_inner_steps=steps, sequential_update=sequential, max_text_len=MAX_TEXT_LEN,
+                        c_kl=c_kl, c_norm=c_norm, backend=backend)
+
+
+def loss_value(base_model, weights, batch, settings):
+    loss, _, _ = outer_loss(base_model, weights, batch, batch["loc"], settings, differentiable=False)
+    return loss.item()
+
+
+def weight_gradient(base_model, batch, settings):
+    weights = batch["weights"].clone().requires_grad_()
+    loss, _, _ = outer_loss(base_model, weights, batch, batch["loc"], settings, differentiable=True)
+    (grad,) = torch.autograd.grad(loss, weights)
+    return grad
+
+
+CASES = list(itertools.product([True, False], [1, 2], [0.0, 0.7]))
+
+
+def random_directions(mask, count, seed):
+    """Random directions over the real tokens: the directional derivative along one checks a
+    random projection of the whole gradient."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(mask.shape, generator=generator, dtype=torch.float64) * mask for _ in range(count)]
+
+
+def central_difference(base_model, batch, settings, direction):
+    weights = batch["weights"]
+    return (loss_value(base_model, weights + FD_EPS * direction, batch, settings)
+            - loss_value(base_model, weights - FD_EPS * direction, batch, settings)) / (2 * FD_EPS)
+
+
+@pytest.mark.parametrize("sequential,steps,c_kl", CASES)
+def test_weight_gradient_matches_finite_differences_for_both_backends(base_model, batch, sequential, steps, c_kl):
+    grads = {backend: weight_gradient(base_model, batch, settings_for(backend, sequential, steps, c_kl))
+             for backend in ("higher", "torch_func")}
+    settings = settings_for("torch_func", sequential, steps, c_kl)
+    directions = random_directions(batch["text_mask"], 2, seed=sequential * 4 + steps)
+    numeric = torch.tensor([central_difference(base_model, batch, settings, d) for d in directions],
+                           dtype=torch.float64)
+    assert numeric.abs().min() > 1e-4, "the checked directions should matter"
+    for backend, grad in grads.items():
+        analytic = torch.stack([(grad * d).sum() for d in directions])
+        error = ((analytic - numeric).norm() / numeric.norm()).item()
+        assert error < TOLERANCE, f"{backend}: relative error {error:.2e}"
+        assert (grad[batch["text_mask"] == 0] == 0).all(), "padding cannot change the loss"
+    assert torch.allclose(grads["higher"], grads["torch_func"], rtol=1e-9, atol=1e-13)
+
+
+def test_weight_norm_penalty_gradient(base_model, batch):
+    settings = settings_for("torch_func", True, 1, 0.3, c_norm=0.5)
+    grad = weight_gradient(base_model, batch, settings)
+    (direction,) = random_directions(batch["text_mask"], 1, seed=3)
+    numeric = central_difference(base_model, batch, settings, direction)
+    analytic = (grad * direction).sum().item()
+    assert abs(analytic - numeric) / abs(numeric) < TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def weight_model():
+    backbone = GPT2Model(micro_config(5))
+    model = CaMeLS(backbone, head_width=8).double().eval()
+    with torch.no_grad():  # the published zero init makes every weight equal; perturb to test the head
+        for p in model.head.parameters():
+            p.normal_(0, 0.05, generator=torch.Generator().manual_seed(7))
+    return model
+
+
+def outer_of_weight_model(weight_model, base_model, batch, settings, differentiable):
+    weights = weight_model(batch["text_ids"], batch["text_mask"])
+    loss, _, _ = outer_loss(base_model, weights, batch, batch["loc"], settings, differentiable=differentiable)
+    return loss
+
+
+@pytest.mark.parametrize("backend", ["higher", "torch_func"])
+@pytest.mark.parametrize("sequential", [True, False])
+def test_weight_model_gradient_directional(base_model, weight_model, batch, backend, sequential):
+    """d(outer)/d(theta) . v of the weight model's head and one body matrix equals the central
+    difference of the outer loss along v."""
+    settings = settings_for(backend, sequential, 2, 0.7)
+    params = list(weight_model.head.parameters()) + [weight_model.backbone.h[0].mlp.c_fc.weight]
+    generator = torch.Generator().manual_seed(11)
+    directions = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in params]
+
+    loss = outer_of_weight_model(weight_model, base_model, batch, settings, differentiable=True)
+    grads = torch.autograd.grad(loss, params)
+    analytic = sum((g * d).sum() for g, d in zip(grads, directions)).item()
+
+    def shifted(scale):
+        with torch.no_grad():
+            for p, d in zip(params, directions):
+                p.add_(scale * d)
+        value = outer_of_weight_model(weight_model, base_model, batch, settings, differentiable=False).item()
+        with torch.no_grad():
+            for p, d in zip(params, directions):
+                p.sub_(scale * d)
+        return value
+
+    numeric = (shifted(FD_EPS) - shifted(-FD_EPS)) / (2 * FD_EPS)
+    assert abs(numeric) > 1e-4
+    assert abs(analytic - numeric) / abs(numeric) < TOLERANCE
+
+
+@pytest.mark.parametrize("backend", ["higher", "torch_func"])
+def test_initial_base_weights_get_no_gradient_and_stay_unchanged(base_model, batch, backend):
+    before = [p.detach().clone() for p in base_model.parameters()]
+    weights = batch["weights"].clone().requires_grad_()
+    loss, metrics, updated = outer_loss(base_model, weights, batch, batch["loc"],
+                                        settings_for(backend, True, 1, 0.7), differentiable=True)
+    loss.backward()
+    assert weights.grad is not None
+    assert all(p.grad is None for p in base_model.parameters())
+    assert all(torch.equal(p, b) for p, b in zip(base_model.parameters(), before))
+    # the update moved the weights, and the reported losses are the model's before and after
+    assert any(not torch.equal(u, b) for u, b in zip(updated, before))
+    assert metrics["qa_gain"] == pytest.approx(metrics["qa_before"] - metrics["qa_loss"])
+
+
+def test_sequential_update_is_one_sgd_step_per_document(base_model, batch):
+    """The updated weights of the sequential tape equal plain SGD steps taken by hand, one per
+    document in order, each on that document alone with divisor max_text_len - 1."""
+    from util import weighted_lm_loss
+
+    model = GPT2LMHeadModel(micro_config(0)).double().eval()
+    model.load_state_dict(base_model.state_dict())
+    optimizer = torch.optim.SGD(model.parameters(), lr=2.0)
+    for row in range(3):
+        n = int(batch["text_mask"][row].sum())
+        ids, mask = batch["text_ids"][row:row + 1, :n], batch["text_mask"][row:row + 1, :n]
+        optimizer.zero_grad()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        weighted_lm_loss(logits, ids, mask, batch["weights"][row:row + 1, :n], MAX_TEXT_LEN).backward()
+        optimizer.step()
+    for backend in ("higher", "torch_func"):
+        _, _, updated = outer_loss(base_model, batch["weights"], batch, batch["loc"],
+                                   settings_for(backend, True, 1, 0.0), differentiable=False)
+        for expected, got in zip(model.parameters(), updated):
+            assert torch.allclose(expected, got, rtol=1e-10, atol=1e-12)
+
+
+def test_gradient_checkpointing_gives_the_same_meta_gradient(base_model, batch):
+    settings = settings_for("torch_func", True, 2, 0.7)
+    plain = weight_gradient(base_model, batch, settings)
+    checkpointed = weight_gradient(base_model, batch, dataclasses.replace(settings, grad_checkpointing=True))
+    assert torch.equal(plain, checkpointed)

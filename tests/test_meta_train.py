@@ -1,0 +1,213 @@
+"""CaMeLS meta-training on the small tiny world: configuration checks, the base model's carried
+state and its bit-exact restoration, answer-token bookkeeping, the weight renderer, and a short
+run that must learn to upweight answers."""
+import html
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import meta_train
+import util
+from exp_datasets import load_split
+from util import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # the models here are so small that a second thread only adds synchronisation, which costs
+    # dearly on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train_config(world, out_dir, *overrides):
+    """The real Hydra config of `run.py task=train model=CaMeLS`, pointed at the small world."""
+    util.register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose("config", overrides=[
+            "task=train", "model=CaMeLS", "dataset=tiny_world",
+            f"dataset.data_dir={world.data_dir}", f"++dataset.web_text_csv={world.data_dir / 'web_text.csv'}",
+            f"base_model={world.base_model}", f"model.pretrained_model={world.base_model}",
+            f"output_dir={out_dir}", "progress=false", "device=cpu", *overrides])
+
+
+def test_tiny_world_tuning_applies_and_command_line_wins(tiny_world_small, tmp_path):
+    cfg = train_config(tiny_world_small, tmp_path)
+    assert cfg.task_name == "train"
+    assert cfg.inner_lr != 5.0e-4, "the tiny world's own tuning should replace the published inner_lr"
+    assert train_config(tiny_world_small, tmp_path, "inner_lr=0.25").inner_lr == 0.25
+    published = train_config(tiny_world_small, tmp_path, "dataset=streamingqa")
+    assert (published.inner_lr, published.outer_lr, published.update_batch_size, published.reset_base_freq) == \
+        (5.0e-4, 1.0e-5, 6, 24)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("reset_base_freq=10", "multiple of update_batch_size"),
+    ("inner_backend=jax", "inner_backend"),
+    ("grad_checkpointing=true", "torch_func"),
+])
+def test_bad_options_fail_before_work(tiny_world_small, tmp_path, override, message):
+    cfg = train_config(tiny_world_small, tmp_path / "run", override)
+    with pytest.raises(UsageError, match=message):
+        meta_train.train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_reports_reset_frequency_in_one_line(tiny_world_small, tmp_path):
+    world = tiny_world_small
+    result = subprocess.run(
+        [sys.executable, "run.py", "task=train", "model=CaMeLS", "reset_base_freq=7",
+         f"dataset.data_dir={world.data_dir}",
+         f"base_model={world.base_model}", f"model.pretrained_model={world.base_model}",
+         f"dataset.web_text_csv={world.data_dir / 'web_text.csv'}", f"output_dir={tmp_path / 'run'}"],
+        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "reset_base_freq=7" in lines[0] and "update_batch_size=6" in lines[0]
+
+
+def make_trainer(world, out_dir, *overrides):
+    from weight_model import build_weight_model
+
+    cfg = train_config(world, out_dir, *overrides)
+    meta_train.check_config(cfg)
+    tokenizer = util.load_tokenizer(cfg.base_model)
+    base_model = util.load_causal_lm(cfg.base_model, attn_implementation="eager").eval()
+    weight_model = build_weight_model(cfg.model, tokenizer)
+    return meta_train.MetaTrainer(cfg, base_model, weight_model, tokenizer, load_split(cfg.dataset, "train"),
+                                  load_split(cfg.dataset, "val"), ["An unrelated text about the sea."], out_dir,
+                                  torch.device("cpu"))
+
+
+def base_state(trainer):
+    return [p.detach().clone() for p in trainer.base_model.parameters()]
+
+
+def same(state_a, state_b):
+    return all(torch.equal(a, b) for a, b in zip(state_a, state_b))
+
+
+def test_base_model_carried_then_reset_and_restored_after_validation(tiny_world_small, tmp_path):
+    trainer = make_trainer(tiny_world_small, tmp_path, "update_batch_size=2", "reset_base_freq=4", "val_batches=2",
+                           "inner_lr=0.05")
+    start = base_state(trainer)
+    batches = meta_train.batched(trainer.train_examples, 2)
+    trainer.train_batch(batches[0])
+    after_first = base_state(trainer)
+    assert not same(after_first, start), "the updated base weights carry over to the next batch"
+    assert all(p.grad is None for p in trainer.base_model.parameters())
+
+    validation = trainer.validate()
+    assert same(base_state(trainer), after_first), "validation restores the training state bit for bit"
+    assert trainer.docs_since_reset == 2
+    assert validation["qa_gain"] == pytest.approx(validation["qa_before"] - validation["qa_loss"])
+    assert validation == trainer.validate(), "validation starts from the same weights every time"
+
+    trainer.train_batch(batches[1])  # 4 documents: the reset frequency
+    assert same(base_state(trainer), start), "reset_base_freq documents restore the starting weights bit for bit"
+    assert trainer.docs_since_reset == 0
+
+
+def test_answer_token_mask_covers_the_answer(tiny_world_small):
+    tokenizer = util.load_tokenizer(tiny_world_small.base_model)
+    examples = load_split(tiny_world_small.dataset_cfg, "val")[:8]
+    collator = meta_train.QACollator(tokenizer, max_text_len=256)
+    batch = meta_train.make_batch(collator, examples, torch.device("cpu"))
+    assert batch["has_span"].all()
+    for row, example in enumerate(examples):
+        start, end = int(example.extra["answer_start"]), int(example.extra["answer_end"])
+        assert example.text[start:end] == example.answer
+        marked = batch["text_ids"][row][batch["answer_mask"][row]].tolist()
+        decoded = tokenizer.decode(marked).strip()
+        assert example.answer in decoded
+        # the marked tokens are contiguous and every one of them overlaps the answer
+        positions = batch["answer_mask"][row].nonzero().flatten().tolist()
+        assert positions == list(range(positions[0], positions[-1] + 1))
+        assert len(decoded) < len(example.answer) + 3
+
+
+def test_render_weights_escapes_text_and_writes_png(tiny_world_small, tmp_path):
+    tokenizer = util.load_tokenizer(tiny_world_small.base_model)
+    texts = ["a <b>bold</b> & 'quoted' claim", "short"]
+    ids, mask = meta_train.QACollator(tokenizer).encode_texts(texts)
+    weights = torch.rand(ids.shape) * mask
+    highlight = torch.zeros_like(mask, dtype=torch.bool)
+    highlight[0, 2] = True
+    meta_train.render_weights(tokenizer, ids, weights, tmp_path / "w.html", tmp_path / "w.png", attention_mask=mask,
+                              highlight=highlight, titles=["<doc one>", "doc two"])
+    page = (tmp_path / "w.html").read_text()
+    assert "<b>" not in page and "&lt;doc one&gt;" in page
+    documents = re.findall(r"<div class='doc'>(.*?)</div>", page)
+    shown = [html.unescape("".join(re.findall(r"<span [^>]*>([^<]*)</span>", doc))) for doc in documents]
+    assert shown == texts, "every token is shown once, escaped"
+    assert page.count("class='tok") == int(mask.sum()) and page.count("class='tok ans'") == 1
+    assert (tmp_path / "w.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_short_meta_training_learns_to_weight_answers(tiny_world_small, tmp_path):
+    """The small world's base model knows little, so the weight model mostly learns to scale all
+    weights up; normalised weights (mean 1) and a trained head only leave it where to put them."""
+    from weight_model import load_weight_model
+
+    cfg = train_config(tiny_world_small, tmp_path, "max_outer_steps=12", "val_steps=6", "sample_steps=6",
+                       "val_batches=3", "n_epochs=20", "update_batch_size=3", "reset_base_freq=6", "grad_acc_steps=1",
+                       "inner_lr=1.0", "outer_lr=3e-3", "model.normalize=true", "model.freeze_base=true")
+    summary = meta_train.train(cfg)
+    start, end = summary["val_start"], summary["val_end"]
+    assert summary["steps"] == 12
+    assert end["total"] < start["total"]
+    assert end["answer_weight_share"] > start["answer_weight_share"]
+    assert start["answer_weight_share"] == pytest.approx(start["answer_token_share"]), "the untrained head is uniform"
+
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, 13))
+    assert [r["step"] for r in rows if r["split"] == "val"] == [0, 6, 12]
+    best = min((r for r in rows if r["split"] == "val"), key=lambda r: r["total"])
+    state = json.loads((tmp_path / "checkpoints" / "best" / "training_state.json").read_text())
+    assert state["step"] == best["step"]
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        f"step_{s:06d}.{ext}" for s in (0, 6, 12) for ext in ("html", "png")]
+
+    # the last checkpoint is the trained weight model, loadable by task=eval
+    tokenizer = util.load_tokenizer(cfg.base_model)
+    loaded = load_weight_model(tmp_path / "checkpoints" / "last", tokenizer)
+    ids, mask = meta_train.QACollator(tokenizer).encode_texts(["The harbour of Tarnford was rebuilt."])
+    weights = loaded(ids, mask)
+    assert weights.std() > 1e-4 and weights.mean().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_resumed_run_continues_exactly(tiny_world_small, tmp_path):
+    """A run stopped after 3 optimiser steps and resumed to 6 ends with the weights, metrics and
+    checkpoints of an uninterrupted 6-step run."""
+    from weight_model import load_weight_model
+
+    knobs = ["val_steps=3", "sample_steps=100", "val_batches=1", "update_batch_size=2", "reset_base_freq=6",
+             "grad_acc_steps=2", "inner_lr=1.0", "outer_lr=3e-3", "n_epochs=20"]
+    whole = meta_train.train(train_config(tiny_world_small, tmp_path / "whole", "max_outer_steps=6", *knobs))
+    meta_train.train(train_config(tiny_world_small, tmp_path / "part", "max_outer_steps=3", *knobs))
+    resumed = meta_train.train(train_config(tiny_world_small, tmp_path / "unused", "max_outer_steps=6",
+                                            f"resume_from={tmp_path / 'part'}", *knobs))
+    assert not (tmp_path / "unused").exists()
+    assert resumed["val_end"] == whole["val_end"] and resumed["val_start"] == whole["val_start"]
+
+    def rows(run):
+        timing = ("step_s", "elapsed_s")
+        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+                for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows("part") == rows("whole")
+    for name in ("last", "best"):
+        a = load_weight_model(tmp_path / "whole" / "checkpoints" / name).state_dict()
+        b = load_weight_model(tmp_path / "part" / "checkpoints" / name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)

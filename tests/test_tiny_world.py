@@ -1,0 +1,194 @@
+"""The tiny world: deterministic generation, honest splits and spans, incremental atomic builds,
+and CSVs that the dataset registry reads."""
+import json
+import re
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from exp_datasets import load_split, load_web_text, make_stream, tiny_world
+from exp_datasets.tiny_world import world
+from exp_datasets.tiny_world.report import token_weights
+from util import UsageError, load_causal_lm, load_tokenizer
+
+STREAM_FILES = ("train.csv", "val.csv", "test.csv", "qa_train.csv", "qa_val.csv")
+
+
+def read(data_dir, name):
+    return pd.read_csv(data_dir / name, keep_default_na=False)
+
+
+def small_recipe(extra=()):
+    from conftest import SMALL_WORLD
+
+    return tiny_world.load_recipe(SMALL_WORLD + list(extra))
+
+
+def test_same_seed_gives_same_bytes_and_another_seed_differs(tmp_path):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        (tmp_path / name).mkdir()
+        world.write_tables(world.make_world(small_recipe([f"seed={seed}"])), tmp_path / name)
+    for file in STREAM_FILES + ("web_text.csv", "pretrain_docs.csv"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+    assert (tmp_path / "a" / "test.csv").read_bytes() != (tmp_path / "c" / "test.csv").read_bytes()
+
+
+def test_entities_never_cross_splits(tiny_world_small):
+    data = tiny_world_small.data_dir
+    pretrain = read(data, "pretrain_docs.csv")
+    groups = {
+        "qa_train": set(read(data, "qa_train.csv")["entity"]),
+        "qa_val": set(read(data, "qa_val.csv")["entity"]),
+        **{split: set(read(data, f"{split}.csv")["entity"]) for split in ("train", "val", "test")},
+    }
+    names = list(groups)
+    for i, first in enumerate(names):
+        assert groups[first], first
+        for second in names[i + 1:]:
+            assert not groups[first] & groups[second], (first, second)
+    # the pretraining documents are about exactly the qa_train and qa_val entities
+    assert set(pretrain["entity"]) == groups["qa_train"] | groups["qa_val"]
+    assert set(pretrain.loc[pretrain["has_qa"] == 1, "entity"]) == groups["qa_train"]
+    # no stream entity is ever named in what the base model read
+    read_text = " ".join(pretrain["text"])
+    for split in ("train", "val", "test"):
+        for entity in groups[split]:
+            assert not re.search(rf"\b{re.escape(entity)}\b", read_text), (split, entity)
+
+
+def test_answer_spans_point_at_the_answer(tiny_world_small):
+    cfg = small_recipe()
+    for file in STREAM_FILES:
+        frame = read(tiny_world_small.data_dir, file)
+        assert len(frame)
+        for row in frame.itertuples():
+            assert row.text[row.answer_start:row.answer_end] == row.answers
+            assert row.answers not in row.question
+        per_doc = frame.groupby("doc_id").apply(lambda g: len(set(zip(g.answer_start, g.answer_end))),
+                                                include_groups=False)
+        assert per_doc.between(*cfg.facts_per_doc).all(), file
+        assert frame.groupby("doc_id")["text"].nunique().eq(1).all()
+
+
+def test_documents_have_the_configured_length_and_web_text_has_no_facts(tiny_world_small):
+    cfg = small_recipe()
+    test = read(tiny_world_small.data_dir, "test.csv").drop_duplicates("doc_id")
+    words = test["text"].str.split().str.len()
+    # the last filler sentence may pass the target by one sentence
+    assert words.min() >= cfg.doc_words[0] and words.max() <= cfg.doc_words[1] + 25
+    web = read(tiny_world_small.data_dir, "web_text.csv")["raw_text"]
+    entities = set(read(tiny_world_small.data_dir, "test.csv")["entity"])
+    assert len(web) == cfg.n_web_texts
+    assert not any(e in text for e in entities for text in web)
+
+
+def test_registry_reads_every_split(tiny_world_small):
+    cfg = tiny_world_small.dataset_cfg
+    for split in ("qa_train", "qa_val", "train", "val", "test"):
+        examples = load_split(cfg, split)
+        frame = read(tiny_world_small.data_dir, f"{split}.csv")
+        assert len(examples) == len(frame)
+        assert [e.answer for e in examples] == frame["answers"].astype(str).tolist()
+        assert all(e.text[int(e.extra["answer_start"]):int(e.extra["answer_end"])] == e.answer for e in examples)
+    stream = make_stream(load_split(cfg, "test"), downsample_to=-1, seed=0)
+    assert len(stream) == read(tiny_world_small.data_dir, "test.csv")["doc_id"].nunique()
+    assert len(load_web_text(cfg.web_text_csv)) == small_recipe().n_web_texts
+
+
+def test_base_model_loads_like_a_hub_model(tiny_world_small):
+    tokenizer = load_tokenizer(tiny_world_small.base_model)
+    model = load_causal_lm(tiny_world_small.base_model)
+    assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.pad_token_id == tokenizer.eos_token_id
+    assert type(model).__name__ == "GPT2LMHeadModel" and model.config.vocab_size == len(tokenizer)
+    text = read(tiny_world_small.data_dir, "test.csv")["text"][0]
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    with torch.no_grad():
+        logits = model(torch.tensor([ids[:64]])).logits
+    assert logits.shape == (1, min(64, len(ids)), len(tokenizer)) and torch.isfinite(logits).all()
+
+
+def test_oracle_weights_cover_the_answer_with_uniform_mass(tiny_world_small):
+    tokenizer = load_tokenizer(tiny_world_small.base_model)
+    row = read(tiny_world_small.data_dir, "test.csv").iloc[0]
+    weights = token_weights("oracle", tokenizer, row.text, [(row.answer_start, row.answer_end)], 10_000)
+    ids = tokenizer(row.text)["input_ids"]
+    assert len(weights) == len(ids)
+    assert weights[1:].sum().item() == pytest.approx(len(ids) - 1)
+    chosen = tokenizer.decode([i for i, w in zip(ids, weights) if w > 0])
+    assert chosen.strip() == row.answers
+
+
+def test_build_is_skipped_when_unchanged_and_redone_per_stage(tiny_world_small, tmp_path, capsys):
+    root = tmp_path / "world"
+    shutil.copytree(tiny_world_small.root, root)
+    recipe = small_recipe([f"out_dir={root}"])
+    before = (root / "recipe.json").read_bytes()
+    assert tiny_world.build(recipe) == root
+    assert (root / "recipe.json").read_bytes() == before
+    assert "written" not in capsys.readouterr().out
+
+    model_bytes = (root / "base_model" / "model.safetensors").read_bytes()
+    changed = small_recipe([f"out_dir={root}", "report.one_step.lrs=[0.5]", "report.n_qa=4", "report.stream.n_docs=0"])
+    tiny_world.build(changed)
+    record = json.loads((root / "recipe.json").read_text())
+    assert record["timings_s"]["data"] == record["timings_s"]["model"] == "reused"
+    assert record["timings_s"]["report"] != "reused"
+    assert (root / "base_model" / "model.safetensors").read_bytes() == model_bytes
+    assert [r["lr"] for r in json.loads((root / "report.json").read_text())["one_step"]["rows"]] == [0.5] * 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".world.") and p.is_dir()]
+
+    # a data change invalidates every later stage; the hashes chain
+    base, reseeded = tiny_world.stage_hashes(recipe), tiny_world.stage_hashes(small_recipe(["seed=7"]))
+    assert all(base[s] != reseeded[s] for s in base)
+    model_only = tiny_world.stage_hashes(small_recipe(["pretrain.epochs=3"]))
+    assert model_only["data"] == base["data"] and model_only["model"] != base["model"]
+    # where it is built does not matter
+    assert tiny_world.stage_hashes(small_recipe(["out_dir=/elsewhere", "num_threads=1"])) == base
+
+
+def test_interrupted_build_leaves_the_previous_build(tiny_world_small, tmp_path, monkeypatch):
+    from exp_datasets.tiny_world import report
+
+    root = tmp_path / "world"
+    shutil.copytree(tiny_world_small.root, root)
+    before = (root / "recipe.json").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "build_report", crash)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_world.build(small_recipe([f"out_dir={root}", "report.n_qa=3"]))
+    assert (root / "recipe.json").read_bytes() == before
+    assert tiny_world.is_current(root, tiny_world.stage_hashes(small_recipe()))
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["world"]
+
+
+def test_artefact_path_uses_the_default_recipe_and_resolver(tiny_world_small, tmp_path, monkeypatch, capsys):
+    from omegaconf import OmegaConf
+
+    from util import register_resolvers
+
+    recipe_file = tmp_path / "tiny_world.yaml"
+    recipe_file.write_text(OmegaConf.to_yaml(small_recipe()))
+    shutil.copytree(tiny_world_small.root, tmp_path / "cache" / "tiny_world")
+    monkeypatch.setattr(tiny_world, "RECIPE_PATH", recipe_file)
+    monkeypatch.setenv("CAMELS_CACHE_DIR", str(tmp_path / "cache"))
+    register_resolvers()
+    cfg = OmegaConf.create({"data": "${tiny_world:data}", "model": "${tiny_world:base_model}"})
+    assert cfg.data == str(tmp_path / "cache" / "tiny_world" / "data")
+    assert cfg.model == str(tmp_path / "cache" / "tiny_world" / "base_model")
+    assert capsys.readouterr().err == ""  # nothing was rebuilt
+    with pytest.raises(UsageError, match="tiny_world:data"):
+        tiny_world.artefact_path("weights")
+
+
+def test_bad_recipe_fails_before_work(tmp_path):
+    with pytest.raises(UsageError, match="qa_entity_fraction"):
+        tiny_world.build(small_recipe([f"out_dir={tmp_path / 'w'}", "qa_entity_fraction=1.0"]))
+    with pytest.raises(UsageError, match="doc_words"):
+        tiny_world.build(small_recipe([f"out_dir={tmp_path / 'w'}", "doc_words=[90,60]"]))
+    assert not (tmp_path / "w").exists()

@@ -1,0 +1,299 @@
+"""QA pre-tuning (SPEC §7): teach a causal LM to continue a question with " <answer>", so that it can
+serve as the base model of meta-training and online-adaptation evaluation.
+
+    python train_qa.py dataset=squad model=gpt2-xl
+
+Output folder (hydra.run.dir): outputs/qa_pretraining/<dataset>/<model basename>/<timestamp>/
+    .hydra/config.yaml   the resolved configuration
+    metrics.jsonl        one row per validation (the first is before any training)
+    best.json            metric values, step and path of each kept checkpoint
+    checkpoints/lowest_nll/, highest_f1/, highest_em/
+                         save_pretrained folders (model + tokenizer) that also hold state_dict.pt:
+                         use the folder as base_model, or state_dict.pt as base_model_state_dict
+"""
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+import util
+from exp_datasets import QACollator, load_split
+from subroutines import evaluate_qa
+
+OPTIMIZERS = ("adam", "adafactor", "sgd")
+# checkpoint name -> (validation metric, direction)
+CRITERIA = {"lowest_nll": ("nll", "min"), "highest_f1": ("f1", "max"), "highest_em": ("em", "max")}
+VAL_MODES = ("em", "ppl")
+
+
+class BestTracker:
+    """The best validation so far under each criterion.
+
+    `update(metrics, step, epoch)` returns the criteria this validation strictly beat, so a tie keeps
+    the earlier checkpoint. A metric that is missing or NaN never counts as an improvement.
+    """
+
+    def __init__(self, criteria=None):
+        self.criteria = dict(criteria or CRITERIA)
+        self.best = {}
+
+    def update(self, metrics, step, epoch):
+        improved = []
+        for name, (key, direction) in self.criteria.items():
+            value = metrics.get(key)
+            if value is None or math.isnan(value):
+                continue
+            record = self.best.get(name)
+            if record is None or (value < record["value"] if direction == "min" else value > record["value"]):
+                self.best[name] = dict(metric=key, value=value, step=step, epoch=epoch)
+                improved.append(name)
+        return improved
+
+
+class EarlyStopping:
+    """Patience on a lower-is-better value: `update` returns True once `patience` validations in a
+    row have not improved on the lowest value seen. patience=None never stops."""
+
+    def __init__(self, patience):
+        self.patience = patience
+        self.lowest = math.inf
+        self.stale = 0
+
+    def update(self, value):
+        if value is not None and not math.isnan(value) and value < self.lowest:
+            self.lowest, self.stale = value, 0
+        else:
+            self.stale += 1
+        return self.patience is not None and self.stale >= self.patience
+
+
+def check_config(cfg):
+    """Reject bad knobs with one line before any data or model is loaded."""
+    positive_ints = ["batch_size", "grad_acc_steps", "val_steps", "n_epochs", "eval_batch_size", "max_new_tokens"]
+    optional_positive_ints = ["max_steps", "stop_k", "max_val_questions"]
+    for key in positive_ints + optional_positive_ints:
+        value = cfg.get(key)
+        if value is None and key in optional_positive_ints:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            fallback = " (or null)" if key in optional_positive_ints else ""
+            raise util.UsageError(f"{key}={value} is invalid; it must be a positive integer{fallback}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise util.UsageError(f"optimizer={cfg.optimizer} is unknown; use one of {', '.join(OPTIMIZERS)}")
+    for key in ("lr", "grad_clip_thresh"):
+        if not isinstance(cfg.get(key), (int, float)) or cfg.get(key) <= 0:
+            raise util.UsageError(f"{key}={cfg.get(key)} is invalid; it must be a positive number")
+    if cfg.wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise util.UsageError("wandb=true but the wandb package is not installed; "
+                                  "pip install wandb or set wandb=false") from None
+
+
+def make_optimizer(name, params, lr):
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    from transformers.optimization import Adafactor
+
+    # a fixed learning rate, as for the other optimisers, instead of Adafactor's own schedule
+    return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
+
+
+def validation_subset(examples, limit, seed):
+    """A fixed random subset of `limit` questions (in their original order), or all of them."""
+    if limit is None or limit >= len(examples):
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]
+
+
+def save_checkpoints(names, model, tokenizer, checkpoint_dir):
+    """Write the current model under each name in `names`, each folder swapped in atomically.
+
+    The model is serialised once; the other folders get hard links to those files (a copy where
+    links are not possible), which saves minutes and gigabytes for big models.
+    """
+    first, *others = names
+    with util.atomic_dir(checkpoint_dir / first) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(model.state_dict(), tmp / "state_dict.pt")
+    for name in others:
+        with util.atomic_dir(checkpoint_dir / name) as tmp:
+            shutil.copytree(checkpoint_dir / first, tmp, copy_function=link_or_copy, dirs_exist_ok=True)
+
+
+def link_or_copy(src, dst):
+    try:
+        Path(dst).hardlink_to(src)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def best_report(tracker, checkpoint_dir):
+    return {name: dict(record, path=str(checkpoint_dir / name)) for name, record in tracker.best.items()}
+
+
+class Trainer:
+    """The training loop: optimiser steps on the QA loss, validation every `val_steps` steps,
+    checkpoints of the best validations, early stopping on validation NLL."""
+
+    def __init__(self, cfg, model, tokenizer, train_examples, val_examples, device, run_dir, logger=None):
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+        self.train_examples = train_examples
+        self.val_examples = val_examples
+        self.device = device
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.logger = logger
+        self.collator = QACollator.from_config(tokenizer, cfg.dataset)
+        self.optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
+        self.tracker = BestTracker()
+        self.stopper = EarlyStopping(cfg.stop_k)
+        self.history = []
+        self.step = 0
+        self.start_time = time.time()
+
+    def qa_loss(self, examples):
+        ids, mask, labels = self.collator.encode_qa([e.question for e in examples], [e.answer for e in examples])
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        return util.answer_nll(logits, labels.to(self.device))
+
+    def validate(self, epoch, train_loss):
+        """Score the validation set, keep checkpoints it improves, log it; True means stop early."""
+        _, summary = evaluate_qa(self.model, self.tokenizer, self.val_examples, self.collator, self.device,
+                                 eval_modes=VAL_MODES, batch_size=self.cfg.eval_batch_size,
+                                 max_new_tokens=self.cfg.max_new_tokens, desc=f"validate@{self.step}")
+        row = dict(step=self.step, epoch=epoch, train_loss=train_loss, val_nll=summary["nll"],
+                   val_em=summary["em"], val_f1=summary["f1"], val_questions=summary["n_questions"],
+                   elapsed_s=round(time.time() - self.start_time, 1))
+        improved = self.tracker.update(summary, self.step, epoch)
+        if improved:
+            save_checkpoints(improved, self.model, self.tokenizer, self.checkpoint_dir)
+            util.atomic_write_text(json.dumps(best_report(self.tracker, self.checkpoint_dir), indent=2) + "\n",
+                                   self.run_dir / "best.json")
+        with open(self.run_dir / "metrics.jsonl", "a") as log:
+            log.write(json.dumps(row) + "\n")
+        if self.logger:
+            self.logger.log({k: v for k, v in row.items() if v is not None}, step=self.step)
+        self.history.append(row)
+        tqdm.write(f"step {self.step}: val nll {row['val_nll']:.4f} em {row['val_em']:.3f} f1 {row['val_f1']:.3f}"
+                   + (f"  (new {', '.join(improved)})" if improved else ""))
+        return self.stopper.update(summary["nll"])
+
+    def train(self):
+        cfg = self.cfg
+        rng = random.Random(cfg.seed)
+        batches_per_epoch = math.ceil(len(self.train_examples) / cfg.batch_size)
+        steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_acc_steps)
+        total_steps = steps_per_epoch * cfg.n_epochs
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps)
+        self.model.train()
+        # a rerun into the same folder starts a new log instead of appending to the old one
+        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        stop = self.validate(epoch=0, train_loss=None)
+        progress = tqdm(total=total_steps, desc="QA tuning", unit="step")
+        running_loss, window_losses = None, []
+        epoch = 0
+        while not stop and self.step < total_steps:
+            epoch += 1
+            order = rng.sample(self.train_examples, len(self.train_examples))
+            for index in range(batches_per_epoch):
+                batch = order[index * cfg.batch_size: (index + 1) * cfg.batch_size]
+                loss = self.qa_loss(batch)
+                # the last group of an epoch may hold fewer batches; its gradient is still their mean
+                group_start = index - index % cfg.grad_acc_steps
+                group_size = min(cfg.grad_acc_steps, batches_per_epoch - group_start)
+                (loss / group_size).backward()
+                window_losses.append(loss.item())
+                if index - group_start + 1 < group_size:
+                    continue
+                step_loss = sum(window_losses[-group_size:]) / group_size
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_thresh)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                running_loss = step_loss if running_loss is None else 0.95 * running_loss + 0.05 * step_loss
+                progress.update(1)
+                progress.set_postfix(epoch=epoch, loss=f"{running_loss:.4f}")
+                # the last step always validates, so the final model is scored and can be kept
+                if self.step % cfg.val_steps == 0 or self.step == total_steps:
+                    stop = self.validate(epoch, train_loss=sum(window_losses) / len(window_losses))
+                    window_losses = []
+                if stop or self.step == total_steps:
+                    break
+        progress.close()
+        return self.history
+
+
+def load_inputs(cfg, device, dtype):
+    """Data, tokenizer and model, each failing with one line (UsageError) when it cannot be had."""
+    train_examples = load_split(cfg.dataset, "qa_train")
+    val_examples = validation_subset(load_split(cfg.dataset, "qa_val"), cfg.max_val_questions, cfg.seed)
+    model = util.load_causal_lm(cfg.model, cfg.load_state_dict_path, torch_dtype=dtype)
+    tokenizer = util.load_tokenizer(cfg.tokenizer_name or cfg.model)
+    vocab_size = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab_size:
+        raise util.UsageError(f"tokenizer {cfg.tokenizer_name or cfg.model} has {len(tokenizer)} tokens but the "
+                              f"model embeds only {vocab_size}; set tokenizer_name to the model's own tokenizer")
+    if cfg.grad_checkpointing:
+        if not model.supports_gradient_checkpointing:
+            raise util.UsageError(f"{type(model).__name__} does not support gradient checkpointing; "
+                                  "set grad_checkpointing=false")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return train_examples, val_examples, tokenizer, model.to(device)
+
+
+def train_qa(cfg: DictConfig, run_dir):
+    """Run QA pre-tuning as configured, writing into `run_dir`; returns the metric rows."""
+    check_config(cfg)
+    device = util.pick_device(cfg.device)
+    dtype = util.pick_dtype(cfg.dtype)
+    util.set_seed(cfg.seed)
+    train_examples, val_examples, tokenizer, model = load_inputs(cfg, device, dtype)
+    print(f"QA tuning {cfg.model} on {cfg.dataset.name}: {len(train_examples)} training and "
+          f"{len(val_examples)} validation questions, device {device}; output in {run_dir}")
+    logger = None
+    if cfg.wandb:
+        import wandb
+
+        logger = wandb.init(project=cfg.wandb_project, dir=str(run_dir),
+                            config=OmegaConf.to_container(cfg, resolve=True))
+    trainer = Trainer(cfg, model, tokenizer, train_examples, val_examples, device, run_dir, logger)
+    history = trainer.train()
+    if logger:
+        logger.finish()
+    first, last = history[0], history[-1]
+    print(f"validation before: nll {first['val_nll']:.4f} em {first['val_em']:.3f} f1 {first['val_f1']:.3f}; "
+          f"after {last['step']} steps: nll {last['val_nll']:.4f} em {last['val_em']:.3f} f1 {last['val_f1']:.3f}")
+    for name, record in best_report(trainer.tracker, trainer.checkpoint_dir).items():
+        print(f"{name}: {record['path']} ({record['metric']}={record['value']:.4f} at step {record['step']})")
+    return history
+
+
+@hydra.main(version_base=None, config_path="qa_conf", config_name="config")
+def main(cfg: DictConfig):
+    from hydra.core.hydra_config import HydraConfig
+
+    with util.usage_errors_exit():
+        train_qa(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    util.register_resolvers()
+    util.run_cli(main)

