@@ -77,7 +77,7 @@ class EarlyStopping:
 def check_config(cfg):
     """Reject bad knobs with one line before any data or model is loaded."""
     positive_ints = ["batch_size", "grad_acc_steps", "val_steps", "n_epochs", "eval_batch_size", "max_new_tokens"]
-    optional_positive_ints = ["max_steps", "stop_k", "max_val_questions"]
+    optional_positive_ints = ["max_steps", "stop_k", "max_val_questions", "torch_threads"]
     for key in positive_ints + optional_positive_ints:
         value = cfg.get(key)
         if value is None and key in optional_positive_ints:
@@ -264,6 +264,8 @@ def train_qa(cfg: DictConfig, run_dir):
     check_config(cfg)
     device = util.pick_device(cfg.device)
     dtype = util.pick_dtype(cfg.dtype)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     util.set_seed(cfg.seed)
     train_examples, val_examples, tokenizer, model = load_inputs(cfg, device, dtype)
     print(f"QA tuning {cfg.model} on {cfg.dataset.name}: {len(train_examples)} training and "

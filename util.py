@@ -203,7 +203,7 @@ def load_causal_lm(name_or_path, state_dict_path=None, attn_implementation=None,
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if torch_dtype is not None:
-        kwargs["torch_dtype"] = torch_dtype
+        kwargs["dtype"] = torch_dtype
     try:
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
     except (OSError, ValueError) as err:

@@ -1,6 +1,6 @@
 """train_qa.py: best-checkpoint selection, early stopping, a short real run, the CLI."""
+import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
@@ -67,15 +67,16 @@ def compose_config(overrides):
 
 
 def run_overrides(world, **extra):
+    # torch_threads=null: leave the test session's thread count alone
     base = dict(model=str(world.base_model), **{"dataset.data_dir": str(world.data_dir)},
-                device="cpu", seed=0, max_val_questions=24, eval_batch_size=24, max_new_tokens=6)
+                device="cpu", torch_threads="null", seed=0, max_val_questions=24, eval_batch_size=24,
+                max_new_tokens=6)
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
 
 @pytest.fixture(scope="module")
 def short_run(tiny_world_small, tmp_path_factory):
-    torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("qa_run")
     cfg = compose_config(run_overrides(tiny_world_small, lr=3e-3, batch_size=8, grad_acc_steps=2,
                                        val_steps=4, max_steps=12, stop_k="null"))
@@ -161,9 +162,10 @@ def test_cfg_resolves_with_tiny_world_presets_and_output_layout(tiny_world_small
                      f"dataset.web_text_csv={tiny_world_small.data_dir / 'web_text.csv'}", "val_steps=7")
     assert result.returncode == 0, result.stderr
     cfg = OmegaConf.create(result.stdout)
-    assert cfg.val_steps == 7  # the command line wins over the dataset preset
+    assert cfg.val_steps == 7  # the command line wins over the dataset preset...
     preset = OmegaConf.load(REPO / "qa_conf" / "train_tuning" / "tiny_world.yaml")
-    assert cfg.lr == preset.lr and cfg.batch_size == preset.batch_size
+    assert cfg.torch_threads == preset.torch_threads  # ...which wins over the global defaults
+    assert cfg.lr == 2.5e-5
     run_dir = Path(cfg.hydra.run.dir)
     assert run_dir.parts[:4] == ("outputs", "qa_pretraining", "tiny_world", Path(tiny_world_small.base_model).name)
 
@@ -188,6 +190,13 @@ def test_bad_input_is_one_line_before_training(tiny_world_small, tmp_path, overr
     message = str(raised.value)
     assert expected in message and "\n" not in message
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
+def test_wandb_without_the_package_is_a_usage_error(tiny_world_small, tmp_path):
+    cfg = compose_config(run_overrides(tiny_world_small, wandb="true"))
+    with pytest.raises(util.UsageError, match="pip install wandb or set wandb=false"):
+        train_qa.train_qa(cfg, tmp_path)
 
 
 def test_cli_bad_input_exits_2_with_one_line(tiny_world_small, tmp_path):
