@@ -4,7 +4,7 @@ serve as the base model of meta-training and online-adaptation evaluation.
     python train_qa.py dataset=squad model=gpt2-xl
 
 Output folder (hydra.run.dir): outputs/qa_pretraining/<dataset>/<model basename>/<timestamp>/
-    .hydra/config.yaml   the resolved configuration
+    .hydra/config.yaml   the composed configuration (overrides.yaml: the command line)
     metrics.jsonl        one row per validation (the first is before any training)
     best.json            metric values, step and path of each kept checkpoint
     checkpoints/lowest_nll/, highest_f1/, highest_em/
@@ -274,8 +274,9 @@ def train_qa(cfg: DictConfig, run_dir):
     if cfg.wandb:
         import wandb
 
+        # unresolved: resolving every key could build the tiny world for a path this run never reads
         logger = wandb.init(project=cfg.wandb_project, dir=str(run_dir),
-                            config=OmegaConf.to_container(cfg, resolve=True))
+                            config=dict(OmegaConf.to_container(cfg), model=str(cfg.model)))
     trainer = Trainer(cfg, model, tokenizer, train_examples, val_examples, device, run_dir, logger)
     history = trainer.train()
     if logger:

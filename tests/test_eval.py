@@ -127,7 +127,7 @@ def test_weighted_train_is_accumulated_sgd_on_the_weighted_loss(world_parts):
     reference = without_dropout(parts.model)
     total = 0
     for text in texts:
-        ids = torch.tensor([parts.tokenizer(text)["input_ids"]])
+        ids = torch.tensor(parts.collator.text_tokens([text]))
         weights = PositionWeights()(ids, torch.ones_like(ids))
         total = total + manual_weighted_loss(reference, ids, weights, parts.collator.max_text_len) / 2
     grads = torch.autograd.grad(total, list(reference.parameters()))
