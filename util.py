@@ -223,18 +223,27 @@ def load_state_dict_into(model, state_dict_path):
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith(".attn.bias")]
+    state = check_state_dict_fits(model, state, f"state dict {path}",
+                                  "load it into the architecture it was saved from")
+    model.load_state_dict(state, strict=False)
+
+
+def check_state_dict_fits(model, state, source, fix):
+    """`state` without GPT-2's causal-mask buffers (older transformers saved them), after checking
+    that its keys and shapes are exactly the model's: else a one-line UsageError ending in `fix`."""
+    buffers = (".attn.bias", ".attn.masked_bias")
+    state = {k: v for k, v in state.items() if not k.endswith(buffers)}
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith(buffers)}
+    missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
         example = (mismatched or missing or unexpected)[0]
         raise UsageError(
-            f"state dict {path} does not fit {type(model).__name__} "
-            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mismatched "
-            f"keys, e.g. {example!r}); load it into the architecture it was saved from"
+            f"{source} does not fit {type(model).__name__} ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(mismatched)} mismatched keys, e.g. {example!r}); {fix}"
         )
-    model.load_state_dict(state, strict=False)
+    return state
 
 
 def first_line(err) -> str:

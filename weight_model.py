@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from util import UsageError, atomic_dir, atomic_torch_save, first_line
+from util import UsageError, atomic_dir, atomic_torch_save, check_state_dict_fits, first_line
 
 WEIGHT_MODELS = {}
 
@@ -195,20 +195,10 @@ class CaMeLS(WeightModel):
         return cls(backbone, **options)
 
     def load_weights(self, state_dict, source):
-        own = self.state_dict()
-        # older transformers saved GPT-2's causal-mask buffers with the weights
-        state_dict = {k: v for k, v in state_dict.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        mismatched = [k for k in state_dict if k in own and state_dict[k].shape != own[k].shape]
-        if missing or unexpected or mismatched:
-            example = (mismatched or missing or unexpected)[0]
-            raise UsageError(
-                f"weight model checkpoint {source} does not fit a CaMeLS with body "
-                f"{self.options['pretrained_model']} ({len(missing)} missing, {len(unexpected)} unexpected, "
-                f"{len(mismatched)} mismatched keys, e.g. {example!r}); set model.pretrained_model to its body"
-            )
-        self.load_state_dict(state_dict)
+        state_dict = check_state_dict_fits(
+            self, state_dict, f"weight model checkpoint {source}",
+            f"its body is not {self.options['pretrained_model']}: set model.pretrained_model to the body it was trained with")
+        self.load_state_dict(state_dict, strict=False)
         return self
 
 
