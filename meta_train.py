@@ -288,7 +288,8 @@ def render_weights(tokenizer, input_ids, weights, path_html, path_png, attention
         # one line per token as a single collection: far cheaper to draw than bar patches
         axis.vlines(range(len(values)), 0, values, colors=["#1a5fb4" if m else "#e65000" for m in marked],
                     linewidth=max(0.5, min(4.0, 600 / max(len(values), 1))))
-        axis.set_title(str(title), fontsize=9, loc="left")
+        title = str(title)
+        axis.set_title(title if len(title) <= 160 else title[:159] + "…", fontsize=9, loc="left")
         axis.set_ylabel("weight")
         axis.set_xlim(-1, max(len(values), 1))
         axis.set_ylim(0, max(high, 1e-12) * 1.05)
@@ -498,17 +499,30 @@ class MetaTrainer:
             self.weight_model.save(folder)
             (folder / "training_state.json").write_text(json.dumps(info, indent=1))
 
+    def sample_documents(self):
+        """The first `sample_docs` distinct documents of the validation batches, each with all of
+        its questions (the fixed sample whose weights are rendered during training)."""
+        questions = {}
+        for example in (e for batch in self.val_batches for e in batch):
+            if example.text in questions or len(questions) < self.cfg.sample_docs:
+                questions.setdefault(example.text, []).append(example)
+        return list(questions.values())
+
     def render_samples(self):
-        examples = self.val_batches[0][: self.cfg.sample_docs]
-        batch = make_batch(self.collator, examples, self.device)
+        groups = self.sample_documents()
+        batch = make_batch(self.collator, [group[0] for group in groups], self.device)
         was_training = self.weight_model.training
         self.weight_model.eval()
         weights = self.batch_weights(batch)
         self.weight_model.train(was_training)
-        titles = [f"Q: {e.question}  A: {e.answer}" for e in examples]
+        width = batch["text_ids"].shape[1]
+        spans = [answer_token_mask(self.tokenizer, group, self.collator.max_text_len, width) for group in groups]
+        highlight = (torch.stack([span[0].any(0) for span in spans])
+                     if all(span is not None for span in spans) else None)
+        titles = ["   ".join(f"Q: {e.question}  A: {e.answer}" for e in group) for group in groups]
         stem = self.out_dir / "samples" / f"step_{self.step:06d}"
         render_weights(self.tokenizer, batch["text_ids"], weights, stem.with_suffix(".html"), stem.with_suffix(".png"),
-                       attention_mask=batch["text_mask"], highlight=batch.get("answer_mask"), titles=titles,
+                       attention_mask=batch["text_mask"], highlight=highlight, titles=titles,
                        heading=f"CaMeLS weights after {self.step} outer steps")
 
     def run_validation(self, started):
