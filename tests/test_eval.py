@@ -65,8 +65,9 @@ def greedy_answer(model, tokenizer, question, max_new_tokens):
     return text.strip().split("\n")[0].strip()
 
 
-def manual_answer_nll(model, tokenizer, question, answer):
+def manual_answer_nll(model, tokenizer, question, answer, qa_eos):
     q, a = tokenizer(question)["input_ids"], tokenizer(" " + answer)["input_ids"]
+    a = a + [tokenizer.eos_token_id] if qa_eos else a
     logits = model(input_ids=torch.tensor([q + a])).logits[0]
     return F.cross_entropy(logits[len(q) - 1: -1], torch.tensor(a)).item()
 
@@ -83,7 +84,7 @@ def test_evaluate_qa_matches_greedy_decoding_and_metrics(world_parts):
         assert row["em"] == util.exact_match(prediction, example.answer)
         assert row["f1"] == row["max_f1"] == util.f1_score(prediction, example.answer)
         assert row["nll"] == pytest.approx(manual_answer_nll(parts.model, parts.tokenizer, example.question,
-                                                             example.answer), rel=1e-6)
+                                                             example.answer, parts.collator.qa_eos), rel=1e-6)
     assert summary["nll"] == pytest.approx(sum(r["nll"] for r in rows) / len(rows))
     assert summary["n_questions"] == 5
     rows, _ = evaluate_qa(parts.model, parts.tokenizer, examples, parts.collator, "cpu", ["em3"],
