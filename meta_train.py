@@ -289,7 +289,7 @@ def render_weights(tokenizer, input_ids, weights, path_html, path_png, attention
         axis.vlines(range(len(values)), 0, values, colors=["#1a5fb4" if m else "#e65000" for m in marked],
                     linewidth=max(0.5, min(4.0, 600 / max(len(values), 1))))
         title = str(title)
-        axis.set_title(title if len(title) <= 160 else title[:159] + "…", fontsize=9, loc="left")
+        axis.set_title(title if len(title) <= 130 else title[:129] + "…", fontsize=9, loc="left")
         axis.set_ylabel("weight")
         axis.set_xlim(-1, max(len(values), 1))
         axis.set_ylim(0, max(high, 1e-12) * 1.05)
@@ -298,7 +298,7 @@ def render_weights(tokenizer, input_ids, weights, path_html, path_png, attention
         else:
             axis.set_xlabel("token position")
     figure.suptitle(heading + (" (blue: answer tokens)" if highlight is not None else ""))
-    figure.subplots_adjust(hspace=0.6 if any(len(d[1]) <= 80 for d in docs) else 0.45)
+    figure.subplots_adjust(hspace=0.7 if any(len(d[1]) <= 80 for d in docs) else 0.55)
     with util.atomic_path(path_png) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
 
@@ -591,7 +591,8 @@ class MetaTrainer:
             # the same generator state gives the same order, also when a resumed run re-enters an epoch
             self.shuffle_rng.setstate(self.epoch_rng_state)
             order = group_shuffle(self.train_examples, example_group, self.shuffle_rng)
-            for index, examples in enumerate(batched(order, cfg.update_batch_size)):
+            batches = batched(order, cfg.update_batch_size)
+            for index, examples in enumerate(batches):
                 if index < self.batch_in_epoch:
                     continue
                 if self.step >= total_steps:
@@ -618,9 +619,11 @@ class MetaTrainer:
                     self.save_last(last_val)
                 if self.step % cfg.sample_steps == 0:
                     self.render_samples()
-            else:
-                if cfg.save_epoch_checkpoints:
-                    self.save_checkpoint(f"epoch_{epoch}", dict(step=self.step, epoch=epoch))
+            # an epoch is complete when all its batches were used, or when only batches too few for
+            # another optimiser step were left at the natural end of training (not a max_outer_steps cap)
+            capped = cfg.max_outer_steps is not None and self.step >= int(cfg.max_outer_steps)
+            if cfg.save_epoch_checkpoints and (self.batch_in_epoch == len(batches) or not capped):
+                self.save_checkpoint(f"epoch_{epoch}", dict(step=self.step, epoch=epoch))
         progress.close()
         if self.step % cfg.val_steps or (resuming and last_val is self.val_start):
             last_val = self.run_validation(started)

@@ -46,10 +46,12 @@ def test_tiny_world_tuning_applies_and_command_line_wins(tiny_world_small, tmp_p
     cfg = train_config(tiny_world_small, tmp_path)
     assert cfg.task_name == "train"
     assert cfg.inner_lr != 5.0e-4, "the tiny world's own tuning should replace the published inner_lr"
-    assert train_config(tiny_world_small, tmp_path, "inner_lr=0.25").inner_lr == 0.25
+    assert cfg.model.normalize, "the tuning may set model options too"
+    tuned = train_config(tiny_world_small, tmp_path, "inner_lr=0.25", "model.normalize=false")
+    assert tuned.inner_lr == 0.25 and not tuned.model.normalize
     published = train_config(tiny_world_small, tmp_path, "dataset=streamingqa")
-    assert (published.inner_lr, published.outer_lr, published.update_batch_size, published.reset_base_freq) == \
-        (5.0e-4, 1.0e-5, 6, 24)
+    assert (published.inner_lr, published.outer_lr, published.update_batch_size, published.reset_base_freq,
+            published.model.normalize) == (5.0e-4, 1.0e-5, 6, 24, False)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -70,7 +72,8 @@ def test_cli_reports_reset_frequency_in_one_line(tiny_world_small, tmp_path):
         [sys.executable, "run.py", "task=train", "model=CaMeLS", "reset_base_freq=7",
          f"dataset.data_dir={world.data_dir}",
          f"base_model={world.base_model}", f"model.pretrained_model={world.base_model}",
-         f"dataset.web_text_csv={world.data_dir / 'web_text.csv'}", f"output_dir={tmp_path / 'run'}"],
+         f"dataset.web_text_csv={world.data_dir / 'web_text.csv'}", f"output_dir={tmp_path / 'run'}",
+         f"hydra.run.dir={tmp_path / 'hydra'}"],
         cwd=REPO, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -192,8 +195,8 @@ def test_resumed_run_continues_exactly(tiny_world_small, tmp_path):
     checkpoints of an uninterrupted 6-step run."""
     from weight_model import load_weight_model
 
-    knobs = ["val_steps=3", "sample_steps=100", "val_batches=1", "update_batch_size=2", "reset_base_freq=6",
-             "grad_acc_steps=2", "inner_lr=1.0", "outer_lr=3e-3", "n_epochs=20"]
+    knobs = ["val_steps=3", "sample_steps=100", "sample_docs=1", "val_batches=1", "update_batch_size=2",
+             "reset_base_freq=6", "grad_acc_steps=2", "inner_lr=1.0", "outer_lr=3e-3", "n_epochs=20"]
     whole = meta_train.train(train_config(tiny_world_small, tmp_path / "whole", "max_outer_steps=6", *knobs))
     meta_train.train(train_config(tiny_world_small, tmp_path / "part", "max_outer_steps=3", *knobs))
     resumed = meta_train.train(train_config(tiny_world_small, tmp_path / "unused", "max_outer_steps=6",
@@ -211,3 +214,16 @@ def test_resumed_run_continues_exactly(tiny_world_small, tmp_path):
         a = load_weight_model(tmp_path / "whole" / "checkpoints" / name).state_dict()
         b = load_weight_model(tmp_path / "part" / "checkpoints" / name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_epoch_checkpoints_at_epoch_ends_but_not_after_a_step_cap(tiny_world_small, tmp_path):
+    n_batches = len(load_split(tiny_world_small.dataset_cfg, "train")) // 6
+    knobs = ["val_steps=100", "sample_steps=100", "sample_docs=1", "val_batches=1", "update_batch_size=6",
+             "reset_base_freq=6", "sequential_update=false",
+             f"grad_acc_steps={n_batches - 1}"]  # one step per epoch, one batch left over
+    summary = meta_train.train(train_config(tiny_world_small, tmp_path / "natural", "n_epochs=2", *knobs))
+    assert summary["steps"] == 2
+    assert sorted(p.name for p in (tmp_path / "natural" / "checkpoints").iterdir()) == [
+        "best", "epoch_1", "epoch_2", "last"]
+    meta_train.train(train_config(tiny_world_small, tmp_path / "capped", "n_epochs=2", "max_outer_steps=1", *knobs))
+    assert sorted(p.name for p in (tmp_path / "capped" / "checkpoints").iterdir()) == ["best", "last"]
