@@ -3,17 +3,21 @@
 Runs, through the same commands a user types (settings in conf/demo.yaml, `key=value` overrides):
   0. python -m exp_datasets.tiny_world               build the tiny world (skipped when current)
   1. python train_qa.py                               QA-tune the tiny base model
-  2. python run.py task=train model=CaMeLS            meta-train a CaMeLS weight model
+  2. python run.py task=train model=CaMeLS            meta-train a CaMeLS weight model, while
   3. python run.py -m task=eval split=val lr=a,b,c    every method's learning-rate sweep (validation)
+                                                      runs (CaMeLS's once its weight model is saved)
   4. python run.py -m task=eval split=test seed=...   each method at its best lr (test, several streams)
   5. python report.py OUT/test --select-from OUT/val  the method table and chart
   6. weight heat-maps of a few test documents by every weighting
-A step that finished is not run again, so an interrupted demo resumes where it stopped.
+Independent steps run `parallel_jobs` at a time, each on one CPU thread with its output in
+OUT/logs/. A step that finished is not run again, so an interrupted demo resumes where it stopped.
 """
 import json
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -23,66 +27,115 @@ from util import REPO_ROOT, UsageError
 
 
 class Pipeline:
-    def __init__(self, out_dir):
+    def __init__(self, out_dir, parallel_jobs=1):
         self.out = Path(out_dir).resolve()
         self.done = self.out / ".done"
+        self.logs = self.out / "logs"
+        self.parallel_jobs = max(1, int(parallel_jobs))
         self.timings_path = self.out / "timings.json"
         self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+        self._lock = threading.Lock()
+        # steps side by side share the CPU cores: one thread each
+        self.thread_overrides = ["torch_threads=1"] if self.parallel_jobs > 1 else []
 
     def step(self, name, command):
-        """Run `command` (a list of arguments for the project's Python) once; skip it if it finished before."""
-        if (self.done / name).exists():
-            print(f"[demo] {name}: done before, skipped", flush=True)
-            return
-        print(f"\n[demo] {name}: {' '.join(command)}", flush=True)
-        start = time.time()
-        result = subprocess.run([sys.executable, *command], cwd=REPO_ROOT)
+        """Run `command` (arguments for the project's Python) with its output on the terminal,
+        once: a step that finished before is skipped."""
+        self.steps({name: command}, parallel=False)
+
+    def steps(self, commands, parallel=True):
+        """Run several independent steps, `parallel_jobs` at a time; with more than one at a time each
+        step's output goes to OUT/logs/<step>.log and the terminal gets one line per finished step."""
+        todo = {}
+        for name, command in commands.items():
+            if (self.done / name).exists():
+                print(f"[demo] {name}: done before, skipped", flush=True)
+            else:
+                todo[name] = command
+        quiet = parallel and self.parallel_jobs > 1 and len(todo) > 1
+        if quiet:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            print(f"[demo] {len(todo)} steps, {self.parallel_jobs} at a time; their logs in {self.logs}", flush=True)
+        with ThreadPoolExecutor(self.parallel_jobs if quiet else 1) as pool:
+            failures = [f for f in pool.map(lambda item: self._run(*item, quiet), todo.items()) if f]
+        if failures:
+            raise UsageError(f"step {failures[0]} failed; fix the error above and rerun the demo, which resumes "
+                             "from the unfinished steps")
+
+    def _run(self, name, command, quiet):
+        """One step; returns its name when it failed."""
+        started = time.time()
+        if quiet:
+            log_path = self.logs / f"{name}.log"
+            with open(log_path, "w") as log:
+                result = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        else:
+            print(f"\n[demo] {name}: {' '.join(command)}", flush=True)
+            result = subprocess.run([sys.executable, *command], cwd=REPO_ROOT)
+        seconds = round(time.time() - started, 1)
         if result.returncode != 0:
-            raise UsageError(f"step {name} failed (exit {result.returncode}); fix the error above and rerun "
-                             "the demo, which resumes from this step")
-        self.timings[name] = round(time.time() - start, 1)
-        util.atomic_write_text(json.dumps(self.timings, indent=1), self.timings_path)
-        self.done.mkdir(parents=True, exist_ok=True)
-        (self.done / name).touch()
+            if quiet:
+                tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-15:])
+                print(f"[demo] {name} failed (exit {result.returncode}); end of {log_path}:\n{tail}", flush=True)
+            return name
+        with self._lock:
+            self.timings[name] = seconds
+            util.atomic_write_text(json.dumps(self.timings, indent=1), self.timings_path)
+            self.done.mkdir(parents=True, exist_ok=True)
+            (self.done / name).touch()
+        if quiet:
+            print(f"[demo] {name}: finished in {seconds:.0f}s", flush=True)
+        return None
 
 
-def eval_sweep(pipeline, cfg, phase, method, overrides, lrs, seeds, downsample_to):
-    sweep_dir = pipeline.out / phase / method
-    pipeline.step(f"{phase}_{method}", [
+def eval_sweeps(pipeline, cfg, phase, lrs, seeds, downsample_to):
+    """One Hydra multirun per method of `lrs` (method -> its lrs) × seeds on the `phase` split, as named commands."""
+    return {f"{phase}_{method}": [
         "run.py", "-m", "task=eval", f"dataset={cfg.dataset}", f"split={phase}", f"base_model={cfg.base_model}",
-        f"lr={','.join(str(lr) for lr in lrs)}", f"seed={','.join(str(s) for s in seeds)}",
-        f"downsample_to={downsample_to}", *overrides, *cfg.eval_overrides, f"hydra.sweep.dir={sweep_dir}",
-    ])
+        f"lr={','.join(str(lr) for lr in method_lrs)}", f"seed={','.join(str(s) for s in seeds)}",
+        f"downsample_to={downsample_to}", *pipeline.thread_overrides, *cfg.methods[method], *cfg.eval_overrides,
+        f"hydra.sweep.dir={pipeline.out / phase / method}",
+    ] for method, method_lrs in lrs.items()}
+
+
+def needs_weight_model(cfg, method):
+    return any("weight_model_path" in str(option) for option in cfg.methods[method])
 
 
 def main(argv):
+    run_demo(OmegaConf.merge(OmegaConf.load(REPO_ROOT / "conf" / "demo.yaml"), OmegaConf.from_dotlist(argv)))
+
+
+def run_demo(cfg):
+    """Every step of the demo as `cfg` (conf/demo.yaml's keys) describes; returns the report folder."""
     util.register_resolvers()
-    cfg = OmegaConf.merge(OmegaConf.load(REPO_ROOT / "conf" / "demo.yaml"), OmegaConf.from_dotlist(argv))
-    pipeline = Pipeline(cfg.out_dir)
+    pipeline = Pipeline(cfg.out_dir, cfg.parallel_jobs)
     started = time.time()
 
-    pipeline.step("tiny_world", ["-m", "exp_datasets.tiny_world"])
+    pipeline.step("tiny_world", ["-m", "exp_datasets.tiny_world", *cfg.tiny_world_overrides])
 
     qa_dir = pipeline.out / "qa_tune"
     pipeline.step("qa_tune", ["train_qa.py", f"dataset={cfg.dataset}", *cfg.qa_tune_overrides,
                               f"hydra.run.dir={qa_dir}"])
     cfg.base_model = str(qa_dir / "checkpoints" / cfg.qa_checkpoint)
 
+    # meta-training runs side by side with the validation sweeps of the methods that do not need it
     train_dir = pipeline.out / "meta_train"
-    pipeline.step("meta_train", ["run.py", "task=train", "model=CaMeLS", f"dataset={cfg.dataset}",
-                                 f"base_model={cfg.base_model}", *cfg.meta_train_overrides,
-                                 f"hydra.run.dir={train_dir}"])
     cfg.weight_model_path = str(train_dir / "checkpoints" / cfg.weight_checkpoint)  # read by methods.CaMeLS
-
-    for method, overrides in cfg.methods.items():
-        eval_sweep(pipeline, cfg, "val", method, overrides, cfg.lrs, [cfg.val_seed], cfg.val_downsample_to)
+    learned = {m: cfg.lrs for m in cfg.methods if needs_weight_model(cfg, m)}
+    fixed = {m: cfg.lrs for m in cfg.methods if m not in learned}
+    pipeline.steps({
+        "meta_train": ["run.py", "task=train", "model=CaMeLS", f"dataset={cfg.dataset}", f"base_model={cfg.base_model}",
+                       *pipeline.thread_overrides, *cfg.meta_train_overrides, f"hydra.run.dir={train_dir}"],
+        **eval_sweeps(pipeline, cfg, "val", fixed, [cfg.val_seed], cfg.val_downsample_to)})
+    pipeline.steps(eval_sweeps(pipeline, cfg, "val", learned, [cfg.val_seed], cfg.val_downsample_to))
 
     import report
 
     validation = report.aggregate([pipeline.out / "val"], metric=cfg.selection_metric)
     best = report.best_lrs(validation, metric=cfg.selection_metric).set_index("method")["lr"]
-    for method, overrides in cfg.methods.items():
-        eval_sweep(pipeline, cfg, "test", method, overrides, [best[method]], cfg.test_seeds, cfg.test_downsample_to)
+    pipeline.steps(eval_sweeps(pipeline, cfg, "test", {m: [best[m]] for m in cfg.methods}, cfg.test_seeds,
+                               cfg.test_downsample_to))
 
     report_dir = pipeline.out / "report"
     pipeline.step("report", ["report.py", str(pipeline.out / "test"), "--select-from", str(pipeline.out / "val"),
@@ -92,15 +145,17 @@ def main(argv):
     minutes = (time.time() - started) / 60
     print(f"\n[demo] finished in {minutes:.1f} min (step times in {pipeline.timings_path}); "
           f"table, chart and weight heat-maps in {report_dir}")
+    return report_dir
 
 
 def render_heatmaps(cfg, report_dir):
-    """Shade a few test documents by each weighting, built exactly as run.py task=eval builds it."""
+    """Shade a few test documents by each weighting, built exactly as run.py task=eval builds it,
+    with the answers to their questions marked."""
     from hydra import compose, initialize_config_dir
 
     import run
     from exp_datasets import QACollator, load_split, make_stream
-    from meta_train import render_weights
+    from meta_train import render_document_weights
 
     run.register_run_resolvers()
     tokenizer = util.load_tokenizer(cfg.base_model)
@@ -108,17 +163,18 @@ def render_heatmaps(cfg, report_dir):
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
         for method, overrides in cfg.methods.items():
             run_cfg = compose("config", overrides=["task=eval", f"dataset={cfg.dataset}",
-                                                    f"base_model={cfg.base_model}", *overrides])
+                                                    f"base_model={cfg.base_model}", *overrides,
+                                                    *cfg.eval_overrides])
             if run_cfg.model.name in drawn:
                 continue
             drawn.add(run_cfg.model.name)
             stream = make_stream(load_split(run_cfg.dataset, "test"), cfg.heatmap_documents, cfg.test_seeds[0])
-            batch = QACollator.from_config(tokenizer, run_cfg.dataset)([d.examples[0] for d in stream])
-            weight_model = run.load_weight_model_for_eval(run_cfg, tokenizer, batch["texts"])
-            weights = weight_model(batch["text_ids"], batch["text_mask"]).detach()
-            stem = report_dir / f"weights_{run_cfg.model.name}"
-            render_weights(tokenizer, batch["text_ids"], weights, stem.with_suffix(".html"), stem.with_suffix(".png"),
-                           attention_mask=batch["text_mask"])
+            weight_model = run.load_weight_model_for_eval(run_cfg, tokenizer, [d.text for d in stream])
+            render_document_weights(tokenizer, QACollator.from_config(tokenizer, run_cfg.dataset),
+                                    [d.examples for d in stream],
+                                    lambda batch: weight_model(batch["text_ids"], batch["text_mask"]), "cpu",
+                                    report_dir / f"weights_{run_cfg.model.name}",
+                                    heading=f"{run_cfg.model.name} weights on test documents")
 
 
 if __name__ == "__main__":

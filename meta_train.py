@@ -303,6 +303,22 @@ def render_weights(tokenizer, input_ids, weights, path_html, path_png, attention
         figure.savefig(tmp, format="png", dpi=110)
 
 
+def render_document_weights(tokenizer, collator, groups, weigh, device, stem, heading="Token weights"):
+    """Render to `stem`.html/.png the weights `weigh(batch)` gives documents, each given as the
+    list of its Examples: its answer tokens marked, its questions and answers as the title."""
+    batch = make_batch(collator, [group[0] for group in groups], device)
+    with torch.no_grad():
+        weights = weigh(batch)
+    width = batch["text_ids"].shape[1]
+    spans = [answer_token_mask(tokenizer, group, collator.max_text_len, width) for group in groups]
+    highlight = (torch.stack([span[0].any(0) for span in spans])
+                 if all(span is not None for span in spans) else None)
+    titles = ["   ".join(f"Q: {e.question}  A: {e.answer}" for e in group) for group in groups]
+    render_weights(tokenizer, batch["text_ids"], weights, Path(stem).with_suffix(".html"),
+                   Path(stem).with_suffix(".png"), attention_mask=batch["text_mask"], highlight=highlight,
+                   titles=titles, heading=heading)
+
+
 # ---------------------------------------------------------------------------------------------
 # The training loop
 
@@ -343,12 +359,7 @@ def check_config(cfg):
     if cfg.resume_from and not (Path(cfg.resume_from) / "checkpoints" / "last" / RESUME_FILE).is_file():
         raise UsageError(f"resume_from={cfg.resume_from} holds no checkpoints/last/{RESUME_FILE}; "
                          "point it at the folder of a task=train run that validated at least once")
-    if cfg.get("wandb"):
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise UsageError("wandb=true but the wandb package is not installed; "
-                             "pip install wandb or set wandb=false") from None
+    util.check_wandb(cfg)
 
 
 def base_state_dict(cfg):
@@ -509,21 +520,12 @@ class MetaTrainer:
         return list(questions.values())
 
     def render_samples(self):
-        groups = self.sample_documents()
-        batch = make_batch(self.collator, [group[0] for group in groups], self.device)
         was_training = self.weight_model.training
         self.weight_model.eval()
-        weights = self.batch_weights(batch)
+        render_document_weights(self.tokenizer, self.collator, self.sample_documents(), self.batch_weights,
+                                self.device, self.out_dir / "samples" / f"step_{self.step:06d}",
+                                heading=f"CaMeLS weights after {self.step} outer steps")
         self.weight_model.train(was_training)
-        width = batch["text_ids"].shape[1]
-        spans = [answer_token_mask(self.tokenizer, group, self.collator.max_text_len, width) for group in groups]
-        highlight = (torch.stack([span[0].any(0) for span in spans])
-                     if all(span is not None for span in spans) else None)
-        titles = ["   ".join(f"Q: {e.question}  A: {e.answer}" for e in group) for group in groups]
-        stem = self.out_dir / "samples" / f"step_{self.step:06d}"
-        render_weights(self.tokenizer, batch["text_ids"], weights, stem.with_suffix(".html"), stem.with_suffix(".png"),
-                       attention_mask=batch["text_mask"], highlight=highlight, titles=titles,
-                       heading=f"CaMeLS weights after {self.step} outer steps")
 
     def run_validation(self, started):
         metrics = self.validate()

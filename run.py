@@ -126,6 +126,7 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     """One online-adaptation run as configured; writes the run folder and returns summary.json's dict."""
     started = time.time()
     check_eval_config(cfg)
+    util.check_wandb(cfg)
     materialize(cfg, ["base_model", "tokenizer_name", "dataset.data_dir"])
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))

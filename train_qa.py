@@ -90,12 +90,7 @@ def check_config(cfg):
     for key in ("lr", "grad_clip_thresh"):
         if not isinstance(cfg.get(key), (int, float)) or cfg.get(key) <= 0:
             raise util.UsageError(f"{key}={cfg.get(key)} is invalid; it must be a positive number")
-    if cfg.wandb:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise util.UsageError("wandb=true but the wandb package is not installed; "
-                                  "pip install wandb or set wandb=false") from None
+    util.check_wandb(cfg)
 
 
 def make_optimizer(name, params, lr):

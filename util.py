@@ -134,6 +134,16 @@ def kl_locality(logits_before, logits_after, attention_mask):
 # Seeding, paths, devices
 
 
+def check_wandb(cfg):
+    """Fail before any work when wandb logging is asked for but the package is missing."""
+    if cfg.get("wandb"):
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UsageError("wandb=true but the wandb package is not installed; "
+                             "pip install wandb or set wandb=false") from None
+
+
 def set_seed(seed: int):
     random.seed(seed)
     np.random.seed(seed)

@@ -1,5 +1,6 @@
 """Online-adaptation evaluation: QA scoring, weighted stream training, light tuning, run.py."""
 import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -233,6 +234,7 @@ def bad_input_cases(world, tmp_path, tokenizer):
         "architecture": ([f"base_model_state_dict={tmp_path / 'other_arch.pt'}"], "does not fit"),
         "test_path": ([f"test_path={tmp_path / 'missing.csv'}"], "does not exist"),
         "eval_mode": (["eval=[em,bleu]"], "eval mode 'bleu' is unknown"),
+        **({} if importlib.util.find_spec("wandb") else {"wandb": (["wandb=true"], "pip install wandb")}),
     }
 
 
