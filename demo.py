@@ -6,9 +6,10 @@ Runs, through the same commands a user types (settings in conf/demo.yaml, `key=v
   2. python run.py task=train model=CaMeLS            meta-train a CaMeLS weight model, while
   3. python run.py -m task=eval split=val lr=a,b,c    every method's learning-rate sweep (validation)
                                                       runs (CaMeLS's once its weight model is saved)
-  4. python run.py -m task=eval split=test seed=...   each method at its best lr (test, several streams)
+  4. python run.py -m task=eval split=test seed=...   each method at its best lr (test, several streams),
+                                                      as soon as its validation sweep has finished
   5. python report.py OUT/test --select-from OUT/val  the method table and chart
-  6. weight heat-maps of a few test documents by every weighting
+  6. each weighting's share of weight on answer tokens, and heat-maps of a few test documents
 Independent steps run `parallel_jobs` at a time, each on one CPU thread with its output in
 OUT/logs/. A step that finished is not run again, so an interrupted demo resumes where it stopped.
 """
@@ -20,6 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 import util
@@ -106,6 +108,17 @@ def main(argv):
     run_demo(OmegaConf.merge(OmegaConf.load(REPO_ROOT / "conf" / "demo.yaml"), OmegaConf.from_dotlist(argv)))
 
 
+def best_lrs(cfg, pipeline, methods):
+    """Each of `methods` -> [its lr with the best validation `selection_metric`]."""
+    import report
+
+    if not methods:
+        return {}
+    table = report.aggregate([pipeline.out / "val" / m for m in methods], metric=cfg.selection_metric)
+    best = report.best_lrs(table, metric=cfg.selection_metric).set_index("method")["lr"]
+    return {m: [best[m]] for m in methods}
+
+
 def run_demo(cfg):
     """Every step of the demo as `cfg` (conf/demo.yaml's keys) describes; returns the report folder."""
     util.register_resolvers()
@@ -119,7 +132,8 @@ def run_demo(cfg):
                               f"hydra.run.dir={qa_dir}"])
     cfg.base_model = str(qa_dir / "checkpoints" / cfg.qa_checkpoint)
 
-    # meta-training runs side by side with the validation sweeps of the methods that do not need it
+    # meta-training runs side by side with the validation sweeps of the methods that do not need it,
+    # then CaMeLS's validation sweep beside their test runs, then CaMeLS's test runs
     train_dir = pipeline.out / "meta_train"
     cfg.weight_model_path = str(train_dir / "checkpoints" / cfg.weight_checkpoint)  # read by methods.CaMeLS
     learned = {m: cfg.lrs for m in cfg.methods if needs_weight_model(cfg, m)}
@@ -128,19 +142,16 @@ def run_demo(cfg):
         "meta_train": ["run.py", "task=train", "model=CaMeLS", f"dataset={cfg.dataset}", f"base_model={cfg.base_model}",
                        *pipeline.thread_overrides, *cfg.meta_train_overrides, f"hydra.run.dir={train_dir}"],
         **eval_sweeps(pipeline, cfg, "val", fixed, [cfg.val_seed], cfg.val_downsample_to)})
-    pipeline.steps(eval_sweeps(pipeline, cfg, "val", learned, [cfg.val_seed], cfg.val_downsample_to))
-
-    import report
-
-    validation = report.aggregate([pipeline.out / "val"], metric=cfg.selection_metric)
-    best = report.best_lrs(validation, metric=cfg.selection_metric).set_index("method")["lr"]
-    pipeline.steps(eval_sweeps(pipeline, cfg, "test", {m: [best[m]] for m in cfg.methods}, cfg.test_seeds,
+    pipeline.steps({**eval_sweeps(pipeline, cfg, "val", learned, [cfg.val_seed], cfg.val_downsample_to),
+                    **eval_sweeps(pipeline, cfg, "test", best_lrs(cfg, pipeline, fixed), cfg.test_seeds,
+                                  cfg.test_downsample_to)})
+    pipeline.steps(eval_sweeps(pipeline, cfg, "test", best_lrs(cfg, pipeline, learned), cfg.test_seeds,
                                cfg.test_downsample_to))
 
     report_dir = pipeline.out / "report"
     pipeline.step("report", ["report.py", str(pipeline.out / "test"), "--select-from", str(pipeline.out / "val"),
                              "--metric", cfg.selection_metric, "--out", str(report_dir)])
-    render_heatmaps(cfg, report_dir)
+    describe_weightings(cfg, report_dir)
 
     minutes = (time.time() - started) / 60
     print(f"\n[demo] finished in {minutes:.1f} min (step times in {pipeline.timings_path}); "
@@ -148,33 +159,49 @@ def run_demo(cfg):
     return report_dir
 
 
-def render_heatmaps(cfg, report_dir):
-    """Shade a few test documents by each weighting, built exactly as run.py task=eval builds it,
-    with the answers to their questions marked."""
+def describe_weightings(cfg, report_dir):
+    """Each weighting, built exactly as run.py task=eval builds it, on the first test stream: the
+    share of its weight that lands on answer tokens (answer_mass.md) and heat-maps of a few
+    documents with the answers to their questions marked (weights_<name>.html/.png)."""
     from hydra import compose, initialize_config_dir
 
     import run
     from exp_datasets import QACollator, load_split, make_stream
-    from meta_train import render_document_weights
+    from meta_train import answer_mass, document_batch, render_document_weights
 
     run.register_run_resolvers()
     tokenizer = util.load_tokenizer(cfg.base_model)
+    lines = ["| weighting | weight on answer tokens | answer tokens |", "|---|---|---|"]
     drawn = set()
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
         for method, overrides in cfg.methods.items():
             run_cfg = compose("config", overrides=["task=eval", f"dataset={cfg.dataset}",
                                                     f"base_model={cfg.base_model}", *overrides,
                                                     *cfg.eval_overrides])
-            if run_cfg.model.name in drawn:
+            name = run_cfg.model.name
+            if name in drawn:
                 continue
-            drawn.add(run_cfg.model.name)
-            stream = make_stream(load_split(run_cfg.dataset, "test"), cfg.heatmap_documents, cfg.test_seeds[0])
+            drawn.add(name)
+            stream = make_stream(load_split(run_cfg.dataset, "test"), cfg.test_downsample_to, cfg.test_seeds[0])
             weight_model = run.load_weight_model_for_eval(run_cfg, tokenizer, [d.text for d in stream])
-            render_document_weights(tokenizer, QACollator.from_config(tokenizer, run_cfg.dataset),
-                                    [d.examples for d in stream],
-                                    lambda batch: weight_model(batch["text_ids"], batch["text_mask"]), "cpu",
-                                    report_dir / f"weights_{run_cfg.model.name}",
-                                    heading=f"{run_cfg.model.name} weights on test documents")
+            collator = QACollator.from_config(tokenizer, run_cfg.dataset)
+            weigh = lambda batch: weight_model(batch["text_ids"], batch["text_mask"])  # noqa: E731
+            totals = [0.0, 0.0, 0, 0]
+            for start in range(0, len(stream), 16):
+                batch = document_batch(collator, [d.examples for d in stream[start:start + 16]], "cpu")
+                with torch.no_grad():
+                    mass = answer_mass(weigh(batch), batch)
+                totals = [t + m for t, m in zip(totals, mass or (0.0, 0.0, 0, 0))]
+            if totals[1] and totals[3]:
+                lines.append(f"| {name} | {100 * totals[0] / totals[1]:.1f}% | {100 * totals[2] / totals[3]:.1f}% |")
+            render_document_weights(tokenizer, collator, [d.examples for d in stream[:cfg.heatmap_documents]],
+                                    weigh, "cpu", report_dir / f"weights_{name}",
+                                    heading=f"{name} weights on test documents")
+    text = (f"Share of each weighting's total weight on the answer tokens of the {len(stream)} documents of "
+            f"the first test stream (seed {cfg.test_seeds[0]}), beside those tokens' share of all tokens.\n\n"
+            + "\n".join(lines) + "\n")
+    util.atomic_write_text(text, report_dir / "answer_mass.md")
+    print("\n" + text, flush=True)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,19 @@ def make_batch(collator, examples, device):
     return tensors
 
 
+def document_batch(collator, groups, device):
+    """A batch of whole documents, each given as the list of its Examples (collated by the first),
+    whose `answer_mask` marks the tokens of any of the document's answers (absent when unknown)."""
+    batch = make_batch(collator, [group[0] for group in groups], device)
+    width = batch["text_ids"].shape[1]
+    spans = [answer_token_mask(collator.tokenizer, group, collator.max_text_len, width) for group in groups]
+    batch.pop("answer_mask", None), batch.pop("has_span", None)
+    if all(span is not None for span in spans):
+        batch["answer_mask"] = torch.stack([span[0].any(0) for span in spans]).to(device)
+        batch["has_span"] = torch.stack([span[1].any() for span in spans]).to(device)
+    return batch
+
+
 def answer_mass(weights, batch):
     """(weight on answer tokens, weight on all tokens, answer tokens, tokens) over the batch's
     documents with an answer span, counting the positions whose weight enters the loss (1..T-1)."""
@@ -306,17 +319,13 @@ def render_weights(tokenizer, input_ids, weights, path_html, path_png, attention
 def render_document_weights(tokenizer, collator, groups, weigh, device, stem, heading="Token weights"):
     """Render to `stem`.html/.png the weights `weigh(batch)` gives documents, each given as the
     list of its Examples: its answer tokens marked, its questions and answers as the title."""
-    batch = make_batch(collator, [group[0] for group in groups], device)
+    batch = document_batch(collator, groups, device)
     with torch.no_grad():
         weights = weigh(batch)
-    width = batch["text_ids"].shape[1]
-    spans = [answer_token_mask(tokenizer, group, collator.max_text_len, width) for group in groups]
-    highlight = (torch.stack([span[0].any(0) for span in spans])
-                 if all(span is not None for span in spans) else None)
     titles = ["   ".join(f"Q: {e.question}  A: {e.answer}" for e in group) for group in groups]
     render_weights(tokenizer, batch["text_ids"], weights, Path(stem).with_suffix(".html"),
-                   Path(stem).with_suffix(".png"), attention_mask=batch["text_mask"], highlight=highlight,
-                   titles=titles, heading=heading)
+                   Path(stem).with_suffix(".png"), attention_mask=batch["text_mask"],
+                   highlight=batch.get("answer_mask"), titles=titles, heading=heading)
 
 
 # ---------------------------------------------------------------------------------------------

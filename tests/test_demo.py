@@ -69,6 +69,12 @@ def test_miniature_demo_runs_end_to_end_and_resumes(tiny_world_small, tmp_path, 
     for weighting in ("uniform", "ssm", "TFIDF", "CaMeLS"):
         html = (report_dir / f"weights_{weighting}.html").read_text()
         assert html.count("<span") > 10 and (report_dir / f"weights_{weighting}.png").is_file()
+    # uniform weights put exactly the answer tokens' share of the weight on them
+    shares = {line.split("|")[1].strip(): line.split("|")[2:4] for line in
+              (report_dir / "answer_mass.md").read_text().splitlines() if line.startswith("| ") and "%" in line}
+    assert sorted(shares) == ["CaMeLS", "TFIDF", "ssm", "uniform"]
+    weight_share, token_share = (float(cell.strip().rstrip("%")) for cell in shares["uniform"])
+    assert weight_share == token_share > 0
     assert (out / "meta_train" / "checkpoints" / "best" / "model.safetensors").is_file()
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings) == {"tiny_world", "qa_tune", "meta_train", "report",
