@@ -11,7 +11,7 @@ import torch
 from exp_datasets import load_split, load_web_text, make_stream, tiny_world
 from exp_datasets.tiny_world import world
 from exp_datasets.tiny_world.report import token_weights
-from util import UsageError, load_causal_lm, load_tokenizer
+from util import REPO_ROOT, UsageError, load_causal_lm, load_tokenizer
 
 STREAM_FILES = ("train.csv", "val.csv", "test.csv", "qa_train.csv", "qa_val.csv")
 
@@ -147,6 +147,22 @@ def test_build_is_skipped_when_unchanged_and_redone_per_stage(tiny_world_small, 
     assert model_only["data"] == base["data"] and model_only["model"] != base["model"]
     # where it is built does not matter
     assert tiny_world.stage_hashes(small_recipe(["out_dir=/elsewhere", "num_threads=1"])) == base
+
+
+def test_evaluation_code_changes_refresh_only_the_report(tmp_path, monkeypatch):
+    """The report measures with util/subroutines/exp_datasets code: editing it must redo the report
+    stage (so report.md never shows numbers of old code) but keep the data and the model."""
+    for names in tiny_world.STAGE_SOURCES.values():
+        for name in names:
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO_ROOT / name, tmp_path / name)
+    monkeypatch.setattr(tiny_world, "REPO_ROOT", tmp_path)
+    recipe = small_recipe()
+    before = tiny_world.stage_hashes(recipe)
+    with open(tmp_path / "util.py", "a") as handle:
+        handle.write("\n# changed\n")
+    after = tiny_world.stage_hashes(recipe)
+    assert (after["data"], after["model"]) == (before["data"], before["model"]) and after["report"] != before["report"]
 
 
 def test_interrupted_build_leaves_the_previous_build(tiny_world_small, tmp_path, monkeypatch):

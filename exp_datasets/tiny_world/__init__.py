@@ -23,7 +23,11 @@ ARTEFACTS = ("data", "base_model")
 RUNTIME_KEYS = ("cache_dir", "out_dir", "device", "num_threads", "progress")
 # Each stage's config groups; every other key of the recipe describes the data
 STAGE_GROUPS = {"model": ("tokenizer", "model", "pretrain"), "report": ("report",)}
-STAGE_SOURCES = {"data": "world.py", "model": "model.py", "report": "report.py"}
+# Code each stage's output depends on (relative to the repository); the report also measures with
+# the project's own evaluation code, so a change there refreshes the report (not the model)
+STAGE_SOURCES = {"data": ("exp_datasets/tiny_world/world.py",), "model": ("exp_datasets/tiny_world/model.py",),
+                 "report": ("exp_datasets/tiny_world/report.py", "util.py", "subroutines.py",
+                            "exp_datasets/base.py", "exp_datasets/collate.py", "exp_datasets/registry.py")}
 STAGE_OUTPUTS = {"data": ("data",), "model": ("base_model",), "report": ("report.json", "report.md")}
 
 
@@ -52,7 +56,7 @@ def stage_hashes(cfg):
         parts[stage] = {g: plain.get(g) for g in groups}
     hashes, previous = {}, ""
     for stage in ("data", "model", "report"):
-        source = (Path(__file__).parent / STAGE_SOURCES[stage]).read_text()
+        source = "".join((REPO_ROOT / name).read_text() for name in STAGE_SOURCES[stage])
         digest = hashlib.sha256(json.dumps([previous, parts[stage], source], sort_keys=True).encode())
         hashes[stage] = previous = digest.hexdigest()[:16]
     return hashes
