@@ -104,10 +104,6 @@ def needs_weight_model(cfg, method):
     return any("weight_model_path" in str(option) for option in cfg.methods[method])
 
 
-def main(argv):
-    run_demo(OmegaConf.merge(OmegaConf.load(REPO_ROOT / "conf" / "demo.yaml"), OmegaConf.from_dotlist(argv)))
-
-
 def best_lrs(cfg, pipeline, methods):
     """Each of `methods` -> [its lr with the best validation `selection_metric`]."""
     import report
@@ -202,6 +198,21 @@ def describe_weightings(cfg, report_dir):
             + "\n".join(lines) + "\n")
     util.atomic_write_text(text, report_dir / "answer_mass.md")
     print("\n" + text, flush=True)
+
+
+def main(argv):
+    defaults = OmegaConf.load(REPO_ROOT / "conf" / "demo.yaml")
+    OmegaConf.set_struct(defaults, True)  # a mistyped option is an error, not silently unused
+    try:
+        if not all("=" in option for option in argv):
+            raise ValueError("an option without =")
+        cfg = OmegaConf.merge(defaults, OmegaConf.from_dotlist(argv))
+    except Exception as err:  # noqa: BLE001 - OmegaConf raises several kinds for a bad key=value
+        problem = str(err).splitlines()[0]
+        raise UsageError(f"bad option in {' '.join(argv)} ({problem}); the demo takes key=value pairs "
+                         "whose keys are those of conf/demo.yaml") from None
+    OmegaConf.set_struct(cfg, False)
+    run_demo(cfg)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """The demo end to end on the seconds-sized tiny world: every step through the user-facing
 commands, each method's lr chosen on validation, the report, the heat-maps, and resuming."""
 import json
+import os
+import subprocess
+import sys
 from collections import defaultdict
 
 import pandas as pd
@@ -96,3 +99,14 @@ def test_failed_step_stops_the_demo_with_one_line_and_is_rerun(tiny_world_small,
     assert "step qa_tune failed" in str(caught.value) and "\n" not in str(caught.value)
     assert (tmp_path / "demo" / ".done" / "tiny_world").exists()
     assert not (tmp_path / "demo" / ".done" / "qa_tune").exists()
+
+
+@pytest.mark.parametrize("option", ["lr=1e-3", "test_seeds"])
+def test_mistyped_option_is_a_one_line_error(tmp_path, option):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "demo.py"), option, f"out_dir={tmp_path / 'demo'}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "conf/demo.yaml" in lines[0] and option.split("=")[0] in lines[0]
+    assert not (tmp_path / "demo").exists()
