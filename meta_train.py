@@ -214,7 +214,8 @@ def document_batch(collator, groups, device):
     batch = make_batch(collator, [group[0] for group in groups], device)
     width = batch["text_ids"].shape[1]
     spans = [answer_token_mask(collator.tokenizer, group, collator.max_text_len, width) for group in groups]
-    batch.pop("answer_mask", None), batch.pop("has_span", None)
+    for key in ("answer_mask", "has_span"):  # make_batch's are the first question's only
+        batch.pop(key, None)
     if all(span is not None for span in spans):
         batch["answer_mask"] = torch.stack([span[0].any(0) for span in spans]).to(device)
         batch["has_span"] = torch.stack([span[1].any() for span in spans]).to(device)
@@ -334,15 +335,13 @@ def render_document_weights(tokenizer, collator, groups, weigh, device, stem, he
 
 def check_config(cfg):
     """Every problem the user can fix, found before any work is done."""
-    positive = ["update_batch_size", "grad_acc_steps", "reset_base_freq", "num_inner_steps", "loc_batch_size",
-                "n_epochs", "val_steps", "sample_steps", "sample_docs"]
-    for key in positive:
-        if cfg[key] is None or int(cfg[key]) < 1:
-            raise UsageError(f"{key}={cfg[key]} must be a positive integer")
-    if cfg.val_batches is not None and int(cfg.val_batches) < 1:
-        raise UsageError(f"val_batches={cfg.val_batches} must be a positive integer (or null for all)")
-    if cfg.max_outer_steps is not None and int(cfg.max_outer_steps) < 0:
-        raise UsageError(f"max_outer_steps={cfg.max_outer_steps} must be >= 0 (or null for no cap)")
+    util.check_numbers(cfg, positive_ints=["update_batch_size", "grad_acc_steps", "reset_base_freq", "num_inner_steps",
+                                           "loc_batch_size", "n_epochs", "val_steps", "sample_steps", "sample_docs"],
+                       optional_positive_ints=["val_batches", "torch_threads"],
+                       positive=["inner_lr", "outer_lr", "grad_clip_thresh"], non_negative=["c_kl", "c_norm"])
+    steps = cfg.max_outer_steps
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
+        raise UsageError(f"max_outer_steps={steps} must be an integer >= 0 (or null for no cap)")
     from weight_model import WEIGHT_MODELS
 
     name = cfg.model.get("name")
@@ -359,9 +358,6 @@ def check_config(cfg):
     if cfg.grad_checkpointing and cfg.inner_backend != "torch_func":
         raise UsageError("grad_checkpointing=true needs inner_backend=torch_func (higher's patched modules "
                          "cannot recompute activations with the right fast weights)")
-    for key in ("inner_lr", "outer_lr"):
-        if not float(cfg[key]) > 0:
-            raise UsageError(f"{key}={cfg[key]} must be > 0")
     if cfg.web_text_loc and not web_text_path(cfg):
         raise UsageError("web_text_loc=true needs web_text_csv=/path/to/openwebtext.csv "
                          f"(dataset={cfg.dataset.name} names none), or set web_text_loc=false")

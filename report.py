@@ -33,6 +33,7 @@ import argparse
 import io
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -373,8 +374,10 @@ def render_chart_png(best):
         bars = ax.bar(names, means, yerr=np.nan_to_num(stds), capsize=4, color="#4c72b0")
         ax.bar_label(bars, labels=[f"{m:.1f}" for m in means], padding=2, fontsize=8)
         ax.set_ylabel("F1 (%)")
-        ax.set_title(f"{_setting_title(group.iloc[0])}\nF1 at each method's chosen lr "
-                     "(error bars: std over seeds)", fontsize=8)
+        # wrapped to the figure's width: a setting names the base model's full path
+        width = int(14 * fig.get_figwidth())
+        ax.set_title("\n".join(textwrap.wrap(_setting_title(group.iloc[0]), width) +
+                               ["F1 at each method's chosen lr (error bars: std over seeds)"]), fontsize=8)
         ax.margins(y=0.15)
     if not settings:
         axes[0, 0].text(0.5, 0.5, "no F1 at the chosen lrs", ha="center", va="center")

@@ -72,12 +72,15 @@ def check_eval_config(cfg):
         raise UsageError(f"split={cfg.split} is unknown; use one of {', '.join(SPLITS)}")
     if str(cfg.optimizer).lower() not in OPTIMIZERS:
         raise UsageError(f"optimizer={cfg.optimizer} is unknown; use one of {', '.join(OPTIMIZERS)}")
-    for key in ("n_epochs", "batch_size", "grad_acc_steps", "eval_batch_size", "lt_batch_size", "lt_val_steps",
-                "lt_patience", "lt_epochs"):
-        if int(cfg[key]) < 1:
-            raise UsageError(f"{key}={cfg[key]} must be at least 1")
-    if cfg.eval_every_k is not None and int(cfg.eval_every_k) < 1:
-        raise UsageError(f"eval_every_k={cfg.eval_every_k} must be at least 1 (or null)")
+    util.check_numbers(cfg, positive_ints=["n_epochs", "batch_size", "grad_acc_steps", "eval_batch_size", "lt_batch_size",
+                                           "lt_val_steps", "lt_patience", "lt_epochs", "max_new_tokens"],
+                       optional_positive_ints=["eval_every_k", "torch_threads"],
+                       positive=["lr", "lt_lr", "grad_clip_thresh"])
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise UsageError(f"seed={cfg.seed} is invalid; it must be an integer")
+    if cfg.downsample_to is not None and (not isinstance(cfg.downsample_to, int) or cfg.downsample_to == 0
+                                          or cfg.downsample_to < -1):
+        raise UsageError(f"downsample_to={cfg.downsample_to} is invalid; use a number of documents, or -1 for all")
     if cfg.lt_stopping_metric not in ("em", "f1", "max_f1", "nll"):
         raise UsageError(f"lt_stopping_metric={cfg.lt_stopping_metric} is unknown; use em, f1, max_f1 or nll")
     state_dict = state_dict_option(cfg)

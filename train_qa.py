@@ -76,20 +76,12 @@ class EarlyStopping:
 
 def check_config(cfg):
     """Reject bad knobs with one line before any data or model is loaded."""
-    positive_ints = ["batch_size", "grad_acc_steps", "val_steps", "n_epochs", "eval_batch_size", "max_new_tokens"]
-    optional_positive_ints = ["max_steps", "stop_k", "max_val_questions", "torch_threads"]
-    for key in positive_ints + optional_positive_ints:
-        value = cfg.get(key)
-        if value is None and key in optional_positive_ints:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            fallback = " (or null)" if key in optional_positive_ints else ""
-            raise util.UsageError(f"{key}={value} is invalid; it must be a positive integer{fallback}")
+    util.check_numbers(cfg, positive_ints=["batch_size", "grad_acc_steps", "val_steps", "n_epochs", "eval_batch_size",
+                                           "max_new_tokens"],
+                       optional_positive_ints=["max_steps", "stop_k", "max_val_questions", "torch_threads"],
+                       positive=["lr", "grad_clip_thresh"])
     if cfg.optimizer not in OPTIMIZERS:
         raise util.UsageError(f"optimizer={cfg.optimizer} is unknown; use one of {', '.join(OPTIMIZERS)}")
-    for key in ("lr", "grad_clip_thresh"):
-        if not isinstance(cfg.get(key), (int, float)) or cfg.get(key) <= 0:
-            raise util.UsageError(f"{key}={cfg.get(key)} is invalid; it must be a positive number")
     util.check_wandb(cfg)
 
 

@@ -24,11 +24,31 @@ class UsageError(Exception):
 
 
 def run_cli(main_fn):
-    """Run an entry point so that a `UsageError` (also raised inside Hydra) is one line and exit 2."""
+    """Run an entry point so that a `UsageError` (also raised inside Hydra) and a command line Hydra
+    cannot compose (model=nope, a malformed override) are one line and exit 2."""
     # without it Hydra catches exceptions of config composition itself, prints a trace and exits 1
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    from hydra.errors import HydraException
+
     with usage_errors_exit():
-        main_fn()
+        try:
+            main_fn()
+        except HydraException as err:
+            raise UsageError(one_line(err)) from None
+
+
+def one_line(message):
+    """A multi-line message (Hydra's lists options one per line) as one line, without its search path."""
+    parts = []
+    for line in (line.strip() for line in str(message).splitlines()):
+        if line.startswith("Config search path"):
+            break
+        if not line:
+            continue
+        if parts and parts[-1][-1] not in ":.":
+            parts[-1] += ";" if parts[-1][-1] == "'" else ","
+        parts.append(line)
+    return " ".join(parts)
 
 
 @contextmanager
@@ -132,6 +152,27 @@ def kl_locality(logits_before, logits_after, attention_mask):
 
 # ---------------------------------------------------------------------------------------------
 # Seeding, paths, devices
+
+
+def check_numbers(cfg, positive_ints=(), optional_positive_ints=(), positive=(), non_negative=()):
+    """One-line UsageError unless every named option holds the kind of number it needs (a
+    mistyped value such as lr=1e-3x otherwise surfaces later as a traceback)."""
+    def number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for key in (*positive_ints, *optional_positive_ints):
+        value = cfg.get(key)
+        if value is None and key in optional_positive_ints:
+            continue
+        if not (number(value) and float(value).is_integer() and value > 0):
+            fallback = " (or null)" if key in optional_positive_ints else ""
+            raise UsageError(f"{key}={value} is invalid; it must be a positive integer{fallback}")
+    for key in positive:
+        if not (number(cfg.get(key)) and cfg.get(key) > 0):
+            raise UsageError(f"{key}={cfg.get(key)} is invalid; it must be a positive number")
+    for key in non_negative:
+        if not (number(cfg.get(key)) and cfg.get(key) >= 0):
+            raise UsageError(f"{key}={cfg.get(key)} is invalid; it must be a number >= 0")
 
 
 def check_wandb(cfg):

@@ -234,6 +234,8 @@ def bad_input_cases(world, tmp_path, tokenizer):
         "architecture": ([f"base_model_state_dict={tmp_path / 'other_arch.pt'}"], "does not fit"),
         "test_path": ([f"test_path={tmp_path / 'missing.csv'}"], "does not exist"),
         "eval_mode": (["eval=[em,bleu]"], "eval mode 'bleu' is unknown"),
+        "lr": (["lr=1e-3x"], "lr=1e-3x is invalid; it must be a positive number"),
+        "downsample_to": (["downsample_to=0"], "downsample_to=0 is invalid"),
         **({} if importlib.util.find_spec("wandb") else {"wandb": (["wandb=true"], "pip install wandb")}),
     }
 
@@ -274,3 +276,9 @@ def test_cli_sweep_makes_one_folder_per_job_and_bad_input_exits_2(world, tmp_pat
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "weight_model_path" in lines[0]
+
+    # a config Hydra cannot compose is one line too, naming the choices
+    result = run_cli("task=eval", "model=camels", *common, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Could not find 'model/camels'" in lines[0] and "CaMeLS, TFIDF, ssm, uniform" in lines[0]

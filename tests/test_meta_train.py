@@ -58,6 +58,8 @@ def test_tiny_world_tuning_applies_and_command_line_wins(tiny_world_small, tmp_p
     ("reset_base_freq=10", "multiple of update_batch_size"),
     ("inner_backend=jax", "inner_backend"),
     ("grad_checkpointing=true", "torch_func"),
+    ("inner_lr=5e-4x", "inner_lr=5e-4x is invalid; it must be a positive number"),
+    ("c_kl=-0.1", "c_kl=-0.1 is invalid; it must be a number >= 0"),
 ])
 def test_bad_options_fail_before_work(tiny_world_small, tmp_path, override, message):
     cfg = train_config(tiny_world_small, tmp_path / "run", override)

@@ -181,6 +181,7 @@ def test_published_defaults_hold_for_real_datasets():
     ("batch_size=0", "batch_size=0"),
     ("optimizer=rmsprop", "optimizer=rmsprop"),
     ("max_val_questions=-3", "max_val_questions=-3"),
+    ("lr=2.5e-5x", "lr=2.5e-5x is invalid; it must be a positive number"),
 ])
 def test_bad_input_is_one_line_before_training(tiny_world_small, tmp_path, override, expected):
     cfg = compose_config(run_overrides(tiny_world_small) + [override])
