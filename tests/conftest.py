@@ -33,6 +33,18 @@ class TinyWorld:
         return dataset_config(self.data_dir)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of micro models: a second thread only adds synchronisation, which costs dearly
+    on a busy machine. Restores the session's thread count afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_world_small(tmp_path_factory):
     from exp_datasets import tiny_world

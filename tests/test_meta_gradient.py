@@ -16,12 +16,7 @@ FD_EPS = 1e-6
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def micro_config(seed):

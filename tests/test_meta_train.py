@@ -21,14 +21,7 @@ from util import UsageError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the models here are so small that a second thread only adds synchronisation, which costs
-    # dearly on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train_config(world, out_dir, *overrides):
