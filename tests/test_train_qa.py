@@ -163,7 +163,7 @@ def test_cfg_resolves_with_tiny_world_presets_and_output_layout(tiny_world_small
     assert result.returncode == 0, result.stderr
     cfg = OmegaConf.create(result.stdout)
     assert cfg.val_steps == 7  # the command line wins over the dataset preset...
-    preset = OmegaConf.load(REPO / "qa_conf" / "train_tuning" / "tiny_world.yaml")
+    preset = OmegaConf.load(REPO / "qa_conf" / "tuning" / "tiny_world.yaml")
     assert (cfg.lr, cfg.torch_threads) == (preset.lr, preset.torch_threads)  # ...which wins over the defaults
     run_dir = Path(cfg.hydra.run.dir)
     assert run_dir.parts[:4] == ("outputs", "qa_pretraining", "tiny_world", Path(tiny_world_small.base_model).name)
