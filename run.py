@@ -86,6 +86,7 @@ def check_eval_config(cfg):
     state_dict = state_dict_option(cfg)
     if state_dict and not Path(state_dict).is_file():
         raise UsageError(f"base_model_state_dict {state_dict} does not exist; point it at a .pt state dict")
+    util.check_wandb(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +130,6 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     """One online-adaptation run as configured; writes the run folder and returns summary.json's dict."""
     started = time.time()
     check_eval_config(cfg)
-    util.check_wandb(cfg)
     materialize(cfg, ["base_model", "tokenizer_name", "dataset.data_dir"])
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))

@@ -62,6 +62,37 @@ def usage_errors_exit():
         sys.exit(2)
 
 
+def check_numbers(cfg, positive_ints=(), optional_positive_ints=(), positive=(), non_negative=()):
+    """One-line UsageError unless every named option holds the kind of number it needs (a
+    mistyped value such as lr=1e-3x otherwise surfaces later as a traceback)."""
+    def number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for key in (*positive_ints, *optional_positive_ints):
+        value = cfg.get(key)
+        if value is None and key in optional_positive_ints:
+            continue
+        if not (number(value) and isinstance(value, int) and value > 0):
+            fallback = " (or null)" if key in optional_positive_ints else ""
+            raise UsageError(f"{key}={value} is invalid; it must be a positive integer{fallback}")
+    for key in positive:
+        if not (number(cfg.get(key)) and cfg.get(key) > 0):
+            raise UsageError(f"{key}={cfg.get(key)} is invalid; it must be a positive number")
+    for key in non_negative:
+        if not (number(cfg.get(key)) and cfg.get(key) >= 0):
+            raise UsageError(f"{key}={cfg.get(key)} is invalid; it must be a number >= 0")
+
+
+def check_wandb(cfg):
+    """Fail before any work when wandb logging is asked for but the package is missing."""
+    if cfg.get("wandb"):
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UsageError("wandb=true but the wandb package is not installed; "
+                             "pip install wandb or set wandb=false") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # QA metrics (SQuAD conventions; EM uses a prefix rule so that a generation running past the
 # answer still counts when it starts with the answer)
@@ -152,37 +183,6 @@ def kl_locality(logits_before, logits_after, attention_mask):
 
 # ---------------------------------------------------------------------------------------------
 # Seeding, paths, devices
-
-
-def check_numbers(cfg, positive_ints=(), optional_positive_ints=(), positive=(), non_negative=()):
-    """One-line UsageError unless every named option holds the kind of number it needs (a
-    mistyped value such as lr=1e-3x otherwise surfaces later as a traceback)."""
-    def number(value):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-    for key in (*positive_ints, *optional_positive_ints):
-        value = cfg.get(key)
-        if value is None and key in optional_positive_ints:
-            continue
-        if not (number(value) and float(value).is_integer() and value > 0):
-            fallback = " (or null)" if key in optional_positive_ints else ""
-            raise UsageError(f"{key}={value} is invalid; it must be a positive integer{fallback}")
-    for key in positive:
-        if not (number(cfg.get(key)) and cfg.get(key) > 0):
-            raise UsageError(f"{key}={cfg.get(key)} is invalid; it must be a positive number")
-    for key in non_negative:
-        if not (number(cfg.get(key)) and cfg.get(key) >= 0):
-            raise UsageError(f"{key}={cfg.get(key)} is invalid; it must be a number >= 0")
-
-
-def check_wandb(cfg):
-    """Fail before any work when wandb logging is asked for but the package is missing."""
-    if cfg.get("wandb"):
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise UsageError("wandb=true but the wandb package is not installed; "
-                             "pip install wandb or set wandb=false") from None
 
 
 def set_seed(seed: int):
