@@ -163,7 +163,7 @@ def describe_weightings(cfg, report_dir):
 
     import run
     from exp_datasets import QACollator, load_split, make_stream
-    from meta_train import answer_mass, document_batch, render_document_weights
+    from weight_analysis import answer_mass, document_batch, render_document_weights
 
     run.register_run_resolvers()
     tokenizer = util.load_tokenizer(cfg.base_model)

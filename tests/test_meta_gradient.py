@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
-from meta_train import MetaSettings, outer_loss
+from meta_objective import MetaSettings, outer_loss
 from weight_model import CaMeLS
 
 VOCAB, MAX_TEXT_LEN = 40, 12

@@ -14,8 +14,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import meta_train
+import weight_analysis
 import util
-from exp_datasets import load_split
+from exp_datasets import QACollator, load_split
 from util import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,8 +121,8 @@ def test_base_model_carried_then_reset_and_restored_after_validation(tiny_world_
 def test_answer_token_mask_covers_the_answer(tiny_world_small):
     tokenizer = util.load_tokenizer(tiny_world_small.base_model)
     examples = load_split(tiny_world_small.dataset_cfg, "val")[:8]
-    collator = meta_train.QACollator(tokenizer, max_text_len=256)
-    batch = meta_train.make_batch(collator, examples, torch.device("cpu"))
+    collator = QACollator(tokenizer, max_text_len=256)
+    batch = weight_analysis.make_batch(collator, examples, torch.device("cpu"))
     assert batch["has_span"].all()
     for row, example in enumerate(examples):
         start, end = int(example.extra["answer_start"]), int(example.extra["answer_end"])
@@ -138,11 +139,11 @@ def test_answer_token_mask_covers_the_answer(tiny_world_small):
 def test_render_weights_escapes_text_and_writes_png(tiny_world_small, tmp_path):
     tokenizer = util.load_tokenizer(tiny_world_small.base_model)
     texts = ["a <b>bold</b> & 'quoted' claim", "short"]
-    ids, mask = meta_train.QACollator(tokenizer).encode_texts(texts)
+    ids, mask = QACollator(tokenizer).encode_texts(texts)
     weights = torch.rand(ids.shape) * mask
     highlight = torch.zeros_like(mask, dtype=torch.bool)
     highlight[0, 2] = True
-    meta_train.render_weights(tokenizer, ids, weights, tmp_path / "w.html", tmp_path / "w.png", attention_mask=mask,
+    weight_analysis.render_weights(tokenizer, ids, weights, tmp_path / "w.html", tmp_path / "w.png", attention_mask=mask,
                               highlight=highlight, titles=["<doc one>", "doc two"])
     page = (tmp_path / "w.html").read_text()
     assert "<b>" not in page and "&lt;doc one&gt;" in page
@@ -180,7 +181,7 @@ def test_short_meta_training_learns_to_weight_answers(tiny_world_small, tmp_path
     # the last checkpoint is the trained weight model, loadable by task=eval
     tokenizer = util.load_tokenizer(cfg.base_model)
     loaded = load_weight_model(tmp_path / "checkpoints" / "last", tokenizer)
-    ids, mask = meta_train.QACollator(tokenizer).encode_texts(["The harbour of Tarnford was rebuilt."])
+    ids, mask = QACollator(tokenizer).encode_texts(["The harbour of Tarnford was rebuilt."])
     weights = loaded(ids, mask)
     assert weights.std() > 1e-4 and weights.mean().item() == pytest.approx(1.0, rel=1e-4)
 
