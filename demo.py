@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+import configs  # noqa: F401 - the config's ${...} resolvers
 import util
 from util import REPO_ROOT, UsageError
 
@@ -117,7 +118,6 @@ def best_lrs(cfg, pipeline, methods):
 
 def run_demo(cfg):
     """Every step of the demo as `cfg` (conf/demo.yaml's keys) describes; returns the report folder."""
-    util.register_resolvers()
     pipeline = Pipeline(cfg.out_dir, cfg.parallel_jobs)
     started = time.time()
 
@@ -165,7 +165,6 @@ def describe_weightings(cfg, report_dir):
     from exp_datasets import QACollator, load_split, make_stream
     from weight_analysis import answer_mass, document_batch, render_document_weights
 
-    run.register_run_resolvers()
     tokenizer = util.load_tokenizer(cfg.base_model)
     lines = ["| weighting | weight on answer tokens | answer tokens |", "|---|---|---|"]
     drawn = set()

@@ -23,26 +23,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import util
+from configs import method_name, stream_name
 from exp_datasets import SPLITS, QACollator, load_split, make_stream
 from subroutines import OPTIMIZERS, evaluate_qa, light_tune, parse_eval_modes, weighted_train
 from util import UsageError
 from weight_model import WEIGHT_MODELS, build_weight_model, load_weight_model
 
 log = logging.getLogger(__name__)
-
-
-def method_name(model_name, qa_lt_final):
-    return f"{model_name}+qa_tune" if qa_lt_final else str(model_name)
-
-
-def stream_name(split, test_path):
-    return Path(str(test_path)).stem if test_path else str(split)
-
-
-def register_run_resolvers():
-    util.register_resolvers()
-    OmegaConf.register_new_resolver("method_name", method_name, replace=True)
-    OmegaConf.register_new_resolver("stream_name", stream_name, replace=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,5 +248,4 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    register_run_resolvers()
     util.run_cli(main)

@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+import configs  # noqa: F401 - the config's ${...} resolvers
 import util
 from exp_datasets import QACollator, load_split
 from subroutines import evaluate_qa
@@ -285,5 +286,4 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    util.register_resolvers()
     util.run_cli(main)

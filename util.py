@@ -197,16 +197,6 @@ def cache_dir(configured=None) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def register_resolvers():
-    """Config interpolations: ${tiny_world:data|base_model} (built on first use), ${basename:path}."""
-    from omegaconf import OmegaConf
-
-    from exp_datasets import tiny_world
-
-    OmegaConf.register_new_resolver("tiny_world", tiny_world.artefact_path, replace=True)
-    OmegaConf.register_new_resolver("basename", lambda p: Path(str(p)).name or str(p), replace=True)
-
-
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

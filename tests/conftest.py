@@ -1,9 +1,18 @@
-"""Shared fixtures. `tiny_world_small`: a seconds-sized tiny world (data CSVs and a tiny base
-model), built once per test session into a temporary folder."""
+"""Shared fixtures: `tiny_world_small`, a seconds-sized tiny world (data CSVs and a tiny base
+model) built once per test session into a temporary folder, and `torch_threads`, the one owner of
+torch's thread count. Importing `configs` registers the config resolvers, as every entry point does."""
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+
+import configs  # noqa: F401 - the ${...} resolvers of conf/ and qa_conf/
+
+# Micro models gain nothing from a second thread, which only adds synchronisation that costs dearly
+# on a busy machine; every test starts with this many (CAMELS_TEST_THREADS changes it).
+TEST_THREADS = int(os.environ.get("CAMELS_TEST_THREADS", "1"))
 
 # Small sizes so the whole build takes seconds on two busy cores; the values are what matters to
 # the tests (every split non-empty, a model that loads like a hub model), not its quality.
@@ -33,16 +42,12 @@ class TinyWorld:
         return dataset_config(self.data_dir)
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """For modules of micro models: a second thread only adds synchronisation, which costs dearly
-    on a busy machine. Restores the session's thread count afterwards."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """Every test runs with TEST_THREADS torch threads, whatever an earlier test or the code under
+    test (torch_threads=...) set, so a test's speed does not depend on the order of the tests."""
+    torch.set_num_threads(TEST_THREADS)
+    yield TEST_THREADS
 
 
 @pytest.fixture(scope="session")

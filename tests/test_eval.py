@@ -36,7 +36,6 @@ def world(tiny_world_small):
 
 @pytest.fixture(scope="module")
 def world_parts(world):
-    torch.set_num_threads(2)
     tokenizer = util.load_tokenizer(world.base_model)
     model = util.load_causal_lm(world.base_model).double().eval()
     dataset_cfg = compose_config(world, []).dataset
@@ -46,7 +45,6 @@ def world_parts(world):
 
 
 def compose_config(world, overrides):
-    run.register_run_resolvers()
     base = [f"base_model={world.base_model}", f"dataset.data_dir={world.data_dir}", "dataset=tiny_world",
             "device=cpu", "progress=false", "max_new_tokens=4"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):

@@ -7,7 +7,6 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from util import answer_nll, kl_locality, weighted_lm_loss
 
-torch.set_num_threads(2)
 VOCAB = 11
 PAD_ID = 0
 

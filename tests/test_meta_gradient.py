@@ -16,9 +16,6 @@ FD_EPS = 1e-6
 TOLERANCE = 1e-5
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 def micro_config(seed):
     torch.manual_seed(seed)
     # a wide init makes the micro model's predictions (and so the meta-gradient) far from uniform

@@ -22,12 +22,8 @@ from util import UsageError
 REPO = Path(__file__).resolve().parents[1]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 def train_config(world, out_dir, *overrides):
     """The real Hydra config of `run.py task=train model=CaMeLS`, pointed at the small world."""
-    util.register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         return compose("config", overrides=[
             "task=train", "model=CaMeLS", "dataset=tiny_world",

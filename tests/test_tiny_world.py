@@ -186,14 +186,11 @@ def test_interrupted_build_leaves_the_previous_build(tiny_world_small, tmp_path,
 def test_artefact_path_uses_the_default_recipe_and_resolver(tiny_world_small, tmp_path, monkeypatch, capsys):
     from omegaconf import OmegaConf
 
-    from util import register_resolvers
-
     recipe_file = tmp_path / "tiny_world.yaml"
     recipe_file.write_text(OmegaConf.to_yaml(small_recipe()))
     shutil.copytree(tiny_world_small.root, tmp_path / "cache" / "tiny_world")
     monkeypatch.setattr(tiny_world, "RECIPE_PATH", recipe_file)
     monkeypatch.setenv("CAMELS_CACHE_DIR", str(tmp_path / "cache"))
-    register_resolvers()
     cfg = OmegaConf.create({"data": "${tiny_world:data}", "model": "${tiny_world:base_model}"})
     assert cfg.data == str(tmp_path / "cache" / "tiny_world" / "data")
     assert cfg.model == str(tmp_path / "cache" / "tiny_world" / "base_model")

@@ -61,7 +61,6 @@ def test_early_stopping_counts_validations_without_a_lower_nll():
 
 
 def compose_config(overrides):
-    util.register_resolvers()
     with initialize_config_dir(config_dir=str(REPO / "qa_conf"), version_base=None):
         return compose(config_name="config", overrides=overrides)
 
