@@ -44,9 +44,7 @@ def check_config(cfg):
     name = cfg.model.get("name")
     if name not in WEIGHT_MODELS or not WEIGHT_MODELS[name].learned:
         raise UsageError(f"model={name} has nothing to learn; task=train needs model=CaMeLS")
-    state_dict = base_state_dict(cfg)
-    if state_dict and not Path(state_dict).is_file():
-        raise UsageError(f"base_model_state_dict {state_dict} does not exist; point it at a .pt state dict")
+    util.base_state_dict(cfg)
     if cfg.reset_base_freq % cfg.update_batch_size:
         raise UsageError(f"reset_base_freq={cfg.reset_base_freq} must be a multiple of "
                          f"update_batch_size={cfg.update_batch_size}")
@@ -62,11 +60,6 @@ def check_config(cfg):
         raise UsageError(f"resume_from={cfg.resume_from} holds no checkpoints/last/{RESUME_FILE}; "
                          "point it at the folder of a task=train run that validated at least once")
     util.check_wandb(cfg)
-
-
-def base_state_dict(cfg):
-    """base_model_state_dict, also accepted under its older name base_model_state_dict_path."""
-    return cfg.get("base_model_state_dict") or cfg.get("base_model_state_dict_path")
 
 
 def web_text_path(cfg):
@@ -99,7 +92,7 @@ class MetaTrainer:
         self.device = device
         self.out_dir = Path(out_dir)
         self.collator = QACollator.from_config(tokenizer, cfg.dataset)
-        self.start_state = self.snapshot_base()
+        self.start_state = util.snapshot_parameters(base_model)
         self.trainable = [p for p in weight_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.trainable, lr=float(cfg.outer_lr))
         self.train_examples = train_examples
@@ -122,21 +115,13 @@ class MetaTrainer:
         self.wandb_run = None
 
     # -- base model state ---------------------------------------------------------------------
-    def snapshot_base(self):
-        return [p.detach().clone() for p in self.base_model.parameters()]
-
-    def load_base(self, params):
-        with torch.no_grad():
-            for p, value in zip(self.base_model.parameters(), params):
-                p.copy_(value)
-
     def reset_base(self):
-        self.load_base(self.start_state)
+        util.restore_parameters(self.base_model, self.start_state)
         self.docs_since_reset = 0
 
     def advance_base(self, updated, n_docs):
         """Carry the updated weights to the next batch; back to the start every reset_base_freq docs."""
-        self.load_base(updated)
+        util.restore_parameters(self.base_model, updated)
         self.docs_since_reset += n_docs
         if self.docs_since_reset >= self.cfg.reset_base_freq:
             self.reset_base()
@@ -170,7 +155,7 @@ class MetaTrainer:
     def validate(self):
         """The training procedure on the validation batches without second-order gradients, from
         the starting base weights; the training base-model state is restored afterwards."""
-        training_state, docs_since_reset = self.snapshot_base(), self.docs_since_reset
+        training_state, docs_since_reset = util.snapshot_parameters(self.base_model), self.docs_since_reset
         was_training = self.weight_model.training
         self.weight_model.eval()
         self.reset_base()
@@ -187,7 +172,7 @@ class MetaTrainer:
             batch_mass = answer_mass(weights, batch)
             if batch_mass:
                 mass = [a + b for a, b in zip(mass, batch_mass)]
-        self.load_base(training_state)
+        util.restore_parameters(self.base_model, training_state)
         self.docs_since_reset = docs_since_reset
         self.weight_model.train(was_training)
         result = {key: value / len(self.val_batches) for key, value in sums.items()}
@@ -245,7 +230,7 @@ class MetaTrainer:
         state = dict(step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
                      epoch_rng_state=self.epoch_rng_state, loc_rng_state=self.loc_rng.getstate(),
                      docs_since_reset=self.docs_since_reset, best_val=self.best_val, val_start=self.val_start,
-                     optimizer=self.optimizer.state_dict(), base_params=[p.cpu() for p in self.snapshot_base()],
+                     optimizer=self.optimizer.state_dict(), base_params=util.snapshot_parameters(self.base_model, "cpu"),
                      torch_rng_state=torch.get_rng_state(),
                      cuda_rng_states=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
         with util.atomic_dir(self.out_dir / "checkpoints" / "last") as folder:
@@ -260,7 +245,7 @@ class MetaTrainer:
         state = torch.load(Path(folder) / RESUME_FILE, map_location="cpu", weights_only=True)
         self.weight_model.load_state_dict(load_weight_model(folder).state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
-        self.load_base([p.to(self.device) for p in state["base_params"]])
+        util.restore_parameters(self.base_model, state["base_params"])
         for key in ("step", "epoch", "batch_in_epoch", "epoch_rng_state", "docs_since_reset", "best_val", "val_start"):
             setattr(self, key, state[key])
         self.loc_rng.setstate(state["loc_rng_state"])
@@ -361,7 +346,7 @@ def train(cfg):
     web_texts = load_web_text(web_text_path(cfg)) if cfg.web_text_loc else []
     tokenizer = util.load_tokenizer(cfg.tokenizer_name or cfg.base_model)
     # second-order gradients through SDPA attention are not implemented on every device
-    base_model = util.load_causal_lm(cfg.base_model, base_state_dict(cfg), attn_implementation="eager",
+    base_model = util.load_causal_lm(cfg.base_model, util.base_state_dict(cfg), attn_implementation="eager",
                                      torch_dtype=dtype).to(device)
     base_model.eval()  # no dropout: the meta-gradient is the gradient of one function
     weight_model = build_weight_model(cfg.model, tokenizer).to(device=device, dtype=dtype)

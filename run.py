@@ -1,5 +1,5 @@
 """CaMeLS entry point (Hydra, conf/): `task=train` meta-trains a weight model (meta_train.py),
-`task=eval` runs online adaptation and QA scoring (SPEC §6):
+`task=eval` runs online adaptation and QA scoring (README: "Online adaptation evaluation"):
 
     python run.py task=eval model=uniform|ssm|TFIDF|CaMeLS [weight_model_path=...] dataset=... \
         base_model=... [base_model_state_dict=...] lr=... [downsample_to=k seed=s qa_lt_final=true]
@@ -36,14 +36,6 @@ log = logging.getLogger(__name__)
 # Checks that run before anything is loaded
 
 
-def state_dict_option(cfg):
-    """base_model_state_dict, also accepted under its older name base_model_state_dict_path."""
-    new, old = cfg.get("base_model_state_dict"), cfg.get("base_model_state_dict_path")
-    if new and old and str(new) != str(old):
-        raise UsageError("base_model_state_dict and base_model_state_dict_path name different files; give one")
-    return new or old
-
-
 def check_eval_config(cfg):
     parse_eval_modes(cfg.eval)
     name = cfg.model.get("name")
@@ -52,7 +44,7 @@ def check_eval_config(cfg):
     if WEIGHT_MODELS[name].learned and not cfg.weight_model_path:
         raise UsageError(f"model={name} needs weight_model_path=/path/to/checkpoint (a folder or .pt from task=train)")
     if cfg.weight_model_path and not WEIGHT_MODELS[name].learned:
-        raise UsageError(f"weight_model_path is only used with a learned weight model; drop it or use model=CaMeLS")
+        raise UsageError("weight_model_path is only used with a learned weight model; drop it or use model=CaMeLS")
     if cfg.test_path and not Path(cfg.test_path).is_file():
         raise UsageError(f"test_path {cfg.test_path} does not exist; point it at a CSV of the dataset's format")
     if cfg.split not in SPLITS:
@@ -70,9 +62,7 @@ def check_eval_config(cfg):
         raise UsageError(f"downsample_to={cfg.downsample_to} is invalid; use a number of documents, or -1 for all")
     if cfg.lt_stopping_metric not in ("em", "f1", "max_f1", "nll"):
         raise UsageError(f"lt_stopping_metric={cfg.lt_stopping_metric} is unknown; use em, f1, max_f1 or nll")
-    state_dict = state_dict_option(cfg)
-    if state_dict and not Path(state_dict).is_file():
-        raise UsageError(f"base_model_state_dict {state_dict} does not exist; point it at a .pt state dict")
+    util.base_state_dict(cfg)
     util.check_wandb(cfg)
 
 
@@ -127,7 +117,7 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     progress = bool(cfg.progress)
 
     tokenizer = util.load_tokenizer(cfg.tokenizer_name or cfg.base_model)
-    base_model = util.load_causal_lm(cfg.base_model, state_dict_option(cfg), torch_dtype=dtype)
+    base_model = util.load_causal_lm(cfg.base_model, util.base_state_dict(cfg), torch_dtype=dtype)
     stream = make_stream(load_split(cfg.dataset, cfg.split, cfg.test_path), cfg.downsample_to, cfg.seed)
     texts = [document.text for document in stream]
     questions = [example for document in stream for example in document.examples]

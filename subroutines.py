@@ -5,9 +5,10 @@ import re
 import torch
 from tqdm.auto import tqdm
 
-from util import UsageError, answer_nll, exact_match, f1_score, weighted_lm_loss
+from util import (UsageError, answer_nll, exact_match, f1_score, restore_parameters, snapshot_parameters,
+                  weighted_lm_loss)
 
-# Diverse beam search of SPEC §6 for top-K evaluation
+# Diverse beam search for top-K evaluation (README: "Online adaptation evaluation")
 DIVERSE_BEAMS = dict(num_beams=12, num_beam_groups=4, diversity_penalty=10.0)
 
 
@@ -198,9 +199,6 @@ def light_tune(model, tokenizer, train_examples, val_examples, collator, device,
         history.append(dict(step=step, **summary))
         return sign * summary[stopping_metric]
 
-    def snapshot():
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
     def shuffled_batches():
         rng = random.Random(seed)
         for _ in range(max_epochs):
@@ -209,7 +207,7 @@ def light_tune(model, tokenizer, train_examples, val_examples, collator, device,
             for start in range(0, len(order), batch_size):
                 yield order[start: start + batch_size]
 
-    best_score, best_state = validate(0), snapshot()
+    best_score, best_state = validate(0), snapshot_parameters(model, "cpu")
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     bad_validations = 0
     bar = tqdm(desc="light-tuning", disable=not progress, leave=False)
@@ -227,12 +225,12 @@ def light_tune(model, tokenizer, train_examples, val_examples, collator, device,
             continue
         score = validate(step)
         if score > best_score:
-            best_score, best_state, bad_validations = score, snapshot(), 0
+            best_score, best_state, bad_validations = score, snapshot_parameters(model, "cpu"), 0
         else:
             bad_validations += 1
             if bad_validations >= patience:
                 break
     bar.close()
-    model.load_state_dict(best_state)
+    restore_parameters(model, best_state)
     model.eval()
     return history

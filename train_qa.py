@@ -1,4 +1,4 @@
-"""QA pre-tuning (SPEC §7): teach a causal LM to continue a question with " <answer>", so that it can
+"""QA pre-tuning (README: "QA model pretraining"): teach a causal LM to continue a question with " <answer>", so that it can
 serve as the base model of meta-training and online-adaptation evaluation.
 
     python train_qa.py dataset=squad model=gpt2-xl
@@ -26,9 +26,8 @@ from tqdm.auto import tqdm
 import configs  # noqa: F401 - the config's ${...} resolvers
 import util
 from exp_datasets import QACollator, load_split
-from subroutines import evaluate_qa
+from subroutines import OPTIMIZERS, evaluate_qa, make_optimizer
 
-OPTIMIZERS = ("adam", "adafactor", "sgd")
 # checkpoint name -> (validation metric, direction)
 CRITERIA = {"lowest_nll": ("nll", "min"), "highest_f1": ("f1", "max"), "highest_em": ("em", "max")}
 VAL_MODES = ("em", "ppl")
@@ -83,18 +82,9 @@ def check_config(cfg):
                        positive=["lr", "grad_clip_thresh"])
     if cfg.optimizer not in OPTIMIZERS:
         raise util.UsageError(f"optimizer={cfg.optimizer} is unknown; use one of {', '.join(OPTIMIZERS)}")
+    if cfg.load_state_dict_path:
+        util.existing_state_dict(cfg.load_state_dict_path, "load_state_dict_path")
     util.check_wandb(cfg)
-
-
-def make_optimizer(name, params, lr):
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    from transformers.optimization import Adafactor
-
-    # a fixed learning rate, as for the other optimisers, instead of Adafactor's own schedule
-    return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
 
 
 def validation_subset(examples, limit, seed):

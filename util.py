@@ -83,6 +83,22 @@ def check_numbers(cfg, positive_ints=(), optional_positive_ints=(), positive=(),
             raise UsageError(f"{key}={cfg.get(key)} is invalid; it must be a number >= 0")
 
 
+def existing_state_dict(path, option):
+    """`path`, the value of option `option`, when it is a file; else a one-line UsageError."""
+    if not Path(path).is_file():
+        raise UsageError(f"{option} {path} does not exist; point it at a .pt state dict")
+    return Path(path)
+
+
+def base_state_dict(cfg):
+    """The base model's state dict file: base_model_state_dict, or the reference's name for it,
+    base_model_state_dict_path (checked to exist); None when neither is set."""
+    new, old = cfg.get("base_model_state_dict"), cfg.get("base_model_state_dict_path")
+    if new and old and str(new) != str(old):
+        raise UsageError("base_model_state_dict and base_model_state_dict_path name different files; give one")
+    return str(existing_state_dict(new or old, "base_model_state_dict")) if new or old else None
+
+
 def check_wandb(cfg):
     """Fail before any work when wandb logging is asked for but the package is missing."""
     if cfg.get("wandb"):
@@ -258,9 +274,7 @@ def load_causal_lm(name_or_path, state_dict_path=None, attn_implementation=None,
 
 
 def load_state_dict_into(model, state_dict_path):
-    path = Path(state_dict_path)
-    if not path.is_file():
-        raise UsageError(f"state dict {path} does not exist; point base_model_state_dict at a .pt file")
+    path = existing_state_dict(state_dict_path, "state dict")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -290,6 +304,27 @@ def check_state_dict_fits(model, state, source, fix):
 def first_line(err) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter snapshots: take the model's weights, try something, put them back
+
+
+def snapshot_parameters(model, device=None):
+    """Copies of the model's parameters, in the order of model.parameters(), on `device` (default:
+    where each one is; "cpu" keeps a big model's copy off the accelerator)."""
+    return [p.detach().clone() if device is None else p.detach().to(device, copy=True) for p in model.parameters()]
+
+
+@torch.no_grad()
+def restore_parameters(model, values):
+    """Copy `values` (a snapshot_parameters list, or tensors of the same shapes in the same order)
+    into the model's parameters in place."""
+    parameters = list(model.parameters())
+    if len(parameters) != len(values):
+        raise ValueError(f"{len(values)} values for {len(parameters)} parameters")
+    for p, value in zip(parameters, values):
+        p.copy_(value)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Per-token loss weights for online adaptation (SPEC §4).
+"""Per-token loss weights for online adaptation (README: "The files").
 
 Every weight model is called the same way:  weights = wm(input_ids, attention_mask)  -> B×T float,
 0 on padding. `build_weight_model` makes one from a `model` config (conf/model/*.yaml, keyed by
@@ -150,9 +150,6 @@ class CaMeLS(WeightModel):
                 f"the weight model's body has {self.backbone.config.vocab_size} token embeddings but the "
                 f"base model's tokenizer uses ids up to {largest_id}; use a weight model of the same tokenizer family"
             )
-
-    def trainable_parameters(self):
-        return [p for p in self.parameters() if p.requires_grad]
 
     def forward(self, input_ids, attention_mask):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.options["freeze_base"]):

@@ -356,9 +356,6 @@ class WorldWriter:
         return " ".join(sentences)
 
 
-STREAM_COLUMNS = ["text", "question", "answers", "doc_id", "answer_start", "answer_end", "entity", "attribute"]
-
-
 def qa_rows(writer, doc, questions_per_fact):
     rows = []
     for fact, start, end in doc.spans:
