@@ -8,6 +8,14 @@ import torch
 import util
 
 
+def span_token_mask(tokenizer, text, spans, max_text_len):
+    """Bool per token of `text` (its first max_text_len, as the collator cuts it): whether the
+    token overlaps any of the character spans [start, end) in `spans`. Needs a fast tokenizer."""
+    offsets = tokenizer(text, return_offsets_mapping=True, verbose=False)["offset_mapping"][:max_text_len]
+    return torch.tensor([any(token_end > start and token_start < end for start, end in spans)
+                         for token_start, token_end in offsets], dtype=torch.bool)
+
+
 def answer_token_mask(tokenizer, examples, max_text_len, width):
     """B x width bool: document tokens overlapping the answer's character span (Example.extra
     answer_start/answer_end), and B bool: whether the example has such a span. None when the
@@ -21,10 +29,9 @@ def answer_token_mask(tokenizer, examples, max_text_len, width):
             start, end = int(example.extra["answer_start"]), int(example.extra["answer_end"])
         except (KeyError, TypeError, ValueError):
             continue
-        offsets = tokenizer(example.text, return_offsets_mapping=True)["offset_mapping"][:max_text_len]
-        for position, (token_start, token_end) in enumerate(offsets):
-            mask[row, position] = token_end > start and token_start < end
-        has_span[row] = mask[row].any()
+        covered = span_token_mask(tokenizer, example.text, [(start, end)], max_text_len)
+        mask[row, :len(covered)] = covered
+        has_span[row] = covered.any()
     return (mask, has_span) if has_span.any() else None
 
 

@@ -26,7 +26,7 @@ STAGE_GROUPS = {"model": ("tokenizer", "model", "pretrain"), "report": ("report"
 # Code each stage's output depends on (relative to the repository); the report also measures with
 # the project's own evaluation code, so a change there refreshes the report (not the model)
 STAGE_SOURCES = {"data": ("exp_datasets/tiny_world/world.py",), "model": ("exp_datasets/tiny_world/model.py",),
-                 "report": ("exp_datasets/tiny_world/report.py", "util.py", "subroutines.py",
+                 "report": ("exp_datasets/tiny_world/report.py", "util.py", "subroutines.py", "weight_analysis.py",
                             "exp_datasets/base.py", "exp_datasets/collate.py", "exp_datasets/registry.py")}
 STAGE_OUTPUTS = {"data": ("data",), "model": ("base_model",), "report": ("report.json", "report.md")}
 

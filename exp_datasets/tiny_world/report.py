@@ -7,7 +7,9 @@ import re
 import torch
 from tqdm import tqdm
 
-from util import answer_nll, weighted_lm_loss
+from subroutines import evaluate_qa, weighted_train
+from util import answer_nll, restore_parameters, snapshot_parameters
+from weight_analysis import span_token_mask
 
 NUMBER_OR_CAPITALISED = re.compile(r"\b(?:[A-Z][a-z]+|\d[\d,]*)\b")
 SCHEMES = ("uniform", "oracle", "salient")
@@ -33,8 +35,6 @@ def answer_nlls(model, collator, examples, batch_size=64):
 
 def qa_scores(model, tokenizer, collator, examples, progress=False):
     """Greedy EM/F1 and answer NLL, through the evaluation code every entry point uses."""
-    from subroutines import evaluate_qa
-
     _, summary = evaluate_qa(model, tokenizer, examples, collator, model.device, eval_modes=("em", "ppl"),
                              batch_size=64, progress=progress)
     return dict(em=summary["em"], f1=summary["f1"], nll=summary["nll"], n=summary["n_questions"])
@@ -46,15 +46,14 @@ def token_weights(scheme, tokenizer, text, spans, max_text_len):
     oracle: mass only on tokens overlapping an answer span; salient: on capitalised words and
     numbers (a cheap stand-in for named-entity spans).
     """
-    offsets = tokenizer(text, return_offsets_mapping=True, verbose=False)["offset_mapping"][:max_text_len]
-    n = len(offsets)
-    if scheme == "uniform":
-        return torch.ones(n)
     if scheme == "salient":
         spans = [(m.start(), m.end()) for m in NUMBER_OR_CAPITALISED.finditer(text)]
-    elif scheme != "oracle":
+    elif scheme not in ("oracle", "uniform"):
         raise ValueError(f"unknown weighting scheme {scheme!r}")
-    chosen = torch.tensor([float(any(s < end and begin < e for s, e in spans)) for begin, end in offsets])
+    chosen = span_token_mask(tokenizer, text, spans, max_text_len).float()
+    n = len(chosen)
+    if scheme == "uniform":
+        return torch.ones(n)
     # weighted_lm_loss scores targets 1..n-1, so the mass is matched over those positions
     chosen[0] = 0.0
     if chosen.sum() == 0:
@@ -62,55 +61,52 @@ def token_weights(scheme, tokenizer, text, spans, max_text_len):
     return chosen * (n - 1) / chosen.sum()
 
 
-class Snapshot:
-    """The model's parameters at one moment, to restore after a trial update."""
+class FixedWeights(torch.nn.Module):
+    """A weighting given in advance for each document (one of SCHEMES), looked up by the document's
+    tokens: subroutines.weighted_train adapts with it as with any weight model."""
 
-    def __init__(self, model):
-        self.model = model
-        self.values = [p.detach().clone() for p in model.parameters()]
+    def __init__(self, collator, texts, weights):
+        super().__init__()
+        self.table = {tuple(ids): w for ids, w in zip(collator.text_tokens(texts), weights)}
 
-    @torch.no_grad()
-    def restore(self):
-        for p, v in zip(self.model.parameters(), self.values):
-            p.copy_(v)
+    def forward(self, input_ids, attention_mask):
+        weights = torch.zeros(input_ids.shape)
+        for row, length in enumerate(attention_mask.sum(1).tolist()):
+            weights[row, :length] = self.table[tuple(input_ids[row, :length].tolist())]
+        return weights
 
 
-def document_loss(model, ids, weights, max_text_len):
-    ids = ids.to(model.device)
-    mask = torch.ones_like(ids)
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    return weighted_lm_loss(logits, ids, mask, weights[None].to(model.device), max_text_len)
+def adapt(model, collator, documents, weights, optimizer, lr, grad_clip):
+    """The online adaptation of run.py task=eval (one step per document, in order) with fixed weights."""
+    texts = [d.text for d in documents]
+    weighted_train(model, FixedWeights(collator, texts, weights), texts, collator, model.device,
+                   optimizer=optimizer, lr=lr, grad_clip_thresh=grad_clip, progress=False)
 
 
 def one_step_uptake(model, tokenizer, collator, documents, unrelated, lrs, progress=True):
     """Per (scheme, lr): mean drop of the answer NLL of a document's questions after one SGD step
     on that document alone (from the base model each time), and the mean rise of answer NLL on
     unrelated QA pairs. Returns all rows and each scheme's row at its best lr."""
-    snapshot = Snapshot(model)
+    start = snapshot_parameters(model)
     unrelated_before = answer_nlls(model, collator, unrelated).mean().item()
-    prepared = [(d, torch.tensor([collator.text_tokens([d.text])[0]]),
-                 answer_nlls(model, collator, d.examples).mean().item()) for d in documents]
+    before = [answer_nlls(model, collator, d.examples).mean().item() for d in documents]
     rows = []
     bar = tqdm(total=len(SCHEMES) * len(lrs) * len(documents), desc="one-step uptake", disable=not progress,
                mininterval=2)
     for scheme in SCHEMES:
+        weights = [token_weights(scheme, tokenizer, d.text, answer_spans(d), collator.max_text_len) for d in documents]
         for lr in lrs:
             drops, rises = [], []
-            for doc, ids, before in prepared:
-                weights = token_weights(scheme, tokenizer, doc.text, answer_spans(doc), collator.max_text_len)
-                model.zero_grad(set_to_none=True)
-                document_loss(model, ids, weights, collator.max_text_len).backward()
-                with torch.no_grad():
-                    for p in model.parameters():
-                        p.add_(p.grad, alpha=-lr)
-                drops.append(before - answer_nlls(model, collator, doc.examples).mean().item())
+            for doc, doc_weights, doc_before in zip(documents, weights, before):
+                # plain SGD without clipping: the step is exactly lr x the weighted loss's gradient
+                adapt(model, collator, [doc], [doc_weights], "sgd", lr, grad_clip=float("inf"))
+                drops.append(doc_before - answer_nlls(model, collator, doc.examples).mean().item())
                 rises.append(answer_nlls(model, collator, unrelated).mean().item() - unrelated_before)
-                snapshot.restore()
+                restore_parameters(model, start)
                 bar.update()
             rows.append(dict(scheme=scheme, lr=lr, answer_nll_drop=sum(drops) / len(drops),
                              unrelated_nll_rise=sum(rises) / len(rises)))
     bar.close()
-    model.zero_grad(set_to_none=True)
     best = [max((r for r in rows if r["scheme"] == s), key=lambda r: r["answer_nll_drop"]) for s in SCHEMES]
     return rows, best
 
@@ -119,25 +115,17 @@ def stream_adaptation(model, tokenizer, collator, documents, schemes, lrs, grad_
     """Adam on a stream of documents, one step each (batch 1), then every question of the stream
     is asked: EM/F1/NLL per (scheme, lr), and before any update (scheme "none")."""
     examples = [e for d in documents for e in d.examples]
-    snapshot = Snapshot(model)
+    start = snapshot_parameters(model)
     rows = [dict(scheme="none", lr=0.0, **qa_scores(model, tokenizer, collator, examples))]
-    encoded = [torch.tensor([collator.text_tokens([d.text])[0]]) for d in documents]
-    bar = tqdm(total=len(schemes) * len(lrs) * len(documents), desc="stream adaptation", disable=not progress,
-               mininterval=2)
+    bar = tqdm(total=len(schemes) * len(lrs), desc="stream adaptation", disable=not progress, mininterval=2)
     for scheme in schemes:
         weights = [token_weights(scheme, tokenizer, d.text, answer_spans(d), collator.max_text_len) for d in documents]
         for lr in lrs:
-            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-            for ids, w in zip(encoded, weights):
-                optimizer.zero_grad(set_to_none=True)
-                document_loss(model, ids, w, collator.max_text_len).backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
-                bar.update()
+            adapt(model, collator, documents, weights, "adam", lr, grad_clip)
             rows.append(dict(scheme=scheme, lr=lr, **qa_scores(model, tokenizer, collator, examples)))
-            snapshot.restore()
+            restore_parameters(model, start)
+            bar.update()
     bar.close()
-    model.zero_grad(set_to_none=True)
     return rows
 
 
