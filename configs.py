@@ -17,6 +17,11 @@ def tiny_world_path(name):
     return tiny_world.artefact_path(name)
 
 
+def conf_dir():
+    """The absolute path of conf/ (qa_conf/ reads its dataset configs from there)."""
+    return str(Path(__file__).resolve().parent / "conf")
+
+
 def basename(path):
     return Path(str(path)).name or str(path)
 
@@ -31,7 +36,7 @@ def stream_name(split, test_path):
     return Path(str(test_path)).stem if test_path else str(split)
 
 
-RESOLVERS = {"tiny_world": tiny_world_path, "basename": basename, "method_name": method_name,
+RESOLVERS = {"tiny_world": tiny_world_path, "conf_dir": conf_dir, "basename": basename, "method_name": method_name,
              "stream_name": stream_name}
 
 
