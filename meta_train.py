@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 import util
 from exp_datasets import QACollator, group_shuffle, load_split, load_web_text
-from meta_objective import INNER_BACKENDS, MetaSettings, outer_loss
+from meta_objective import MetaSettings, outer_loss
 from util import UsageError
 from weight_analysis import answer_mass, make_batch, render_document_weights
 
@@ -31,14 +31,9 @@ def batched(items, size):
 
 
 def check_config(cfg):
-    """Every problem the user can fix, found before any work is done."""
-    util.check_numbers(cfg, positive_ints=["update_batch_size", "grad_acc_steps", "reset_base_freq", "num_inner_steps",
-                                           "loc_batch_size", "n_epochs", "val_steps", "sample_steps", "sample_docs"],
-                       optional_positive_ints=["val_batches", "torch_threads"],
-                       positive=["inner_lr", "outer_lr", "grad_clip_thresh"], non_negative=["c_kl", "c_norm"])
-    steps = cfg.max_outer_steps
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
-        raise UsageError(f"max_outer_steps={steps} must be an integer >= 0 (or null for no cap)")
+    """Every problem the user can fix, found before any work is done: the ranges and choices of the
+    schema (configs.TrainConfig), then what it cannot say (registries, files, options that go together)."""
+    util.check_values(cfg)
     from weight_model import WEIGHT_MODELS
 
     name = cfg.model.get("name")
@@ -48,8 +43,6 @@ def check_config(cfg):
     if cfg.reset_base_freq % cfg.update_batch_size:
         raise UsageError(f"reset_base_freq={cfg.reset_base_freq} must be a multiple of "
                          f"update_batch_size={cfg.update_batch_size}")
-    if cfg.inner_backend not in INNER_BACKENDS:
-        raise UsageError(f"inner_backend={cfg.inner_backend} is unknown; use one of {', '.join(INNER_BACKENDS)}")
     if cfg.grad_checkpointing and cfg.inner_backend != "torch_func":
         raise UsageError("grad_checkpointing=true needs inner_backend=torch_func (higher's patched modules "
                          "cannot recompute activations with the right fast weights)")

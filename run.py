@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 import util
 from configs import method_name, stream_name
 from exp_datasets import SPLITS, QACollator, load_split, make_stream
-from subroutines import OPTIMIZERS, evaluate_qa, light_tune, parse_eval_modes, weighted_train
+from subroutines import evaluate_qa, light_tune, parse_eval_modes, weighted_train
 from util import UsageError
 from weight_model import WEIGHT_MODELS, build_weight_model, load_weight_model
 
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def check_eval_config(cfg):
+    """What the schema (configs.EvalConfig) cannot say: registries, files, options that go together."""
+    util.check_values(cfg)
     parse_eval_modes(cfg.eval)
     name = cfg.model.get("name")
     if name not in WEIGHT_MODELS:
@@ -47,21 +49,6 @@ def check_eval_config(cfg):
         raise UsageError("weight_model_path is only used with a learned weight model; drop it or use model=CaMeLS")
     if cfg.test_path and not Path(cfg.test_path).is_file():
         raise UsageError(f"test_path {cfg.test_path} does not exist; point it at a CSV of the dataset's format")
-    if cfg.split not in SPLITS:
-        raise UsageError(f"split={cfg.split} is unknown; use one of {', '.join(SPLITS)}")
-    if str(cfg.optimizer).lower() not in OPTIMIZERS:
-        raise UsageError(f"optimizer={cfg.optimizer} is unknown; use one of {', '.join(OPTIMIZERS)}")
-    util.check_numbers(cfg, positive_ints=["n_epochs", "batch_size", "grad_acc_steps", "eval_batch_size", "lt_batch_size",
-                                           "lt_val_steps", "lt_patience", "lt_epochs", "max_new_tokens"],
-                       optional_positive_ints=["eval_every_k", "torch_threads"],
-                       positive=["lr", "lt_lr", "grad_clip_thresh"])
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise UsageError(f"seed={cfg.seed} is invalid; it must be an integer")
-    if cfg.downsample_to is not None and (not isinstance(cfg.downsample_to, int) or cfg.downsample_to == 0
-                                          or cfg.downsample_to < -1):
-        raise UsageError(f"downsample_to={cfg.downsample_to} is invalid; use a number of documents, or -1 for all")
-    if cfg.lt_stopping_metric not in ("em", "f1", "max_f1", "nll"):
-        raise UsageError(f"lt_stopping_metric={cfg.lt_stopping_metric} is unknown; use em, f1, max_f1 or nll")
     util.base_state_dict(cfg)
     util.check_wandb(cfg)
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 import configs  # noqa: F401 - the config's ${...} resolvers
 import util
 from exp_datasets import QACollator, load_split
-from subroutines import OPTIMIZERS, evaluate_qa, make_optimizer
+from subroutines import evaluate_qa, make_optimizer
 
 # checkpoint name -> (validation metric, direction)
 CRITERIA = {"lowest_nll": ("nll", "min"), "highest_f1": ("f1", "max"), "highest_em": ("em", "max")}
@@ -75,13 +75,9 @@ class EarlyStopping:
 
 
 def check_config(cfg):
-    """Reject bad knobs with one line before any data or model is loaded."""
-    util.check_numbers(cfg, positive_ints=["batch_size", "grad_acc_steps", "val_steps", "n_epochs", "eval_batch_size",
-                                           "max_new_tokens"],
-                       optional_positive_ints=["max_steps", "stop_k", "max_val_questions", "torch_threads"],
-                       positive=["lr", "grad_clip_thresh"])
-    if cfg.optimizer not in OPTIMIZERS:
-        raise util.UsageError(f"optimizer={cfg.optimizer} is unknown; use one of {', '.join(OPTIMIZERS)}")
+    """Reject bad knobs with one line before any data or model is loaded: the ranges and choices of
+    the schema (configs.QATuneConfig), and the state dict's file."""
+    util.check_values(cfg)
     if cfg.load_state_dict_path:
         util.existing_state_dict(cfg.load_state_dict_path, "load_state_dict_path")
     util.check_wandb(cfg)

@@ -34,7 +34,20 @@ def run_cli(main_fn):
         try:
             main_fn()
         except HydraException as err:
-            raise UsageError(one_line(err)) from None
+            raise UsageError(composition_error(err)) from None
+
+
+def composition_error(err):
+    """One line for an error of Hydra's config composition: a value of the wrong type for its schema
+    as `key=value is invalid; it must be ...`, anything else as its message on one line."""
+    from omegaconf.errors import ValidationError
+
+    cause = err.__cause__
+    kind = re.search(r"converted to (\w+)|not a valid (bool)", str(cause)) if isinstance(cause, ValidationError) else None
+    wanted = {"Float": "a number", "Integer": "an integer", "bool": "true or false"}.get(kind and (kind[1] or kind[2]))
+    if wanted and getattr(cause, "full_key", None):
+        return f"{cause.full_key}={cause.value} is invalid; it must be {wanted}"
+    return one_line(err)
 
 
 def one_line(message):
@@ -62,25 +75,44 @@ def usage_errors_exit():
         sys.exit(2)
 
 
-def check_numbers(cfg, positive_ints=(), optional_positive_ints=(), positive=(), non_negative=()):
-    """One-line UsageError unless every named option holds the kind of number it needs (a
-    mistyped value such as lr=1e-3x otherwise surfaces later as a traceback)."""
-    def number(value):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+# A rule per kind of value a schema field (configs.py) may declare: (accepts, what it must be)
+VALUE_RULES = {
+    "positive_int": (lambda v: isinstance(v, int) and v > 0, "it must be a positive integer"),
+    "non_negative_int": (lambda v: isinstance(v, int) and v >= 0, "it must be an integer >= 0"),
+    "positive": (lambda v: v > 0, "it must be a positive number"),
+    "non_negative": (lambda v: v >= 0, "it must be a number >= 0"),
+    "documents_or_all": (lambda v: v == -1 or v > 0, "use a number of documents, or -1 for all"),
+}
 
-    for key in (*positive_ints, *optional_positive_ints):
-        value = cfg.get(key)
-        if value is None and key in optional_positive_ints:
+
+def check_values(cfg, prefix=""):
+    """One-line UsageError for the first value of a structured config (and of its nested configs)
+    outside the range (metadata "check") or the choices (metadata "choices") its schema declares.
+    Hydra has checked the types already; null passes where the schema allows it."""
+    import dataclasses
+    from typing import Any
+
+    from omegaconf import DictConfig, OmegaConf
+
+    schema = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(schema):
+        return
+    for spec in dataclasses.fields(schema):
+        check, choices = spec.metadata.get("check"), spec.metadata.get("choices")
+        # only values with a rule, and nested configs, are read: reading every value could build
+        # the default tiny world for a path this run never uses
+        if not (check or choices or spec.type is Any) or OmegaConf.is_missing(cfg, spec.name):
             continue
-        if not (number(value) and isinstance(value, int) and value > 0):
-            fallback = " (or null)" if key in optional_positive_ints else ""
-            raise UsageError(f"{key}={value} is invalid; it must be a positive integer{fallback}")
-    for key in positive:
-        if not (number(cfg.get(key)) and cfg.get(key) > 0):
-            raise UsageError(f"{key}={cfg.get(key)} is invalid; it must be a positive number")
-    for key in non_negative:
-        if not (number(cfg.get(key)) and cfg.get(key) >= 0):
-            raise UsageError(f"{key}={cfg.get(key)} is invalid; it must be a number >= 0")
+        value = cfg[spec.name]
+        if isinstance(value, DictConfig):
+            check_values(value, f"{prefix}{spec.name}.")
+        if value is None or not (check or choices):
+            continue
+        if choices and value not in choices:
+            raise UsageError(f"{prefix}{spec.name}={value} is unknown; use one of {', '.join(choices)}")
+        if check and not VALUE_RULES[check][0](value):
+            optional = " (or null)" if type(None) in getattr(spec.type, "__args__", ()) else ""
+            raise UsageError(f"{prefix}{spec.name}={value} is invalid; {VALUE_RULES[check][1]}{optional}")
 
 
 def existing_state_dict(path, option):
@@ -221,12 +253,13 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def pick_dtype(name: str) -> torch.dtype:
-    dtypes = {"float32": torch.float32, "float64": torch.float64,
-              "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise UsageError(f"dtype={name} is unknown; use one of {', '.join(dtypes)}")
-    return dtypes[name]
+    if name not in DTYPES:
+        raise UsageError(f"dtype={name} is unknown; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 # ---------------------------------------------------------------------------------------------

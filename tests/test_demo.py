@@ -13,6 +13,9 @@ from omegaconf import OmegaConf
 import demo
 from util import REPO_ROOT, UsageError
 
+# every test here runs demo.py or its steps as subprocesses
+pytestmark = pytest.mark.slow
+
 LRS = [1.0e-3, 3.0e-2]
 
 

@@ -232,7 +232,7 @@ def bad_input_cases(world, tmp_path, tokenizer):
         "architecture": ([f"base_model_state_dict={tmp_path / 'other_arch.pt'}"], "does not fit"),
         "test_path": ([f"test_path={tmp_path / 'missing.csv'}"], "does not exist"),
         "eval_mode": (["eval=[em,bleu]"], "eval mode 'bleu' is unknown"),
-        "lr": (["lr=1e-3x"], "lr=1e-3x is invalid; it must be a positive number"),
+        "lr": (["lr=-1e-3"], "lr=-0.001 is invalid; it must be a positive number"),
         "downsample_to": (["downsample_to=0"], "downsample_to=0 is invalid"),
         **({} if importlib.util.find_spec("wandb") else {"wandb": (["wandb=true"], "pip install wandb")}),
     }
@@ -255,6 +255,7 @@ def run_cli(*args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_sweep_makes_one_folder_per_job_and_bad_input_exits_2(world, tmp_path):
     common = [f"base_model={world.base_model}", f"dataset.data_dir={world.data_dir}", "device=cpu",
               "progress=false", "eval=[ppl]", "downsample_to=2"]

@@ -48,7 +48,7 @@ def test_tiny_world_tuning_applies_and_command_line_wins(tiny_world_small, tmp_p
     ("reset_base_freq=10", "multiple of update_batch_size"),
     ("inner_backend=jax", "inner_backend"),
     ("grad_checkpointing=true", "torch_func"),
-    ("inner_lr=5e-4x", "inner_lr=5e-4x is invalid; it must be a positive number"),
+    ("inner_lr=0", "inner_lr=0.0 is invalid; it must be a positive number"),
     ("c_kl=-0.1", "c_kl=-0.1 is invalid; it must be a number >= 0"),
 ])
 def test_bad_options_fail_before_work(tiny_world_small, tmp_path, override, message):
@@ -58,6 +58,7 @@ def test_bad_options_fail_before_work(tiny_world_small, tmp_path, override, mess
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_cli_reports_reset_frequency_in_one_line(tiny_world_small, tmp_path):
     world = tiny_world_small
     result = subprocess.run(
@@ -182,6 +183,7 @@ def test_short_meta_training_learns_to_weight_answers(tiny_world_small, tmp_path
     assert weights.std() > 1e-4 and weights.mean().item() == pytest.approx(1.0, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_exactly(tiny_world_small, tmp_path):
     """A run stopped after 3 optimiser steps and resumed to 6 ends with the weights, metrics and
     checkpoints of an uninterrupted 6-step run."""
@@ -208,6 +210,7 @@ def test_resumed_run_continues_exactly(tiny_world_small, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_epoch_checkpoints_at_epoch_ends_but_not_after_a_step_cap(tiny_world_small, tmp_path):
     n_batches = len(load_split(tiny_world_small.dataset_cfg, "train")) // 6
     knobs = ["val_steps=100", "sample_steps=100", "sample_docs=1", "val_batches=1", "update_batch_size=6",

@@ -200,6 +200,7 @@ def test_out_cannot_be_a_run_folder(test_tree):
         report.main([str(test_tree), "--out", str(run_folder)])
 
 
+@pytest.mark.slow
 def test_empty_tree_exits_2_with_one_line(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(UsageError, match="no summary.json"):

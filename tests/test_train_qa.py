@@ -87,6 +87,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_short_run_lowers_validation_nll_and_logs_every_validation(short_run):
     cfg, run_dir, history = short_run
     rows = read_jsonl(run_dir / "metrics.jsonl")
@@ -98,6 +99,7 @@ def test_short_run_lowers_validation_nll_and_logs_every_validation(short_run):
     assert all(r["val_questions"] == min(24, n_val) for r in rows)
 
 
+@pytest.mark.slow
 def test_best_json_and_checkpoints_match_the_metrics(short_run, tiny_world_small):
     cfg, run_dir, history = short_run
     best = json.loads((run_dir / "best.json").read_text())
@@ -122,6 +124,7 @@ def test_best_json_and_checkpoints_match_the_metrics(short_run, tiny_world_small
     assert summary["nll"] == pytest.approx(best["lowest_nll"]["value"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_state_dict_round_trips_into_the_base_architecture(short_run, tiny_world_small):
     _, run_dir, _ = short_run
     folder = run_dir / "checkpoints" / "lowest_nll"
@@ -155,6 +158,7 @@ def run_cli(*args, cwd=REPO):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cfg_resolves_with_tiny_world_presets_and_output_layout(tiny_world_small):
     result = run_cli("--cfg", "all", "--resolve", f"model={tiny_world_small.base_model}",
                      f"dataset.data_dir={tiny_world_small.data_dir}",
@@ -180,7 +184,7 @@ def test_published_defaults_hold_for_real_datasets():
     ("batch_size=0", "batch_size=0"),
     ("optimizer=rmsprop", "optimizer=rmsprop"),
     ("max_val_questions=-3", "max_val_questions=-3"),
-    ("lr=2.5e-5x", "lr=2.5e-5x is invalid; it must be a positive number"),
+    ("lr=-2.5e-5", "lr=-2.5e-05 is invalid; it must be a positive number"),
 ])
 def test_bad_input_is_one_line_before_training(tiny_world_small, tmp_path, override, expected):
     cfg = compose_config(run_overrides(tiny_world_small) + [override])
@@ -198,6 +202,7 @@ def test_wandb_without_the_package_is_a_usage_error(tiny_world_small, tmp_path):
         train_qa.train_qa(cfg, tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_bad_input_exits_2_with_one_line(tiny_world_small, tmp_path):
     result = run_cli(f"model={tiny_world_small.base_model}", "dataset.data_dir=/no/such/folder",
                      f"hydra.run.dir={tmp_path}")

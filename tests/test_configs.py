@@ -1,0 +1,103 @@
+"""The config schemas (configs.py): every config composes into its schema with nothing left unset,
+Hydra rejects mistyped values and unknown keys with one line, and util.check_values enforces the
+ranges and choices the schemas declare without resolving anything else."""
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+import configs
+import util
+from util import REPO_ROOT, UsageError
+
+DATASETS = sorted(p.stem for p in (REPO_ROOT / "conf" / "dataset").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (REPO_ROOT / "conf" / "model").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def no_tiny_world_build():
+    """Nothing here may resolve ${tiny_world:...} (that would build the default tiny world)."""
+    def no_build(name):
+        raise AssertionError(f"${{tiny_world:{name}}} was resolved")
+
+    OmegaConf.register_new_resolver("tiny_world", no_build, replace=True)
+    yield
+    configs.register_resolvers()
+
+
+def unset_keys(cfg, prefix=""):
+    """Keys still MISSING (???), found without resolving any interpolation."""
+    found = []
+    for key in cfg:
+        if OmegaConf.is_missing(cfg, key):
+            found.append(prefix + key)
+        elif not OmegaConf.is_interpolation(cfg, key) and isinstance(cfg[key], DictConfig):
+            found += unset_keys(cfg[key], f"{prefix}{key}.")
+    return found
+
+
+def composed(conf_dir, overrides):
+    with initialize_config_dir(str(REPO_ROOT / conf_dir), version_base=None):
+        return compose("config", overrides=overrides)
+
+
+@pytest.mark.parametrize("task,schema", [("eval", configs.EvalConfig), ("train", configs.TrainConfig)])
+def test_every_run_config_composes_into_its_schemas_with_nothing_unset(task, schema):
+    # meta-training learns a weight model: only CaMeLS (the tiny world's tuning sets CaMeLS options)
+    for dataset in DATASETS:
+        for model in MODELS if task == "eval" else ["CaMeLS"]:
+            cfg = composed("conf", [f"task={task}", f"dataset={dataset}", f"model={model}"])
+            assert OmegaConf.get_type(cfg) is schema
+            assert OmegaConf.get_type(cfg.dataset) is configs.DATASET_SCHEMAS[dataset]
+            assert OmegaConf.get_type(cfg.model) is configs.MODEL_SCHEMAS[cfg.model.name]
+            assert unset_keys(cfg) == [], (task, dataset, model)
+
+
+def test_qa_tuning_reads_the_same_dataset_configs():
+    assert (REPO_ROOT / "qa_conf" / "dataset").resolve() == (REPO_ROOT / "conf" / "dataset").resolve()
+    for dataset in DATASETS:
+        cfg = composed("qa_conf", [f"dataset={dataset}", "model=gpt2-xl"])
+        assert OmegaConf.get_type(cfg) is configs.QATuneConfig and cfg.model == "gpt2-xl"
+        assert OmegaConf.get_type(cfg.dataset) is configs.DATASET_SCHEMAS[dataset]
+        assert unset_keys(cfg) == [], dataset
+
+
+@pytest.mark.parametrize("conf_dir,overrides,message", [
+    ("conf", ["lr=1e-3x"], "lr=1e-3x is invalid; it must be a number"),
+    ("conf", ["task=train", "model=CaMeLS", "inner_lr=5e-4x"], "inner_lr=5e-4x is invalid; it must be a number"),
+    ("conf", ["seed=1.5"], "seed=1.5 is invalid; it must be an integer"),
+    ("conf", ["progress=sometimes"], "progress=sometimes is invalid; it must be true or false"),
+    ("conf", ["model=CaMeLS", "model.head_width=wide"], "model.head_width=wide is invalid; it must be an integer"),
+    ("conf", ["dataset.max_text_len=1k"], "dataset.max_text_len=1k is invalid; it must be an integer"),
+    ("qa_conf", ["lr=2.5e-5x"], "lr=2.5e-5x is invalid; it must be a number"),
+    ("conf", ["lerning_rate=1"], "Could not override 'lerning_rate'"),
+])
+def test_mistyped_values_and_unknown_keys_are_one_line_composition_errors(conf_dir, overrides, message):
+    with pytest.raises(HydraException) as raised:
+        composed(conf_dir, overrides)
+    line = util.composition_error(raised.value)
+    assert message in line and "\n" not in line
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["optimizer=rmsprop"], "optimizer=rmsprop is unknown; use one of adam, sgd, adafactor"),
+    (["split=dev"], "split=dev is unknown; use one of qa_train, qa_val, train, val, test"),
+    (["eval_every_k=0"], "eval_every_k=0 is invalid; it must be a positive integer (or null)"),
+    (["batch_size=0"], "batch_size=0 is invalid; it must be a positive integer"),
+    (["downsample_to=-2"], "downsample_to=-2 is invalid; use a number of documents, or -1 for all"),
+    (["dataset.max_text_len=0"], "dataset.max_text_len=0 is invalid; it must be a positive integer"),
+    (["model=CaMeLS", "model.activation=relu"], "model.activation=relu is unknown; use one of softplus"),
+    (["task=train", "model=CaMeLS", "c_kl=-0.1"], "c_kl=-0.1 is invalid; it must be a number >= 0"),
+    (["task=train", "model=CaMeLS", "max_outer_steps=-1"], "max_outer_steps=-1 is invalid; it must be an integer >= 0"),
+    (["task=train", "model=CaMeLS", "inner_backend=jax"], "inner_backend=jax is unknown; use one of higher, torch_func"),
+])
+def test_check_values_enforces_the_declared_ranges_and_choices(overrides, message):
+    with pytest.raises(UsageError) as raised:
+        util.check_values(composed("conf", overrides))
+    assert message in str(raised.value)
+
+
+def test_check_values_passes_defaults_and_nulls_and_resolves_nothing_else():
+    for overrides in (["task=eval", "eval_every_k=null", "downsample_to=-1"], ["task=train", "model=CaMeLS"]):
+        util.check_values(composed("conf", overrides))
+    util.check_values(composed("qa_conf", ["max_steps=null"]))
