@@ -1,4 +1,4 @@
-"""The configuration layer: schemas of every Hydra config (ConfigStore dataclasses) and its interpolations.
+"""The configuration layer: the config schemas (Hydra ConfigStore dataclasses) and resolvers.
 
 Importing this module, as every entry point and the tests do, registers
   - the schemas: conf/config.yaml and qa_conf/config.yaml start from `run_schema`/`qa_tune_schema`,

@@ -1,6 +1,8 @@
-"""The meta-objective of CaMeLS: the inner loop (differentiable SGD steps of a copy of the base
-model on the weighted document loss) and the outer loss (answer NLL after those steps plus the
-KL locality term), whose gradient reaches the weight model through the token weights.
+"""The meta-objective of CaMeLS: the inner loop (`inner_loop`) and the outer loss (`outer_loss`).
+
+The inner loop takes differentiable SGD steps of a copy of the base model on the weighted document
+loss; the outer loss is the answer NLL after those steps plus the KL locality term. Its gradient
+reaches the weight model through the token weights.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass

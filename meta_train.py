@@ -1,6 +1,7 @@
-"""CaMeLS meta-training, `python run.py task=train model=CaMeLS`: the loop over batches that
-accumulates the meta-gradient of meta_objective.outer_loss into the weight model, steps Adam,
-carries and resets the base model, validates, checkpoints and resumes.
+"""The CaMeLS meta-training loop, `python run.py task=train model=CaMeLS` (MetaTrainer).
+
+The loop over batches accumulates the meta-gradient of meta_objective.outer_loss into the weight
+model, steps Adam, carries and resets the base model, validates, checkpoints and resumes.
 """
 import json
 import math

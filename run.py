@@ -1,5 +1,7 @@
-"""CaMeLS entry point (Hydra, conf/): `task=train` meta-trains a weight model (meta_train.py),
-`task=eval` runs online adaptation and QA scoring (README: "Online adaptation evaluation"):
+"""The CaMeLS entry point: `task=train` meta-trains a weight model, `task=eval` evaluates it.
+
+Hydra, configs in conf/. task=train runs meta_train.py; task=eval runs online adaptation and QA
+scoring (README: "Online adaptation evaluation"):
 
     python run.py task=eval model=uniform|ssm|TFIDF|CaMeLS [weight_model_path=...] dataset=... \
         base_model=... [base_model_state_dict=...] lr=... [downsample_to=k seed=s qa_lt_final=true]

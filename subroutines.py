@@ -1,5 +1,8 @@
-"""Subroutines shared by the entry points: answer generation, QA scoring, weighted online
-adaptation on a document stream and light QA tuning."""
+"""Online adaptation and QA scoring shared by the entry points and the tiny world's report.
+
+Answer generation, QA scoring (evaluate_qa), the optimisers (make_optimizer), weighted online
+adaptation on a document stream (weighted_train) and light QA tuning (light_tune).
+"""
 import re
 
 import torch

@@ -1,5 +1,6 @@
-"""QA pre-tuning (README: "QA model pretraining"): teach a causal LM to continue a question with " <answer>", so that it can
-serve as the base model of meta-training and online-adaptation evaluation.
+"""QA pre-tuning of a causal LM, the base model of meta-training and evaluation (configs: qa_conf/).
+
+It learns to continue a question with " <answer>" (README: "QA model pretraining").
 
     python train_qa.py dataset=squad model=gpt2-xl
 

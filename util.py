@@ -1,4 +1,6 @@
-"""Shared helpers: QA metrics, the three losses of the method, seeding, paths, model loading.
+"""Shared helpers: QA metrics, the three losses, model loading, snapshots, atomic writes, errors.
+
+Also one-line usage errors and the value checks of config schemas, seeding, devices, paths.
 
 Nothing here picks a device or touches the filesystem at import time.
 """
@@ -43,7 +45,8 @@ def composition_error(err):
     from omegaconf.errors import ValidationError
 
     cause = err.__cause__
-    kind = re.search(r"converted to (\w+)|not a valid (bool)", str(cause)) if isinstance(cause, ValidationError) else None
+    kind = re.search(r"converted to (\w+)|not a valid (bool)", str(cause)) if isinstance(cause, ValidationError) \
+        else None
     wanted = {"Float": "a number", "Integer": "an integer", "bool": "true or false"}.get(kind and (kind[1] or kind[2]))
     if wanted and getattr(cause, "full_key", None):
         return f"{cause.full_key}={cause.value} is invalid; it must be {wanted}"

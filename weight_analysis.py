@@ -1,5 +1,8 @@
-"""Where the weight goes: batches with answer-token masks, the share of weight on answer tokens,
-and renderings of per-token weights (HTML page and PNG chart)."""
+"""Where the weight goes: answer-token masks, the share of weight on answer tokens, renderings.
+
+Batches with answer-token masks, the weight on answer tokens, and renderings of per-token weights
+(HTML page and PNG chart).
+"""
 import html
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Per-token loss weights for online adaptation (README: "The files").
+"""The weight models: CaMeLS and the baselines (uniform, ssm, TFIDF) behind one registry.
 
 Every weight model is called the same way:  weights = wm(input_ids, attention_mask)  -> B×T float,
 0 on padding. `build_weight_model` makes one from a `model` config (conf/model/*.yaml, keyed by

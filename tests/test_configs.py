@@ -89,7 +89,8 @@ def test_mistyped_values_and_unknown_keys_are_one_line_composition_errors(conf_d
     (["model=CaMeLS", "model.activation=relu"], "model.activation=relu is unknown; use one of softplus"),
     (["task=train", "model=CaMeLS", "c_kl=-0.1"], "c_kl=-0.1 is invalid; it must be a number >= 0"),
     (["task=train", "model=CaMeLS", "max_outer_steps=-1"], "max_outer_steps=-1 is invalid; it must be an integer >= 0"),
-    (["task=train", "model=CaMeLS", "inner_backend=jax"], "inner_backend=jax is unknown; use one of higher, torch_func"),
+    (["task=train", "model=CaMeLS", "inner_backend=jax"],
+     "inner_backend=jax is unknown; use one of higher, torch_func"),
 ])
 def test_check_values_enforces_the_declared_ranges_and_choices(overrides, message):
     with pytest.raises(UsageError) as raised:

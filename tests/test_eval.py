@@ -276,6 +276,11 @@ def test_cli_sweep_makes_one_folder_per_job_and_bad_input_exits_2(world, tmp_pat
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "weight_model_path" in lines[0]
 
+    # a value of the wrong type for its schema (configs.py) is one line from Hydra's composition
+    result = run_cli("task=eval", "model=uniform", "lr=1e-3x", *common, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: lr=1e-3x is invalid; it must be a number"]
+
     # a config Hydra cannot compose is one line too, naming the choices
     result = run_cli("task=eval", "model=camels", *common, cwd=tmp_path)
     assert result.returncode == 2

@@ -87,7 +87,6 @@ def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-@pytest.mark.slow
 def test_short_run_lowers_validation_nll_and_logs_every_validation(short_run):
     cfg, run_dir, history = short_run
     rows = read_jsonl(run_dir / "metrics.jsonl")
@@ -99,7 +98,6 @@ def test_short_run_lowers_validation_nll_and_logs_every_validation(short_run):
     assert all(r["val_questions"] == min(24, n_val) for r in rows)
 
 
-@pytest.mark.slow
 def test_best_json_and_checkpoints_match_the_metrics(short_run, tiny_world_small):
     cfg, run_dir, history = short_run
     best = json.loads((run_dir / "best.json").read_text())
@@ -124,7 +122,6 @@ def test_best_json_and_checkpoints_match_the_metrics(short_run, tiny_world_small
     assert summary["nll"] == pytest.approx(best["lowest_nll"]["value"], rel=1e-5)
 
 
-@pytest.mark.slow
 def test_state_dict_round_trips_into_the_base_architecture(short_run, tiny_world_small):
     _, run_dir, _ = short_run
     folder = run_dir / "checkpoints" / "lowest_nll"

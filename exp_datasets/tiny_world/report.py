@@ -136,6 +136,7 @@ def dataset_config(data_dir):
     from util import REPO_ROOT
 
     cfg = OmegaConf.load(REPO_ROOT / "conf" / "dataset" / "tiny_world.yaml")
+    cfg.pop("defaults")  # its schema (configs.py) is Hydra's to apply
     cfg.data_dir = str(data_dir)
     cfg.web_text_csv = str(data_dir / "web_text.csv")
     return cfg
