@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from exp_datasets import SPLITS
-from meta_objective import INNER_BACKENDS
+from meta_objective import AUTOCAST_DTYPES, INNER_BACKENDS
 from subroutines import LT_METRICS, OPTIMIZERS
 from util import DTYPES
 
@@ -174,6 +174,8 @@ class TrainConfig(RunConfig):
     inner_backend: str = key(choices=INNER_BACKENDS)
     reset_base_freq: int = key("positive_int")
     grad_checkpointing: bool = key()
+    forward_probes: int = key("positive_int")
+    inner_autocast: Optional[str] = key(choices=tuple(AUTOCAST_DTYPES))
     c_kl: float = key("non_negative")
     web_text_loc: bool = key()
     web_text_csv: Optional[str] = key()

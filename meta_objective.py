@@ -1,10 +1,16 @@
-"""The meta-objective of CaMeLS: the inner loop (`inner_loop`) and the outer loss (`outer_loss`).
+"""The meta-objective of CaMeLS: the inner loop (`inner_loop`), the outer loss (`outer_loss`) and
+how its gradient reaches the weight model (`accumulate_meta_gradient`).
 
 The inner loop takes differentiable SGD steps of a copy of the base model on the weighted document
 loss; the outer loss is the answer NLL after those steps plus the KL locality term. Its gradient
-reaches the weight model through the token weights.
+reaches the weight model through the token weights, taken one of three ways (`inner_backend`,
+`grad_checkpointing`): higher / torch_func keep every inner step's activations for the backward
+pass (memory grows with the unroll depth); torch_func + grad_checkpointing keeps only each step's
+fast weights and recomputes the step in the backward pass (the same gradient); forward estimates
+the gradient with forward-mode directional derivatives along random directions (memory flat in
+the depth).
 """
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -12,12 +18,13 @@ import torch.utils.checkpoint
 
 from util import UsageError, answer_nll, kl_locality, weighted_lm_loss
 
-INNER_BACKENDS = ("higher", "torch_func")
+INNER_BACKENDS = ("higher", "torch_func", "forward")
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class MetaSettings:
-    """What defines the outer loss of a batch; see conf/task/train.yaml for each knob."""
+    """What defines the outer loss of a batch and how its gradient is taken; see conf/task/train.yaml."""
 
     inner_lr: float
     num_inner_steps: int = 1
@@ -27,13 +34,22 @@ class MetaSettings:
     c_norm: float = 0.0
     backend: str = "higher"
     grad_checkpointing: bool = False
+    forward_probes: int = 1
+    inner_autocast: str | None = None
 
     @classmethod
     def from_config(cls, cfg):
         return cls(inner_lr=float(cfg.inner_lr), num_inner_steps=int(cfg.num_inner_steps),
                    sequential_update=bool(cfg.sequential_update), max_text_len=int(cfg.dataset.max_text_len),
                    c_kl=float(cfg.c_kl), c_norm=float(cfg.c_norm), backend=str(cfg.inner_backend),
-                   grad_checkpointing=bool(cfg.grad_checkpointing))
+                   grad_checkpointing=bool(cfg.grad_checkpointing), forward_probes=int(cfg.forward_probes),
+                   inner_autocast=cfg.inner_autocast)
+
+    def autocast(self, device):
+        """The base model's forward passes after the start of the inner loop run under this."""
+        if self.inner_autocast is None:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[self.inner_autocast])
 
 
 def inner_batches(text_ids, text_mask, weights, settings):
@@ -61,12 +77,83 @@ def lm_call(model, input_ids, attention_mask, **kwargs):
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
 
 
+class FunctionalBase:
+    """The base model as a function of its trainable weights (torch.func.functional_call): the inner
+    SGD step of the torch_func and forward backends, plain, checkpointed or under forward-mode AD."""
+
+    def __init__(self, model, settings):
+        named = list(model.named_parameters())
+        self.model, self.settings = model, settings
+        self.order = [name for name, _ in named]
+        self.names = [name for name, p in named if p.requires_grad]
+        self.frozen = {name: p.detach() for name, p in named if not p.requires_grad}
+        self.start = tuple(p.detach() for _, p in named if p.requires_grad)
+
+    def logits(self, params, ids, mask):
+        weights = {**self.frozen, **dict(zip(self.names, params))}
+        with self.settings.autocast(ids.device):
+            return lm_call(lambda **kw: torch.func.functional_call(self.model, weights, (), kw), ids, mask)
+
+    def sgd_step(self, params, ids, mask, w):
+        """The weights after one SGD step on the weighted loss of (ids, mask, w); differentiable
+        in params and w by reverse and forward mode (torch.func.grad composes with both)."""
+
+        def loss(current):
+            return weighted_lm_loss(self.logits(current, ids, mask), ids, mask, w, self.settings.max_text_len)
+
+        grads = torch.func.grad(loss)(params)
+        return tuple(p - self.settings.inner_lr * g for p, g in zip(params, grads))
+
+    def all_params(self, params):
+        values = {**self.frozen, **dict(zip(self.names, params))}
+        return [values[name] for name in self.order]
+
+
+class CheckpointedStep(torch.autograd.Function):
+    """One inner SGD step that keeps only its inputs (fast weights, token weights); the backward
+    pass recomputes the step, with the graph of its own gradient, from them (exact, and the RNG
+    state is replayed so dropout draws the same masks)."""
+
+    @staticmethod
+    def forward(ctx, base, ids, mask, w, *params):
+        ctx.base, ctx.ids, ctx.mask = base, ids, mask
+        ctx.rng = rng_state(ids.device)
+        ctx.save_for_backward(w, *params)
+        return base.sgd_step(params, ids, mask, w)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        saved = ctx.saved_tensors
+        needed = ctx.needs_input_grad[3:]
+        inputs = [t.detach().requires_grad_(need) for t, need in zip(saved, needed)]
+        with torch.enable_grad(), replayed_rng(ctx.rng, ctx.ids.device):
+            outputs = ctx.base.sgd_step(tuple(inputs[1:]), ctx.ids, ctx.mask, inputs[0])
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(torch.autograd.grad(outputs, wanted, grad_outputs, allow_unused=True))
+        return (None, None, None, *(next(grads) if t.requires_grad else None for t in inputs))
+
+
+def rng_state(device):
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+@contextmanager
+def replayed_rng(state, device):
+    cpu, cuda = state
+    with torch.random.fork_rng(devices=[device] if cuda is not None else []):
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+        yield
+
+
 @contextmanager
 def inner_loop(base_model, text_ids, text_mask, weights, settings, differentiable=True):
     """Run the inner SGD steps on a copy of `base_model` whose initial weights get no gradient.
 
-    differentiable=True keeps the graph of every step (second-order gradients reach `weights`);
-    False takes plain first-order steps (validation).
+    differentiable=True keeps the graph of every step (second-order gradients reach `weights`;
+    with grad_checkpointing only each step's inputs are kept); False takes plain first-order steps
+    (validation). Under torch.func.jvp (the forward backend) the steps carry tangents instead.
     """
     steps = inner_batches(text_ids, text_mask, weights, settings)
     if settings.backend == "higher":
@@ -75,37 +162,31 @@ def inner_loop(base_model, text_ids, text_mask, weights, settings, differentiabl
         inner_opt = torch.optim.SGD(base_model.parameters(), lr=settings.inner_lr)
         with higher.innerloop_ctx(base_model, inner_opt, copy_initial_weights=True,
                                   track_higher_grads=differentiable) as (fmodel, diffopt):
+            with settings.autocast(text_ids.device):
+                for ids, mask, w in steps:
+                    diffopt.step(weighted_lm_loss(lm_call(fmodel, ids, mask), ids, mask, w, settings.max_text_len))
+
+            def adapted_logits(ids, mask):
+                with settings.autocast(ids.device):
+                    return lm_call(fmodel, ids, mask)
+
+            yield AdaptedModel(adapted_logits, list(fmodel.fast_params))
+    elif settings.backend in ("torch_func", "forward"):
+        base = FunctionalBase(base_model, settings)
+        params = base.start
+        differentiable = differentiable and torch.is_grad_enabled()
+        checkpointed = settings.grad_checkpointing and differentiable
+        with torch.set_grad_enabled(differentiable):
             for ids, mask, w in steps:
-                diffopt.step(weighted_lm_loss(lm_call(fmodel, ids, mask), ids, mask, w, settings.max_text_len))
-            yield AdaptedModel(lambda ids, mask: lm_call(fmodel, ids, mask), list(fmodel.fast_params))
-    elif settings.backend == "torch_func":
-        names = [name for name, _ in base_model.named_parameters()]
-        trainable = [p.requires_grad for p in base_model.parameters()]
-        params = [p.detach().requires_grad_(t) for p, t in zip(base_model.parameters(), trainable)]
+                params = CheckpointedStep.apply(base, ids, mask, w, *params) if checkpointed \
+                    else base.sgd_step(params, ids, mask, w)
 
-        def run(ids, mask, *current):
-            return lm_call(lambda **kw: torch.func.functional_call(base_model, dict(zip(names, current)), (), kw),
-                           ids, mask)
+        def logits(ids, mask):
+            if checkpointed:
+                return torch.utils.checkpoint.checkpoint(base.logits, params, ids, mask, use_reentrant=False)
+            return base.logits(params, ids, mask)
 
-        def logits(current, ids, mask):
-            if settings.grad_checkpointing:
-                # the weights are inputs of the checkpointed call, so the recomputation in the
-                # backward pass uses the same fast weights (transformers' own checkpointing would
-                # recompute with the module's stored weights)
-                return torch.utils.checkpoint.checkpoint(run, ids, mask, *current, use_reentrant=False)
-            return run(ids, mask, *current)
-
-        for ids, mask, w in steps:
-            loss = weighted_lm_loss(logits(params, ids, mask), ids, mask, w, settings.max_text_len)
-            targets = [p for p, t in zip(params, trainable) if t]
-            grads = iter(torch.autograd.grad(loss, targets, create_graph=differentiable, allow_unused=True))
-            updated = []
-            for p, t in zip(params, trainable):
-                grad = next(grads) if t else None
-                step = p if grad is None else p - settings.inner_lr * grad
-                updated.append(step if differentiable or not t else step.detach().requires_grad_())
-            params = updated
-        yield AdaptedModel(lambda ids, mask: logits(params, ids, mask), params)
+        yield AdaptedModel(logits, base.all_params(params))
     else:
         raise UsageError(f"inner_backend={settings.backend} is unknown; use one of {', '.join(INNER_BACKENDS)}")
 
@@ -121,6 +202,37 @@ def weight_norm_penalty(weights, text_mask):
     return ((weights * mask).pow(2).sum() / mask.sum().clamp(min=1)).sqrt()
 
 
+@torch.no_grad()
+def reference_outputs(base_model, batch, loc_batches, diagnostics=False):
+    """What the base model does before the update: QA loss, locality logits (the KL's reference)
+    and, for diagnostics, the document loss."""
+    return dict(qa=answer_nll(lm_call(base_model, batch["qa_ids"], batch["qa_mask"]), batch["qa_labels"]),
+                loc={name: lm_call(base_model, ids, mask) for name, (ids, mask) in loc_batches.items()},
+                text=(text_nll(lm_call(base_model, batch["text_ids"], batch["text_mask"]), batch["text_ids"],
+                               batch["text_mask"]) if diagnostics else None))
+
+
+def adapted_loss(adapted, weights, batch, loc_batches, before, settings):
+    """(outer loss, {qa_loss, kl_<name>: tensors}) of the adapted model."""
+    qa_after = answer_nll(adapted.logits(batch["qa_ids"], batch["qa_mask"]), batch["qa_labels"])
+    loss = qa_after
+    with torch.set_grad_enabled(torch.is_grad_enabled() and settings.c_kl != 0):
+        kls = {name: kl_locality(before["loc"][name], adapted.logits(ids, mask), mask)
+               for name, (ids, mask) in loc_batches.items()}
+    if kls and settings.c_kl != 0:
+        loss = loss + settings.c_kl * sum(kls.values()) / len(kls)
+    if settings.c_norm != 0:
+        loss = loss + settings.c_norm * weight_norm_penalty(weights, batch["text_mask"])
+    return loss, dict(qa_loss=qa_after, **{f"kl_{name}": kl for name, kl in kls.items()})
+
+
+def loss_metrics(loss, terms, before):
+    metrics = dict(outer_loss=loss.item(), qa_loss=terms["qa_loss"].item(), qa_before=before["qa"].item(),
+                   qa_gain=before["qa"].item() - terms["qa_loss"].item())
+    metrics.update({name: value.item() for name, value in terms.items() if name.startswith("kl_")})
+    return metrics
+
+
 def outer_loss(base_model, weights, batch, loc_batches, settings, differentiable=True, diagnostics=False):
     """The meta-objective of one batch, given its per-token weights.
 
@@ -129,30 +241,76 @@ def outer_loss(base_model, weights, batch, loc_batches, settings, differentiable
     metrics are floats; updated_params (detached) are the base weights after the update.
     diagnostics=True also measures the document loss before and after the update.
     """
-    with torch.no_grad():
-        qa_before = answer_nll(lm_call(base_model, batch["qa_ids"], batch["qa_mask"]), batch["qa_labels"])
-        loc_before = {name: lm_call(base_model, ids, mask) for name, (ids, mask) in loc_batches.items()}
-        text_before = (text_nll(lm_call(base_model, batch["text_ids"], batch["text_mask"]), batch["text_ids"],
-                                batch["text_mask"]) if diagnostics else None)
+    before = reference_outputs(base_model, batch, loc_batches, diagnostics)
     with inner_loop(base_model, batch["text_ids"], batch["text_mask"], weights, settings, differentiable) as adapted:
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-            qa_after = answer_nll(adapted.logits(batch["qa_ids"], batch["qa_mask"]), batch["qa_labels"])
-            loss = qa_after
-            with torch.set_grad_enabled(torch.is_grad_enabled() and settings.c_kl != 0):
-                kls = {name: kl_locality(loc_before[name], adapted.logits(ids, mask), mask)
-                       for name, (ids, mask) in loc_batches.items()}
-            if kls and settings.c_kl != 0:
-                loss = loss + settings.c_kl * sum(kls.values()) / len(kls)
-            if settings.c_norm != 0:
-                loss = loss + settings.c_norm * weight_norm_penalty(weights, batch["text_mask"])
-        metrics = dict(outer_loss=loss.item(), qa_loss=qa_after.item(), qa_before=qa_before.item(),
-                       qa_gain=qa_before.item() - qa_after.item(),
-                       **{f"kl_{name}": kl.item() for name, kl in kls.items()})
+            loss, terms = adapted_loss(adapted, weights, batch, loc_batches, before, settings)
+        metrics = loss_metrics(loss, terms, before)
         if diagnostics:
             with torch.no_grad():
                 text_after = text_nll(adapted.logits(batch["text_ids"], batch["text_mask"]), batch["text_ids"],
                                       batch["text_mask"])
-            metrics.update(text_loss=text_after.item(), text_before=text_before.item(),
-                           text_gain=text_before.item() - text_after.item())
+            metrics.update(text_loss=text_after.item(), text_before=before["text"].item(),
+                           text_gain=before["text"].item() - text_after.item())
         updated = [p.detach() for p in adapted.params]
     return loss, metrics, updated
+
+
+def forward_meta_gradient(weight_model, base_model, batch, loc_batches, settings, probes=None):
+    """Forward-mode estimate of the meta-gradient (inner_backend=forward): for K = forward_probes
+    Rademacher directions v_k in the space of the weight model's trainable parameters, the
+    directional derivative d/de L(theta + e v_k) by torch.func.jvp through the weight model, the
+    unrolled inner steps (each step's gradient differentiated forward-over-reverse) and the outer
+    loss; estimate = mean_k (d_k v_k), unbiased because E[v v^T] = I. The K probes share one primal
+    pass (torch.func.vmap over the tangents); nothing is kept across inner steps.
+
+    `probes` (one tensor per trainable parameter, each with a leading probe dimension) replaces the
+    random directions. Returns (loss, metrics, updated_params, weights, gradient estimates).
+    """
+    before = reference_outputs(base_model, batch, loc_batches)
+    named = list(weight_model.named_parameters())
+    names = [name for name, p in named if p.requires_grad]
+    frozen = {name: p.detach() for name, p in named if not p.requires_grad}
+    theta = tuple(p.detach() for _, p in named if p.requires_grad)
+
+    def objective(current):
+        weights = torch.func.functional_call(weight_model, {**frozen, **dict(zip(names, current))},
+                                             (batch["text_ids"], batch["text_mask"]))
+        with inner_loop(base_model, batch["text_ids"], batch["text_mask"], weights, settings) as adapted:
+            loss, terms = adapted_loss(adapted, weights, batch, loc_batches, before, settings)
+            return loss, (terms, tuple(adapted.params), weights)
+
+    def directional(tangent):
+        return torch.func.jvp(objective, (theta,), (tangent,), has_aux=True)
+
+    if probes is None:
+        probes = tuple(torch.randint(0, 2, (settings.forward_probes, *p.shape), device=p.device).to(p.dtype) * 2 - 1
+                       for p in theta)
+    with torch.no_grad():
+        # the primal outputs do not depend on the probe: vmap returns K copies of them
+        loss, slopes, (terms, params, weights) = torch.func.vmap(directional, randomness="same")(probes)
+    estimates = [(slopes.reshape(-1, *[1] * (v.dim() - 1)) * v).mean(0) for v in probes]
+    terms = {name: value[0] for name, value in terms.items()}
+    loss = loss[0]
+    return loss, loss_metrics(loss, terms, before), [p[0] for p in params], weights[0], estimates
+
+
+def accumulate_meta_gradient(weight_model, base_model, batch, loc_batches, settings, scale=1.0):
+    """One batch of meta-training: adds scale x the meta-gradient of its outer loss (exact, or the
+    forward-mode estimate for inner_backend=forward) to the .grad of the weight model's trainable
+    parameters. Returns (weights (detached), metrics, updated base weights)."""
+    trainable = [p for p in weight_model.parameters() if p.requires_grad]
+    if settings.backend == "forward":
+        _, metrics, updated, weights, estimates = forward_meta_gradient(weight_model, base_model, batch,
+                                                                        loc_batches, settings)
+        for p, estimate in zip(trainable, estimates):
+            p.grad = scale * estimate if p.grad is None else p.grad + scale * estimate
+        return weights, metrics, updated
+    if settings.grad_checkpointing:
+        weights = torch.utils.checkpoint.checkpoint(weight_model, batch["text_ids"], batch["text_mask"],
+                                                    use_reentrant=False)
+    else:
+        weights = weight_model(batch["text_ids"], batch["text_mask"])
+    loss, metrics, updated = outer_loss(base_model, weights, batch, loc_batches, settings, differentiable=True)
+    (scale * loss).backward(inputs=trainable)
+    return weights.detach(), metrics, updated

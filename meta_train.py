@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 import util
 from exp_datasets import QACollator, group_shuffle, load_split, load_web_text
-from meta_objective import MetaSettings, outer_loss
+from meta_objective import MetaSettings, accumulate_meta_gradient, outer_loss
 from util import UsageError
 from weight_analysis import answer_mass, make_batch, render_document_weights
 
@@ -131,10 +131,9 @@ class MetaTrainer:
     def train_batch(self, examples):
         """Forward and backward of one batch (gradients accumulate in the weight model)."""
         batch = make_batch(self.collator, examples, self.device)
-        weights = self.weight_model(batch["text_ids"], batch["text_mask"])
-        loss, metrics, updated = outer_loss(self.base_model, weights, batch, self.loc_batches(self.loc_rng),
-                                            self.settings, differentiable=True)
-        (loss / self.cfg.grad_acc_steps).backward(inputs=self.trainable)
+        weights, metrics, updated = accumulate_meta_gradient(self.weight_model, self.base_model, batch,
+                                                             self.loc_batches(self.loc_rng), self.settings,
+                                                             scale=1.0 / self.cfg.grad_acc_steps)
         self.advance_base(updated, len(examples))
         metrics["weight_mean"] = (weights.detach() * batch["text_mask"]).sum().item() / batch["text_mask"].sum().item()
         mass = answer_mass(weights, batch)
