@@ -212,6 +212,12 @@ def reference_outputs(base_model, batch, loc_batches, diagnostics=False):
                                batch["text_mask"]) if diagnostics else None))
 
 
+def scaled(value, factor):
+    """value x factor; the factor as a tensor of value's dtype, because forward-mode AD turns the
+    tangent of (0-dim tensor x Python float) into float64."""
+    return value * torch.tensor(factor, dtype=value.dtype, device=value.device)
+
+
 def adapted_loss(adapted, weights, batch, loc_batches, before, settings):
     """(outer loss, {qa_loss, kl_<name>: tensors}) of the adapted model."""
     qa_after = answer_nll(adapted.logits(batch["qa_ids"], batch["qa_mask"]), batch["qa_labels"])
@@ -220,9 +226,9 @@ def adapted_loss(adapted, weights, batch, loc_batches, before, settings):
         kls = {name: kl_locality(before["loc"][name], adapted.logits(ids, mask), mask)
                for name, (ids, mask) in loc_batches.items()}
     if kls and settings.c_kl != 0:
-        loss = loss + settings.c_kl * sum(kls.values()) / len(kls)
+        loss = loss + scaled(sum(kls.values()), settings.c_kl / len(kls))
     if settings.c_norm != 0:
-        loss = loss + settings.c_norm * weight_norm_penalty(weights, batch["text_mask"])
+        loss = loss + scaled(weight_norm_penalty(weights, batch["text_mask"]), settings.c_norm)
     return loss, dict(qa_loss=qa_after, **{f"kl_{name}": kl for name, kl in kls.items()})
 
 
