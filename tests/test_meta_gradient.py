@@ -294,3 +294,20 @@ def test_forward_estimate_is_unbiased(base_model, weight_model, batch):
     print(f"cosine to the exact meta-gradient: {cosine:.4f} at 2000 probes, {few:.4f} at 20")
     assert cosine >= 0.99
     assert few < cosine
+
+
+@pytest.mark.parametrize("backend,checkpointed", [("higher", False), ("torch_func", False), ("torch_func", True)])
+def test_bfloat16_autocast_meta_gradient_close_to_float32(base_model, batch, backend, checkpointed):
+    """inner_autocast=bfloat16 (the GPU path; autocast also runs on CPU): the meta-gradient of a
+    float32 model stays close to float32's own."""
+    model = GPT2LMHeadModel(micro_config(0)).eval()
+    model.load_state_dict(base_model.state_dict())
+    batch32 = {**batch, "weights": batch["weights"].float()}
+    settings = dataclasses.replace(settings_for(backend, True, 2, 0.7), grad_checkpointing=checkpointed)
+    full = weight_gradient(model, batch32, settings)
+    half = weight_gradient(model, batch32, dataclasses.replace(settings, inner_autocast="bfloat16"))
+    cosine = torch.nn.functional.cosine_similarity(full.flatten(), half.flatten(), dim=0).item()
+    print(f"{backend} checkpointed={checkpointed}: cosine(bfloat16, float32) = {cosine:.4f}, "
+          f"relative error {((half - full).norm() / full.norm()).item():.3f}")
+    assert half.dtype == torch.float32 and not torch.equal(full, half), "autocast should change the arithmetic"
+    assert cosine > 0.99
