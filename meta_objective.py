@@ -218,9 +218,24 @@ def scaled(value, factor):
     return value * torch.tensor(factor, dtype=value.dtype, device=value.device)
 
 
-def adapted_loss(adapted, weights, batch, loc_batches, before, settings):
+def answer_loss(adapted, batch, one_at_a_time=False):
+    """Answer NLL of the adapted model, mean over the batch's answer tokens. one_at_a_time runs
+    the questions one by one (the same value): without a graph to keep (forward mode), memory
+    then does not grow with the number of questions."""
+    if not one_at_a_time:
+        return answer_nll(adapted.logits(batch["qa_ids"], batch["qa_mask"]), batch["qa_labels"])
+    counts = (batch["qa_labels"][:, 1:] != -100).sum(1)
+    total = 0
+    for row in counts.nonzero().flatten().tolist():
+        nll = answer_nll(adapted.logits(batch["qa_ids"][row:row + 1], batch["qa_mask"][row:row + 1]),
+                         batch["qa_labels"][row:row + 1])
+        total = total + nll * counts[row].to(nll.dtype)
+    return total / counts.sum().clamp(min=1)
+
+
+def adapted_loss(adapted, weights, batch, loc_batches, before, settings, one_at_a_time=False):
     """(outer loss, {qa_loss, kl_<name>: tensors}) of the adapted model."""
-    qa_after = answer_nll(adapted.logits(batch["qa_ids"], batch["qa_mask"]), batch["qa_labels"])
+    qa_after = answer_loss(adapted, batch, one_at_a_time)
     loss = qa_after
     with torch.set_grad_enabled(torch.is_grad_enabled() and settings.c_kl != 0):
         kls = {name: kl_locality(before["loc"][name], adapted.logits(ids, mask), mask)
@@ -268,7 +283,8 @@ def forward_meta_gradient(weight_model, base_model, batch, loc_batches, settings
     directional derivative d/de L(theta + e v_k) by torch.func.jvp through the weight model, the
     unrolled inner steps (each step's gradient differentiated forward-over-reverse) and the outer
     loss; estimate = mean_k (d_k v_k), unbiased because E[v v^T] = I. The K probes share one primal
-    pass (torch.func.vmap over the tangents); nothing is kept across inner steps.
+    pass (torch.func.vmap over the tangents); nothing is kept across inner steps, and documents and
+    questions are processed one at a time.
 
     `probes` (one tensor per trainable parameter, each with a leading probe dimension) replaces the
     random directions. Returns (loss, metrics, updated_params, weights, gradient estimates).
@@ -280,10 +296,12 @@ def forward_meta_gradient(weight_model, base_model, batch, loc_batches, settings
     theta = tuple(p.detach() for _, p in named if p.requires_grad)
 
     def objective(current):
-        weights = torch.func.functional_call(weight_model, {**frozen, **dict(zip(names, current))},
-                                             (batch["text_ids"], batch["text_mask"]))
+        # documents and questions one at a time, so that memory does not grow with update_batch_size
+        params = {**frozen, **dict(zip(names, current))}
+        weights = torch.cat([torch.func.functional_call(weight_model, params, (ids[None], mask[None]))
+                             for ids, mask in zip(batch["text_ids"], batch["text_mask"])])
         with inner_loop(base_model, batch["text_ids"], batch["text_mask"], weights, settings) as adapted:
-            loss, terms = adapted_loss(adapted, weights, batch, loc_batches, before, settings)
+            loss, terms = adapted_loss(adapted, weights, batch, loc_batches, before, settings, one_at_a_time=True)
             return loss, (terms, tuple(adapted.params), weights)
 
     def directional(tangent):
