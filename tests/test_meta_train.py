@@ -238,6 +238,7 @@ def trained_head(run_dir):
     return load_weight_model(run_dir / "checkpoints" / "last").head.state_dict()
 
 
+@pytest.mark.slow
 def test_checkpointed_meta_training_trains_like_plain(tiny_world_small, tmp_path):
     """inner_backend=torch_func grad_checkpointing=true: the same weight model as without."""
     runs = {}
@@ -250,6 +251,7 @@ def test_checkpointed_meta_training_trains_like_plain(tiny_world_small, tmp_path
     assert all(torch.allclose(plain[k], checkpointed[k], rtol=1e-4, atol=1e-7) for k in plain)
 
 
+@pytest.mark.slow
 def test_forward_mode_meta_training_runs_and_moves_the_weights(tiny_world_small, tmp_path):
     """inner_backend=forward forward_probes=2 through run.py: it trains (finite losses, a non-zero
     estimated gradient that moves the weight model) and writes the usual outputs."""
