@@ -203,10 +203,11 @@ def weight_norm_penalty(weights, text_mask):
 
 
 @torch.no_grad()
-def reference_outputs(base_model, batch, loc_batches, diagnostics=False):
+def reference_outputs(base_model, batch, loc_batches, diagnostics=False, one_at_a_time=False):
     """What the base model does before the update: QA loss, locality logits (the KL's reference)
     and, for diagnostics, the document loss."""
-    return dict(qa=answer_nll(lm_call(base_model, batch["qa_ids"], batch["qa_mask"]), batch["qa_labels"]),
+    unchanged = AdaptedModel(lambda ids, mask: lm_call(base_model, ids, mask), list(base_model.parameters()))
+    return dict(qa=answer_loss(unchanged, batch, one_at_a_time),
                 loc={name: lm_call(base_model, ids, mask) for name, (ids, mask) in loc_batches.items()},
                 text=(text_nll(lm_call(base_model, batch["text_ids"], batch["text_mask"]), batch["text_ids"],
                                batch["text_mask"]) if diagnostics else None))
@@ -289,7 +290,7 @@ def forward_meta_gradient(weight_model, base_model, batch, loc_batches, settings
     `probes` (one tensor per trainable parameter, each with a leading probe dimension) replaces the
     random directions. Returns (loss, metrics, updated_params, weights, gradient estimates).
     """
-    before = reference_outputs(base_model, batch, loc_batches)
+    before = reference_outputs(base_model, batch, loc_batches, one_at_a_time=True)
     named = list(weight_model.named_parameters())
     names = [name for name, p in named if p.requires_grad]
     frozen = {name: p.detach() for name, p in named if not p.requires_grad}
