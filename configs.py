@@ -130,6 +130,7 @@ class RunConfig:
     cache_dir: Optional[str] = key()
     wandb: bool = key()
     wandb_project: str = key()
+    overwrite: bool = key()
     torch_threads: Optional[int] = key("positive_int")
     progress: bool = key()
 
@@ -147,6 +148,7 @@ class EvalConfig(RunConfig):
     grad_acc_steps: int = key("positive_int")
     grad_clip_thresh: float = key("positive")
     grad_checkpointing: bool = key()
+    save_state_every: Optional[int] = key("positive_int")
     qa_lt_final: bool = key()
     lt_lr: float = key("positive")
     lt_batch_size: int = key("positive_int")
@@ -247,6 +249,14 @@ def tiny_world_path(name):
     from exp_datasets import tiny_world
 
     return tiny_world.artefact_path(name)
+
+
+def planned_tiny_world_path(name):
+    """Where ${tiny_world:name} points, without building the world: for checks made before the step
+    that builds it (demo.py)."""
+    from exp_datasets import tiny_world
+
+    return str(tiny_world.output_root(tiny_world.load_recipe()) / name)
 
 
 def basename(path):

@@ -19,6 +19,11 @@ from util import UsageError
 from weight_analysis import answer_mass, make_batch, render_document_weights
 
 RESUME_FILE = "trainer_state.pt"
+# options a continuation of a run may change: where it stops, logging, hardware
+RESUMABLE_CHANGES = ("max_outer_steps", "n_epochs", "progress", "wandb", "wandb_project", "device", "torch_threads",
+                     "output_dir", "resume_from", "overwrite", "cache_dir")
+# what a meta-training run writes into its folder (removed by overwrite=true)
+OUTPUTS = ("metrics.jsonl", "summary.json", "checkpoints", "samples", "config.yaml", "config_resumed_at_step_*.yaml")
 
 
 def batched(items, size):
@@ -50,6 +55,8 @@ def check_config(cfg):
     if cfg.web_text_loc and not web_text_path(cfg):
         raise UsageError("web_text_loc=true needs web_text_csv=/path/to/openwebtext.csv "
                          f"(dataset={cfg.dataset.name} names none), or set web_text_loc=false")
+    if cfg.resume_from:
+        util.recover_dir(Path(cfg.resume_from) / "checkpoints" / "last")
     if cfg.resume_from and not (Path(cfg.resume_from) / "checkpoints" / "last" / RESUME_FILE).is_file():
         raise UsageError(f"resume_from={cfg.resume_from} holds no checkpoints/last/{RESUME_FILE}; "
                          "point it at the folder of a task=train run that validated at least once")
@@ -179,7 +186,7 @@ class MetaTrainer:
     def log(self, row):
         row = {k: (round(v, 8) if isinstance(v, float) else v) for k, v in row.items()}
         with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+            handle.write(util.strict_json(row) + "\n")
         if self.wandb_run is not None:
             split = row["split"]
             self.wandb_run.log({f"{split}/{k}": v for k, v in row.items() if k not in ("split", "step")},
@@ -209,12 +216,24 @@ class MetaTrainer:
 
     def run_validation(self, started):
         metrics = self.validate()
+        self.check_finite(f"the validation outer loss after {self.step} outer steps", metrics["total"])
         improved = metrics["total"] < self.best_val
         self.log(dict(split="val", step=self.step, epoch=self.epoch, elapsed_s=time.time() - started, **metrics))
         if improved:
             self.best_val = metrics["total"]
             self.save_checkpoint("best", dict(step=self.step, epoch=self.epoch, val=metrics))
         return metrics
+
+    def check_finite(self, what, value):
+        """Stop at the first non-finite number, before it reaches the weights or a checkpoint."""
+        if math.isfinite(value):
+            return
+        folder = self.out_dir / "checkpoints"
+        saved = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+        kept = f"the checkpoints saved before it are kept: {', '.join(saved)} in {folder}" if saved else \
+            "no checkpoint was saved"
+        raise UsageError(f"meta-training diverged: {what} is {value} ({kept}); the learning rates are likely too "
+                         f"large: lower inner_lr={self.cfg.inner_lr} or outer_lr={self.cfg.outer_lr}")
 
     # -- resuming -----------------------------------------------------------------------------
     def save_last(self, val):
@@ -235,7 +254,7 @@ class MetaTrainer:
     def resume(self, folder):
         from weight_model import load_weight_model
 
-        state = torch.load(Path(folder) / RESUME_FILE, map_location="cpu", weights_only=True)
+        state = util.load_tensors(Path(folder) / RESUME_FILE, "meta-training state")
         self.weight_model.load_state_dict(load_weight_model(folder).state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         util.restore_parameters(self.base_model, state["base_params"])
@@ -245,6 +264,16 @@ class MetaTrainer:
         torch.set_rng_state(state["torch_rng_state"])
         if state["cuda_rng_states"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng_states"])
+        self.truncate_metrics()
+
+    def truncate_metrics(self):
+        """metrics.jsonl up to the resumed step: rows logged after the checkpoint by the interrupted
+        run are logged again by the continuation, so they go."""
+        if not self.metrics_path.is_file():
+            return
+        rows = [line for line in self.metrics_path.read_text().splitlines(keepends=True)
+                if line.strip() and json.loads(line)["step"] <= self.step]
+        util.atomic_write_text("".join(rows), self.metrics_path)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self):
@@ -280,12 +309,16 @@ class MetaTrainer:
                 if self.step >= total_steps:
                     break
                 window.append(self.train_batch(examples))
+                self.check_finite(f"the outer loss at outer step {self.step + 1}", window[-1]["outer_loss"])
                 self.batch_in_epoch = index + 1
                 accumulated += 1
                 if accumulated < cfg.grad_acc_steps:
                     continue
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, float(cfg.grad_clip_thresh))
+                self.check_finite(f"the weight model's gradient norm at outer step {self.step + 1}", grad_norm.item())
                 self.optimizer.step()
+                self.check_finite(f"a weight-model parameter after outer step {self.step + 1}",
+                                  0.0 if all(torch.isfinite(p).all() for p in self.trainable) else math.nan)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 means = {k: sum(m[k] for m in window if k in m) / sum(k in m for m in window)
@@ -313,8 +346,44 @@ class MetaTrainer:
         self.save_last(last_val)
         summary = dict(steps=self.step, epochs=self.epoch, wall_s=time.time() - started, val_start=self.val_start,
                        val_end=last_val, best_val_total=self.best_val, output_dir=str(self.out_dir))
-        util.atomic_write_text(json.dumps(summary, indent=1), self.out_dir / "summary.json")
+        util.atomic_write_text(util.strict_json(summary, indent=1), self.out_dir / "summary.json")
         return summary
+
+
+def run_options(cfg):
+    """What run_folder compares between a meta-training run and its continuation."""
+    from omegaconf import OmegaConf
+
+    import run_folder
+
+    return run_folder.flatten(OmegaConf.to_container(cfg, resolve=True))
+
+
+def claim_run_folder(cfg, out_dir):
+    """"complete" when `out_dir` holds this very run finished, True when it holds it unfinished
+    (resume), False for a fresh start; a run with other options there is refused (run_folder.claim)."""
+    from omegaconf import OmegaConf
+
+    import run_folder
+
+    if cfg.resume_from and cfg.get("overwrite"):
+        raise UsageError("resume_from and overwrite=true contradict each other; give one")
+    options = run_options(cfg)
+    if cfg.resume_from and run_folder.recorded_options(out_dir) is None and (out_dir / "config.yaml").is_file():
+        # a run from before options were recorded: its config.yaml holds them
+        recorded = run_folder.flatten(OmegaConf.to_container(OmegaConf.load(out_dir / "config.yaml")))
+        util.atomic_write_text(json.dumps(recorded), out_dir / run_folder.OPTIONS_FILE)
+    util.recover_dir(out_dir / "checkpoints" / "last")
+    old = run_folder.claim(out_dir, options, RESUMABLE_CHANGES, OUTPUTS, overwrite=bool(cfg.get("overwrite")))
+    if old is None:
+        return False
+    same_end = all(old.get(k) == options.get(k) for k in ("max_outer_steps", "n_epochs"))
+    if same_end and (out_dir / "summary.json").is_file():
+        return "complete"
+    if (out_dir / "checkpoints" / "last" / RESUME_FILE).is_file():
+        return True
+    run_folder.remove_outputs(out_dir, OUTPUTS)  # stopped before its first checkpoint: start again
+    return False
 
 
 def example_group(example):
@@ -333,6 +402,11 @@ def train(cfg):
     device = util.pick_device(cfg.device)
     dtype = util.pick_dtype(cfg.dtype)
     out_dir = output_dir(cfg)
+    resume = claim_run_folder(cfg, out_dir)
+    if resume == "complete":
+        summary = json.loads((out_dir / "summary.json").read_text())
+        print(f"meta-training in {out_dir} is already complete ({summary['steps']} outer steps); nothing to do")
+        return summary
     util.set_seed(cfg.seed)
     train_examples = load_split(cfg.dataset, "train")
     val_examples = load_split(cfg.dataset, "val")
@@ -345,10 +419,10 @@ def train(cfg):
     weight_model = build_weight_model(cfg.model, tokenizer).to(device=device, dtype=dtype)
     trainer = MetaTrainer(cfg, base_model, weight_model, tokenizer, train_examples, val_examples, web_texts,
                           out_dir, device)
-    if cfg.resume_from:
+    if resume:
         trainer.resume(out_dir / "checkpoints" / "last")
     out_dir.mkdir(parents=True, exist_ok=True)
-    config_name = f"config_resumed_at_step_{trainer.step}.yaml" if cfg.resume_from else "config.yaml"
+    config_name = f"config_resumed_at_step_{trainer.step}.yaml" if resume else "config.yaml"
     util.atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out_dir / config_name)
     if cfg.get("wandb"):
         import wandb

@@ -33,6 +33,7 @@ import argparse
 import io
 import json
 import math
+import sys
 import textwrap
 from pathlib import Path
 
@@ -131,7 +132,12 @@ def load_runs(paths):
             f"no {SUMMARY_NAME} under {shown}; point report.py at the output folders of "
             "`python run.py task=eval` runs (finished runs write summary.json)"
         )
-    runs = [read_summary(path) for path in summaries]
+    diverged = [path for path in summaries if json.loads(Path(path).read_text()).get("diverged") is True]
+    if diverged:  # no metrics to compare: such an lr is not a candidate
+        print(f"report: leaving out {len(diverged)} diverged run(s), e.g. {diverged[0].parent}", file=sys.stderr)
+    runs = [read_summary(path) for path in summaries if path not in diverged]
+    if not runs:
+        raise UsageError(f"every run under {' '.join(str(p) for p in paths)} diverged; there is nothing to report")
     seen = {}
     for run in runs:
         key = tuple(run[c] for c in SETTING_COLUMNS) + (run["method"], run["lr"], run["seed"])

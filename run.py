@@ -16,6 +16,7 @@ Each evaluation run folder (outputs/eval/<dataset>/<method>-<stream>-.../<base>/
 """
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -24,6 +25,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import early_checks
+import run_folder
 import util
 from configs import method_name, stream_name
 from exp_datasets import SPLITS, QACollator, load_split, make_stream
@@ -32,6 +35,12 @@ from util import UsageError
 from weight_model import WEIGHT_MODELS, build_weight_model, load_weight_model
 
 log = logging.getLogger(__name__)
+EVAL_STATE = "eval_state.pt"
+# options a rerun of an evaluation may change and still continue or reuse it
+RESUMABLE_CHANGES = ("progress", "wandb", "wandb_project", "device", "torch_threads", "overwrite", "cache_dir",
+                     "save_state_every")
+# what an evaluation run writes into its folder (removed by overwrite=true)
+OUTPUTS = ("summary.json", "results.csv", "metrics.json", "config.yaml", EVAL_STATE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +105,17 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     """One online-adaptation run as configured; writes the run folder and returns summary.json's dict."""
     started = time.time()
     check_eval_config(cfg)
-    materialize(cfg, ["base_model", "tokenizer_name", "dataset.data_dir"])
+    materialize(cfg, MATERIALIZED)
+    old = run_folder.claim(run_dir, run_options(cfg), RESUMABLE_CHANGES, OUTPUTS, overwrite=bool(cfg.get("overwrite")))
+    if old is not None and (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+        if summary.get("diverged"):
+            raise UsageError(f"{run_dir} holds this evaluation, which diverged; lower lr={cfg.lr}, or pass "
+                             "overwrite=true to run it again")
+        log.info(f"{run_dir} holds this evaluation already complete; nothing to do")
+        return summary
+    state_path = run_dir / EVAL_STATE
+    resume_state = util.load_tensors(state_path, "evaluation state") if old is not None and state_path.is_file() else None
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
     device = util.pick_device(cfg.device)
@@ -131,11 +150,18 @@ def evaluate(cfg: DictConfig, run_dir: Path):
         return evaluate_qa(base_model, tokenizer, examples, collator, device, eval_modes, cfg.eval_batch_size,
                            cfg.max_new_tokens, desc=desc, progress=progress)
 
-    metrics = {}
-    init_summary = score(questions, "QA before")[1] if cfg.eval_init else None
-    if unrelated is not None and cfg.eval_init:
-        metrics["unrelated_init"] = metric_subset(score(unrelated, "unrelated QA before")[1])
-    curve = []
+    if resume_state is not None:  # the scores before adapting and along the stream so far were saved with it
+        metrics, init_summary, curve = resume_state["metrics"], resume_state["init"], resume_state["curve"]
+        log.info(f"resuming the stream after document {resume_state['documents_seen']} from {state_path}")
+    else:
+        metrics = {}
+        init_summary = score(questions, "QA before")[1] if cfg.eval_init else None
+        if unrelated is not None and cfg.eval_init:
+            metrics["unrelated_init"] = metric_subset(score(unrelated, "unrelated QA before")[1])
+        curve = []
+
+    def save_state(state):
+        util.atomic_torch_save(dict(state, metrics=metrics, init=init_summary, curve=curve), state_path)
 
     def record(n_documents):
         curve.append(dict(n_documents=n_documents, **score(questions, f"QA after {n_documents} docs")[1]))
@@ -145,8 +171,16 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     adaptation = weighted_train(base_model, weight_model, texts, collator, device, optimizer=cfg.optimizer,
                                 lr=cfg.lr, batch_size=cfg.batch_size, grad_acc_steps=cfg.grad_acc_steps,
                                 grad_clip_thresh=cfg.grad_clip_thresh, n_epochs=cfg.n_epochs, progress=progress,
-                                every_k_documents=cfg.eval_every_k, callback=record)
+                                every_k_documents=cfg.eval_every_k, callback=record, resume_state=resume_state,
+                                save_state=save_state, save_every_documents=cfg.save_state_every)
     metrics["adaptation"] = dict(adaptation, wall_time_s=time.time() - adapt_started)
+    diverged = adaptation["diverged"]
+    if diverged:
+        summary = run_summary(cfg, method, texts, questions, None, None, None, started, run_dir, diverged=True)
+        write_outputs(cfg, run_dir, [], None, summary, metrics)
+        raise UsageError(f"adaptation diverged at document {diverged['document']} of {len(texts)} "
+                         f"({diverged['value']}); lr={cfg.lr} is too large for optimizer={cfg.optimizer}: lower lr. "
+                         f"{run_dir / 'summary.json'} marks the run diverged")
     if cfg.qa_lt_final:
         metrics["light_tuning"] = light_tune(
             base_model, tokenizer, lt_train, lt_val, collator, device, lr=cfg.lt_lr, batch_size=cfg.lt_batch_size,
@@ -157,17 +191,14 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     unrelated_summary = metric_subset(score(unrelated, "unrelated QA after")[1]) if unrelated is not None else None
     metrics["curve"] = curve
 
-    summary = {
-        "method": method, "lr": float(cfg.lr), "seed": int(cfg.seed), "dataset": str(cfg.dataset.name),
-        "split": str(cfg.test_path) if cfg.test_path else str(cfg.split), "base_model": str(cfg.base_model),
-        "downsample_to": int(cfg.downsample_to), "optimizer": str(cfg.optimizer), "n_epochs": int(cfg.n_epochs),
-        "n_documents": len(texts), "n_questions": len(questions),
-        "em": final["em"], "f1": final["f1"], "max_f1": final["max_f1"], "nll": final["nll"],
-        "init": metric_subset(init_summary), "unrelated": unrelated_summary,
-        "wall_time_s": time.time() - started, "run_dir": str(run_dir),
-    }
+    diverged = not all(math.isfinite(final[k]) for k in ("em", "f1", "nll") if final[k] is not None)
+    summary = run_summary(cfg, method, texts, questions, final, metric_subset(init_summary), unrelated_summary,
+                          started, run_dir, diverged)
     write_outputs(cfg, run_dir, rows, final, summary, metrics)
-    log.info("summary: " + json.dumps({k: summary[k] for k in ("em", "f1", "max_f1", "nll", "init", "wall_time_s")}))
+    if diverged:
+        raise UsageError(f"the adapted model's scores are not finite: the run diverged; lower lr={cfg.lr}. "
+                         f"{run_dir / 'summary.json'} marks it diverged")
+    log.info("summary: " + util.strict_json({k: summary[k] for k in ("em", "f1", "max_f1", "nll", "init", "wall_time_s")}))
     if cfg.wandb:
         import wandb
 
@@ -175,6 +206,49 @@ def evaluate(cfg: DictConfig, run_dir: Path):
         run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         run.finish()
     return summary
+
+
+def run_summary(cfg, method, texts, questions, final, init, unrelated, started, run_dir, diverged):
+    """summary.json's dict; a diverged run has no metrics (null), only `diverged: true`."""
+    final = {} if diverged or final is None else final
+    return {
+        "method": method, "lr": float(cfg.lr), "seed": int(cfg.seed), "dataset": str(cfg.dataset.name),
+        "split": str(cfg.test_path) if cfg.test_path else str(cfg.split), "base_model": str(cfg.base_model),
+        "downsample_to": int(cfg.downsample_to), "optimizer": str(cfg.optimizer), "n_epochs": int(cfg.n_epochs),
+        "n_documents": len(texts), "n_questions": len(questions),
+        "em": final.get("em"), "f1": final.get("f1"), "max_f1": final.get("max_f1"), "nll": final.get("nll"),
+        "init": init, "unrelated": None if diverged else unrelated, "diverged": bool(diverged),
+        "wall_time_s": time.time() - started, "run_dir": str(run_dir),
+    }
+
+
+MATERIALIZED = ["base_model", "tokenizer_name", "dataset.data_dir"]
+
+
+def run_options(cfg):
+    """What run_folder compares between an evaluation and a rerun into its folder."""
+    return run_folder.flatten(recorded_config(cfg))
+
+
+def check_train_config(cfg):
+    from meta_train import check_config
+
+    check_config(cfg)
+
+
+def check_eval_folder(cfg, run_dir):
+    """run_folder.check for an evaluation into `run_dir`, before anything is loaded."""
+    materialize(cfg, MATERIALIZED)
+    run_folder.check(run_dir, run_options(cfg), RESUMABLE_CHANGES, OUTPUTS, bool(cfg.get("overwrite")))
+
+
+def check_train_folder(cfg, run_dir):
+    """run_folder.check for meta-training into `run_dir` (output_dir and resume_from name their own)."""
+    import meta_train
+
+    if not cfg.resume_from and not cfg.get("output_dir"):
+        run_folder.check(run_dir, meta_train.run_options(cfg), meta_train.RESUMABLE_CHANGES, meta_train.OUTPUTS,
+                         bool(cfg.get("overwrite")))
 
 
 def materialize(cfg, keys):
@@ -199,32 +273,39 @@ def recorded_config(cfg):
 
 
 def write_outputs(cfg, run_dir, rows, final, summary, metrics):
+    """The run's files, summary.json last (it marks the run complete); the resume state goes."""
     run_dir.mkdir(parents=True, exist_ok=True)
     util.atomic_write_text(OmegaConf.to_yaml(recorded_config(cfg)), run_dir / "config.yaml")
-    with util.atomic_path(run_dir / "results.csv") as tmp:
-        results_frame(rows, final).to_csv(tmp, index=False)
-    util.atomic_write_text(json.dumps(metrics, indent=2), run_dir / "metrics.json")
-    util.atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
+    if final is not None:
+        with util.atomic_path(run_dir / "results.csv") as tmp:
+            results_frame(rows, final).to_csv(tmp, index=False)
+    util.atomic_write_text(util.strict_json(metrics, indent=2), run_dir / "metrics.json")
+    util.atomic_write_text(util.strict_json(summary, indent=2), run_dir / "summary.json")
+    (run_dir / EVAL_STATE).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
+def run_task(cfg, run_dir):
+    if cfg.task_name == "train":
+        from meta_train import train
+
+        return train(cfg)
+    if cfg.task_name == "eval":
+        summary = evaluate(cfg, run_dir)
+        print(util.strict_json({k: summary[k] for k in ("method", "lr", "em", "f1", "nll", "wall_time_s", "run_dir")}))
+        return summary
+    raise UsageError(f"task={cfg.task_name} is unknown; use task=train or task=eval")
+
+
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig):
-    from hydra.core.hydra_config import HydraConfig
+    return early_checks.run_job(run_task, cfg)
 
-    with util.usage_errors_exit():
-        if cfg.task_name == "train":
-            from meta_train import train
 
-            return train(cfg)
-        if cfg.task_name == "eval":
-            summary = evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
-            print(json.dumps({k: summary[k] for k in ("method", "lr", "em", "f1", "nll", "wall_time_s", "run_dir")}))
-            return summary
-        raise UsageError(f"task={cfg.task_name} is unknown; use task=train or task=eval")
-
+early_checks.register("eval", check_eval_config, check_eval_folder)
+early_checks.register("train", check_train_config, check_train_folder)
 
 if __name__ == "__main__":
     util.run_cli(main)

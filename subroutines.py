@@ -3,6 +3,7 @@
 Answer generation, QA scoring (evaluate_qa), the optimisers (make_optimizer), weighted online
 adaptation on a document stream (weighted_train) and light QA tuning (light_tune).
 """
+import math
 import re
 
 import torch
@@ -116,7 +117,8 @@ def make_optimizer(name, parameters, lr):
 
 def weighted_train(base_model, weight_model, texts, collator, device, optimizer="adam", lr=1e-4,
                    batch_size=1, grad_acc_steps=1, grad_clip_thresh=750.0, n_epochs=1, progress=True,
-                   every_k_documents=None, callback=None):
+                   every_k_documents=None, callback=None, resume_state=None, save_state=None,
+                   save_every_documents=None):
     """Fine-tune `base_model` in place on `texts` in order with util.weighted_lm_loss, the token
     weights coming from the frozen `weight_model` (computed without gradients).
 
@@ -125,48 +127,92 @@ def weighted_train(base_model, weight_model, texts, collator, device, optimizer=
     applied. With `every_k_documents` and `callback`, callback(n_documents_seen) runs after every
     k documents (and is the caller's place to evaluate along the stream).
 
-    Returns {"n_steps", "n_batches", "mean_loss"}.
+    With `save_state` and `save_every_documents`, save_state(state) receives everything needed to
+    continue exactly (model, optimiser, position, random state) after an optimiser step once at least
+    that many documents have passed since the last save; passing such a state as `resume_state`
+    continues from it. The stream stops at the first non-finite loss or gradient.
+
+    Returns {"n_steps", "n_batches", "mean_loss", "diverged"}: diverged is None, or the document and
+    the non-finite value at which the stream stopped.
     """
     parameters = [p for p in base_model.parameters() if p.requires_grad]
     opt = make_optimizer(optimizer, parameters, lr)
     weight_model.eval()
     base_model.train()
     opt.zero_grad(set_to_none=True)
-    n_steps, n_batches, total_loss, documents_seen = 0, 0, 0.0, 0
+    n_steps, n_batches, total_loss, documents_seen, saved_at = 0, 0, 0.0, 0, 0
+    if resume_state is not None:
+        base_model.load_state_dict(resume_state["model"])
+        opt.load_state_dict(resume_state["optimizer"])
+        n_steps, n_batches, total_loss, documents_seen = (resume_state[k] for k in
+                                                          ("n_steps", "n_batches", "total_loss", "documents_seen"))
+        saved_at = documents_seen
+        set_rng_state(resume_state["rng"])
     batches = [texts[i: i + batch_size] for i in range(0, len(texts), batch_size)]
+    diverged = None
 
     def apply_step():
-        torch.nn.utils.clip_grad_norm_(parameters, grad_clip_thresh)
+        norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip_thresh)
+        if not torch.isfinite(norm):
+            return norm.item()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return None
 
-    bar = tqdm(total=len(batches) * n_epochs, desc="adapting", disable=not progress, leave=False)
-    for _ in range(n_epochs):
-        for batch_texts in batches:
-            ids, mask = collator.encode_texts(batch_texts)
-            ids, mask = ids.to(device), mask.to(device)
-            with torch.no_grad():
-                weights = weight_model(ids, mask).to(device)
-            logits = base_model(input_ids=ids, attention_mask=mask).logits
-            loss = weighted_lm_loss(logits, ids, mask, weights, collator.max_text_len)
-            (loss / grad_acc_steps).backward()
-            n_batches += 1
-            loss_value = loss.item()
-            total_loss += loss_value
-            if n_batches % grad_acc_steps == 0:
-                apply_step()
-                n_steps += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            previous, documents_seen = documents_seen, documents_seen + len(batch_texts)
-            if callback and every_k_documents and documents_seen // every_k_documents > previous // every_k_documents:
-                callback(documents_seen)
-    if n_batches % grad_acc_steps:  # the stream's last, incomplete accumulation still counts
-        apply_step()
+    bar = tqdm(total=len(batches) * n_epochs, initial=n_batches, desc="adapting", disable=not progress, leave=False)
+    schedule = [batch for _ in range(n_epochs) for batch in batches]
+    for batch_texts in schedule[n_batches:]:
+        ids, mask = collator.encode_texts(batch_texts)
+        ids, mask = ids.to(device), mask.to(device)
+        with torch.no_grad():
+            weights = weight_model(ids, mask).to(device)
+        logits = base_model(input_ids=ids, attention_mask=mask).logits
+        loss = weighted_lm_loss(logits, ids, mask, weights, collator.max_text_len)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            diverged = dict(document=documents_seen + 1, value=f"loss {loss_value}")
+            break
+        (loss / grad_acc_steps).backward()
+        n_batches += 1
+        total_loss += loss_value
+        if n_batches % grad_acc_steps == 0:
+            bad_norm = apply_step()
+            if bad_norm is not None:
+                diverged = dict(document=documents_seen + len(batch_texts), value=f"gradient norm {bad_norm}")
+                break
+            n_steps += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        previous, documents_seen = documents_seen, documents_seen + len(batch_texts)
+        if callback and every_k_documents and documents_seen // every_k_documents > previous // every_k_documents:
+            callback(documents_seen)
+        if (save_state and save_every_documents and n_batches % grad_acc_steps == 0 and n_batches < len(schedule)
+                and documents_seen - saved_at >= save_every_documents):
+            save_state(dict(model=base_model.state_dict(), optimizer=opt.state_dict(), n_steps=n_steps,
+                            n_batches=n_batches, total_loss=total_loss, documents_seen=documents_seen,
+                            rng=get_rng_state()))
+            saved_at = documents_seen
+    if diverged is None and n_batches % grad_acc_steps:  # the stream's last, incomplete accumulation still counts
+        bad_norm = apply_step()
+        if bad_norm is not None:
+            diverged = dict(document=documents_seen, value=f"gradient norm {bad_norm}")
         n_steps += 1
+    if diverged is None and not all(torch.isfinite(p).all() for p in parameters):
+        diverged = dict(document=documents_seen, value="a non-finite weight")
     bar.close()
     base_model.eval()
-    return dict(n_steps=n_steps, n_batches=n_batches, mean_loss=total_loss / max(n_batches, 1))
+    return dict(n_steps=n_steps, n_batches=n_batches, mean_loss=total_loss / max(n_batches, 1), diverged=diverged)
+
+
+def get_rng_state():
+    return dict(torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 import configs  # noqa: F401 - the config's ${...} resolvers
+import early_checks
 import util
 from exp_datasets import QACollator, load_split
 from subroutines import evaluate_qa, make_optimizer
@@ -266,10 +267,10 @@ def train_qa(cfg: DictConfig, run_dir):
 
 @hydra.main(version_base=None, config_path="qa_conf", config_name="config")
 def main(cfg: DictConfig):
-    from hydra.core.hydra_config import HydraConfig
+    early_checks.run_job(train_qa, cfg)
 
-    with util.usage_errors_exit():
-        train_qa(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+early_checks.register(early_checks.QA_TUNE, check_config)
 
 
 if __name__ == "__main__":

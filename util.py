@@ -4,6 +4,8 @@ Also one-line usage errors and the value checks of config schemas, seeding, devi
 
 Nothing here picks a device or touches the filesystem at import time.
 """
+import json
+import math
 import os
 import random
 import re
@@ -299,24 +301,59 @@ def load_causal_lm(name_or_path, state_dict_path=None, attn_implementation=None,
         kwargs["dtype"] = torch_dtype
     try:
         model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - missing, truncated or foreign files raise many types
         raise UsageError(
             f"cannot load a causal LM from {name_or_path!r} ({first_line(err)}); "
             "give a Hugging Face model name or a folder written by save_pretrained"
         ) from None
     if state_dict_path:
         load_state_dict_into(model, state_dict_path)
+    else:
+        check_finite(model, f"base model {name_or_path}")
     return model
 
 
 def load_state_dict_into(model, state_dict_path):
     path = existing_state_dict(state_dict_path, "state dict")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path, "state dict")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UsageError(f"state dict {path} holds no name -> tensor mapping; save it with "
+                         "torch.save(model.state_dict(), path)")
     state = check_state_dict_fits(model, state, f"state dict {path}",
                                   "load it into the architecture it was saved from")
     model.load_state_dict(state, strict=False)
+    check_finite(model, f"state dict {path}")
+
+
+def load_tensors(path, what):
+    """`torch.load` that never runs code from the file (weights_only=True): a file that pickles more
+    than tensors and plain containers, or no readable file at all, is a one-line UsageError."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err):
+            raise UsageError(
+                f"{what} {path} holds pickled objects other than tensors, which are not loaded because "
+                "unpickling can run code; if you trust the file, re-save it as tensors: load it with "
+                "torch.load(path, weights_only=False) and save torch.save(model.state_dict(), path) "
+                "(or CaMeLS.save(folder) for a weight model)") from None
+        raise UsageError(f"{what} {path} is not a readable torch file ({first_line(err).split('. ')[0]}); "
+                         "it may be truncated or corrupt: save it again") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise UsageError(f"{what} {path} is not a readable torch file ({first_line(err).split('. ')[0]}); "
+                         "it may be truncated or corrupt: save it again") from None
+
+
+def check_finite(model, source):
+    """A model whose weights hold NaN or infinity (e.g. saved from a diverged run) is refused."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UsageError(f"{source} holds non-finite values (NaN or infinity, e.g. in {name}); "
+                             "it comes from a diverged run: use an earlier checkpoint")
 
 
 def check_state_dict_fits(model, state, source, fix):
@@ -396,9 +433,37 @@ def atomic_torch_save(obj, path):
         torch.save(obj, tmp)
 
 
+def finite_or_none(value):
+    """`value` with every non-finite float (NaN, infinity) replaced by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def strict_json(value, **kwargs):
+    """JSON that strict parsers read: NaN and infinity become null (Python's json writes NaN tokens)."""
+    return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)
+
+
 def atomic_write_text(text, path):
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def recover_dir(path):
+    """Finish a folder swap of `atomic_dir` that was interrupted: the previous folder is put back
+    when the swap stopped between its two renames, and a leftover copy is removed otherwise."""
+    import shutil
+
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if old.exists() and not path.exists():
+        os.replace(old, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
@@ -408,6 +473,7 @@ def atomic_dir(path):
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     os.chmod(tmp, _umask_mode(0o777))
     try:

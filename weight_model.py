@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from util import UsageError, atomic_dir, atomic_torch_save, check_state_dict_fits, first_line
+from util import UsageError, atomic_dir, atomic_torch_save, check_finite, check_state_dict_fits, first_line, load_tensors
 
 WEIGHT_MODELS = {}
 
@@ -211,50 +211,52 @@ def body_vocabulary(name):
 
 
 def load_weight_model(path, tokenizer=None, model_cfg=None):
-    """A saved CaMeLS: a folder written by `save`, or a .pt file holding what `save` writes, a
-    bare state dict (then `model_cfg` gives the architecture) or a pickled CaMeLS module.
-    With `tokenizer`, checks that the body shares the base model's vocabulary."""
-    from safetensors.torch import load_model
-
+    """A saved CaMeLS: a folder written by `save`, or a .pt file holding what `save` writes or a bare
+    state dict (then `model_cfg` gives the architecture). Nothing in the file runs on load. With
+    `tokenizer`, checks that the body shares the base model's vocabulary."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"weight_model_path {path} does not exist; point it at a saved CaMeLS folder or .pt file")
-    if path.is_dir():
-        config_file = path / CONFIG_FILE
-        if not config_file.is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise UsageError(f"{path} holds no {CONFIG_FILE} + {WEIGHTS_FILE}; point weight_model_path at a "
-                             "folder written by CaMeLS.save or at a .pt checkpoint")
-        model = CaMeLS.from_config_dict(json.loads(config_file.read_text()))
-        try:
-            load_model(model, str(path / WEIGHTS_FILE))
-        except RuntimeError as err:
-            raise UsageError(f"{path / WEIGHTS_FILE} does not fit its {CONFIG_FILE} ({first_line(err)}); "
-                             "save the weight model again with CaMeLS.save") from None
-    else:
-        model = load_pt_checkpoint(path, model_cfg, tokenizer)
+    model = load_folder(path) if path.is_dir() else load_pt_checkpoint(path, model_cfg, tokenizer)
+    check_finite(model, f"weight model {path}")
     model.eval()
     if tokenizer is not None:
         model.check_vocabulary(tokenizer)
     return model
 
 
-def load_pt_checkpoint(path, model_cfg, tokenizer):
+def load_folder(path):
+    from safetensors.torch import load_model
+
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise UsageError(f"{path} holds no {CONFIG_FILE} + {WEIGHTS_FILE}; point weight_model_path at a "
+                         "folder written by CaMeLS.save or at a .pt checkpoint")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not a plain tensor file: a pickled module (needs full unpickling)
-        try:
-            content = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise UsageError(f"cannot read weight model checkpoint {path} ({first_line(err)}); "
-                             "give a file written by CaMeLS.save or torch.save") from None
-    if isinstance(content, CaMeLS):
-        return content
+        config = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UsageError(f"{config_file} is not readable JSON ({first_line(err)}); save the weight model again") from None
+    if not isinstance(config, dict) or not {"weight_model", "backbone"} <= set(config):
+        raise UsageError(f"{path} is not a CaMeLS weight model folder (its {CONFIG_FILE} has no weight_model/backbone "
+                         "entries; a language-model folder is a base_model or a model.pretrained_model); point "
+                         "weight_model_path at a folder written by meta-training (e.g. <run>/checkpoints/best)")
+    model = CaMeLS.from_config_dict(config)
+    try:
+        load_model(model, str(path / WEIGHTS_FILE))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+        raise UsageError(f"cannot load {path / WEIGHTS_FILE} into the model of its {CONFIG_FILE} ({first_line(err)}); "
+                         "the file is damaged or from another model: save the weight model again") from None
+    return model
+
+
+def load_pt_checkpoint(path, model_cfg, tokenizer):
+    content = load_tensors(path, "weight model checkpoint")
     if isinstance(content, dict) and "camels_config" in content:
         return CaMeLS.from_config_dict(content["camels_config"]).load_weights(content["state_dict"], path)
     if isinstance(content, dict) and "state_dict" in content:
         content = content["state_dict"]
     if not isinstance(content, dict) or not all(torch.is_tensor(v) for v in content.values()):
-        raise UsageError(f"{path} holds neither a CaMeLS module nor a state dict; "
+        raise UsageError(f"{path} holds no state dict; "
                          "give a file written by CaMeLS.save or torch.save(weight_model.state_dict())")
     if model_cfg is None or model_cfg.get("name") != "CaMeLS":
         raise UsageError(f"{path} is a bare state dict; use model=CaMeLS with model.pretrained_model set to its body")

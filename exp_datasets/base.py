@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from util import UsageError
+from util import UsageError, first_line
 
 
 @dataclass
@@ -78,7 +78,17 @@ def read_csv(path, required_columns, what):
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{what} file {path} does not exist; set data_dir (or the path option) to where it is")
-    frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, dtype=str, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise UsageError(f"{what} file {path} is empty; it needs a header row with "
+                         f"{', '.join(required_columns)} and one row per example") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{what} file {path} is not UTF-8 (it holds byte {err.object[err.start]:#04x}); "
+                         f"convert it, e.g. iconv -f cp1252 -t utf-8 {path.name} > utf8.csv") from None
+    except pd.errors.ParserError as err:
+        raise UsageError(f"{what} file {path} is not a well-formed CSV ({first_line(err)}); "
+                         "check its quoting and column count") from None
     missing = [c for c in required_columns if c not in frame.columns]
     if missing:
         raise UsageError(

@@ -25,8 +25,8 @@ from subroutines import evaluate_qa, light_tune, weighted_train
 REPO = Path(__file__).resolve().parent.parent
 OFFLINE_ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
 SUMMARY_KEYS = {"method", "lr", "seed", "dataset", "split", "base_model", "downsample_to", "optimizer", "n_epochs",
-                "n_documents", "n_questions", "em", "f1", "max_f1", "nll", "init", "unrelated", "wall_time_s",
-                "run_dir"}
+                "n_documents", "n_questions", "em", "f1", "max_f1", "nll", "init", "unrelated", "diverged",
+                "wall_time_s", "run_dir"}
 
 
 @pytest.fixture(scope="module")

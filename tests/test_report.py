@@ -221,3 +221,16 @@ def test_select_from_with_two_validation_settings_is_refused(test_tree, tmp_path
     with pytest.raises(UsageError, match="narrow --select-from"):
         report.main([str(test_tree), "--select-from", str(val_root), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_diverged_runs_are_left_out_of_the_table(tmp_path, capsys):
+    write_run(tmp_path / "runs" / "0", "uniform", 1e-4, 1, 0.1, 0.2, 2.0, diverged=False)
+    write_run(tmp_path / "runs" / "1", "uniform", 1e6, 1, 0, 0, 0, diverged=True)
+    summary = json.loads((tmp_path / "runs" / "1" / "summary.json").read_text())
+    (tmp_path / "runs" / "1" / "summary.json").write_text(json.dumps(dict(summary, em=None, f1=None, max_f1=None,
+                                                                            nll=None)))
+    runs = report.load_runs([tmp_path / "runs"])
+    assert [run["lr"] for run in runs] == [1e-4]
+    assert "leaving out 1 diverged run" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="diverged"):
+        report.load_runs([tmp_path / "runs" / "1"])

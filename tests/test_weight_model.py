@@ -208,14 +208,16 @@ def test_camels_save_and_load_give_identical_weights(tokenizer, body_dir, tmp_pa
     expected, _ = weights_for(model.eval(), tokenizer, CORPUS)
     folder, single = model.save(tmp_path / "wm"), model.save(tmp_path / "wm.pt")
     torch.save(model.state_dict(), tmp_path / "state.pt")
-    torch.save(model, tmp_path / "module.pt")
+    torch.save(model, tmp_path / "module.pt")  # a pickled module: loading it could run code, so it is refused
+    with pytest.raises(util.UsageError, match="re-save it as tensors"):
+        W.load_weight_model(tmp_path / "module.pt", tokenizer)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     loaded = [W.load_weight_model(tmp_path / "state.pt", tokenizer, cfg)]
     # the folder and the self-describing .pt need neither the hub nor the body's own folder
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     moved_body = body_dir.rename(body_dir.with_name(body_dir.name + "_moved"))
     try:
-        loaded += [W.load_weight_model(p, tokenizer) for p in (folder, single, tmp_path / "module.pt")]
+        loaded += [W.load_weight_model(p, tokenizer) for p in (folder, single)]
     finally:
         moved_body.rename(body_dir)
     for other in loaded:
@@ -245,7 +247,7 @@ def test_camels_refuses_a_state_dict_of_another_shape(tokenizer, body_dir, tmp_p
     with pytest.raises(util.UsageError, match="does not fit"):
         W.load_weight_model(tmp_path / "state.pt", tokenizer, camels_cfg(body_dir, head_width=128))
     torch.save({"not": "weights"}, tmp_path / "junk.pt")
-    with pytest.raises(util.UsageError, match="neither a CaMeLS module nor a state dict"):
+    with pytest.raises(util.UsageError, match="holds no state dict"):
         W.load_weight_model(tmp_path / "junk.pt", tokenizer, camels_cfg(body_dir))
 
 

@@ -1,0 +1,123 @@
+"""Checks Hydra runs before a task starts (conf/config.yaml and qa_conf/config.yaml name them).
+
+Sweeps (`run.py -m ...`): every job is checked before the first one starts, so that a mistyped
+value (lr=1e-4,abc) fails at once with one line instead of hours later, and no job folder is made;
+a job that fails later (e.g. a diverged run) leaves error.txt in its folder, the others still run,
+and the sweep ends with one line naming the failures and exit code 2. A single run into a folder
+holding a run with other options is refused before Hydra writes its own files there.
+
+Hydra turns exceptions of callbacks into warnings, so these end the process themselves.
+"""
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+from util import UsageError, atomic_write_text, composition_error, usage_errors_exit
+
+ERROR_FILE = "error.txt"
+
+
+def sweep_jobs(task_overrides):
+    """The override lists of the jobs the basic sweeper launches for `task_overrides`."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(task_overrides))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def run_job(task, cfg):
+    """`task(cfg, run_dir)` as a Hydra task function. A single run's UsageError is one line and exit 2;
+    a sweep job's is recorded in error.txt of its folder and the sweep goes on (on_multirun_end
+    reports it)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        with usage_errors_exit():
+            return task(cfg, run_dir)
+    error_file = run_dir / ERROR_FILE
+    error_file.unlink(missing_ok=True)
+    try:
+        return task(cfg, run_dir)
+    except UsageError as err:
+        atomic_write_text(f"{err}\n", error_file)
+        print(f"error: sweep job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {err}",
+              file=sys.stderr, flush=True)
+        return None
+
+
+# task name -> (check, folder_check), registered by the entry points (run.py, train_qa.py) on import:
+# check(cfg) runs the task's own checks; folder_check(cfg, run_dir) refuses a folder holding another run
+TASKS = {}
+QA_TUNE = "qa_tune"  # train_qa.py's configuration has no task_name
+
+
+def register(name, check, folder_check=None):
+    TASKS[name] = (check, folder_check)
+
+
+def task_of(cfg):
+    name = cfg.task_name if "task_name" in cfg else QA_TUNE
+    if name not in TASKS:
+        raise UsageError(f"task={name} is unknown; use one of {', '.join(t for t in TASKS if t != QA_TUNE)}")
+    return TASKS[name]
+
+
+def check_job(cfg):
+    """The checks a job runs on its own configuration before any work."""
+    return task_of(cfg)[0](cfg)
+
+
+def check_run_folder(config):
+    """A single run into a folder holding a run with other options is refused before Hydra writes
+    its own files (.hydra/) there; the task itself repeats the check when it claims the folder."""
+    import copy
+
+    from omegaconf import open_dict
+
+    from run_folder import OPTIONS_FILE
+
+    try:
+        run_dir = Path(str(config.hydra.run.dir))
+    except Exception:  # noqa: BLE001 - a folder named by Hydra's own runtime values: never a finished run's
+        return
+    if not (run_dir / OPTIONS_FILE).is_file():
+        return
+    cfg = copy.deepcopy(config)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    folder_check = task_of(cfg)[1]
+    if folder_check is not None:
+        folder_check(cfg, run_dir)
+
+
+class EarlyChecks(Callback):
+    def on_run_start(self, config, config_name=None, **kwargs):
+        with usage_errors_exit():
+            check_run_folder(config)
+
+    def on_multirun_start(self, config, config_name=None, **kwargs):
+        from hydra import compose
+        from hydra.errors import HydraException
+
+        jobs = sweep_jobs(config.hydra.overrides.task)
+        with usage_errors_exit():
+            for number, overrides in enumerate(jobs):
+                try:
+                    check_job(compose(config_name=config_name, overrides=list(overrides)))
+                except (UsageError, HydraException) as err:
+                    problem = composition_error(err) if isinstance(err, HydraException) else err
+                    raise UsageError(f"sweep job {number} of {len(jobs)} ({' '.join(overrides)}): {problem}; "
+                                     "no job was started") from None
+
+    def on_multirun_end(self, config, **kwargs):
+        failed = sorted(Path(config.hydra.sweep.dir).glob(f"*/{ERROR_FILE}"))
+        if failed:
+            first = failed[0].read_text().strip()
+            print(f"error: {len(failed)} sweep job(s) failed, the others ran; {failed[0].parent.name}: {first} "
+                  f"(each failure is in {ERROR_FILE} of its folder)", file=sys.stderr, flush=True)
+            sys.exit(2)
