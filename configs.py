@@ -20,9 +20,10 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from exp_datasets import SPLITS
+from exp_datasets import ANSWER_MATCHES, SPLITS
 from meta_objective import AUTOCAST_DTYPES, INNER_BACKENDS
-from subroutines import LT_METRICS, OPTIMIZERS
+from meta_train import BATCH_ORDERS
+from subroutines import DECODINGS, LT_METRICS, OPTIMIZERS
 from util import DTYPES
 
 
@@ -155,21 +156,32 @@ class EvalConfig(RunConfig):
     lt_val_steps: int = key("positive_int")
     lt_patience: int = key("positive_int")
     lt_stopping_metric: str = key(choices=LT_METRICS)
-    lt_epochs: int = key("positive_int")
-    lt_val_questions: Optional[int] = key("positive_int")
+    lt_epochs: Optional[int] = key("positive_int")
+    lt_val_questions: Optional[int] = key("count_or_all")
+    lt_optimizer: str = key(choices=OPTIMIZERS)
+    lt_grad_acc_steps: int = key("positive_int")
+    lt_grad_clip_thresh: float = key("positive")
     eval: List[str] = key()
-    eval_batch_size: int = key("positive_int")
+    decoding: str = key(choices=DECODINGS)
+    num_beams: int = key("positive_int")
+    num_beam_groups: int = key("positive_int")
+    diversity_penalty: float = key("non_negative")
     max_new_tokens: int = key("positive_int")
+    answer_first_line: bool = key()
+    answer_match: str = key(choices=ANSWER_MATCHES)
+    eval_batch_size: int = key("positive_int")
     eval_init: bool = key()
     unrelated_qa_eval: bool = key()
     unrelated_split: str = key(choices=SPLITS)
-    unrelated_questions: Optional[int] = key("positive_int")
+    unrelated_questions: Optional[int] = key("count_or_all")
     eval_every_k: Optional[int] = key("positive_int")
 
 
 @dataclass
 class TrainConfig(RunConfig):
     update_batch_size: int = key("positive_int")
+    batch_order: str = key(choices=BATCH_ORDERS)
+    meta_dropout: bool = key()
     sequential_update: bool = key()
     num_inner_steps: int = key("positive_int")
     inner_lr: float = key("positive")
@@ -181,6 +193,7 @@ class TrainConfig(RunConfig):
     c_kl: float = key("non_negative")
     web_text_loc: bool = key()
     web_text_csv: Optional[str] = key()
+    web_text_val_csv: Optional[str] = key()
     loc_batch_size: int = key("positive_int")
     c_norm: float = key("non_negative")
     outer_lr: float = key("positive")

@@ -67,10 +67,23 @@ def inner_batches(text_ids, text_mask, weights, settings):
 @dataclass
 class AdaptedModel:
     """The base model after the inner loop: `logits(input_ids, attention_mask)` runs it with the
-    updated weights; `params` are those weights, in the order of base_model.parameters()."""
+    updated weights; `params` are those weights, in the order of base_model.parameters();
+    `module` is the module whose train/eval mode those calls follow."""
 
     logits: object
     params: list
+    module: object = None
+
+
+@contextmanager
+def eval_mode(module):
+    """`module` in eval mode (no dropout) inside the block, its own mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def lm_call(model, input_ids, attention_mask, **kwargs):
@@ -93,6 +106,15 @@ class FunctionalBase:
         weights = {**self.frozen, **dict(zip(self.names, params))}
         with self.settings.autocast(ids.device):
             return lm_call(lambda **kw: torch.func.functional_call(self.model, weights, (), kw), ids, mask)
+
+    def logits_in_mode(self, training, params, ids, mask):
+        """logits() with the model in train (dropout) or eval mode, its own mode restored after."""
+        was_training = self.model.training
+        self.model.train(training)
+        try:
+            return self.logits(params, ids, mask)
+        finally:
+            self.model.train(was_training)
 
     def sgd_step(self, params, ids, mask, w):
         """The weights after one SGD step on the weighted loss of (ids, mask, w); differentiable
@@ -170,7 +192,7 @@ def inner_loop(base_model, text_ids, text_mask, weights, settings, differentiabl
                 with settings.autocast(ids.device):
                     return lm_call(fmodel, ids, mask)
 
-            yield AdaptedModel(adapted_logits, list(fmodel.fast_params))
+            yield AdaptedModel(adapted_logits, list(fmodel.fast_params), fmodel)
     elif settings.backend in ("torch_func", "forward"):
         base = FunctionalBase(base_model, settings)
         params = base.start
@@ -183,10 +205,12 @@ def inner_loop(base_model, text_ids, text_mask, weights, settings, differentiabl
 
         def logits(ids, mask):
             if checkpointed:
-                return torch.utils.checkpoint.checkpoint(base.logits, params, ids, mask, use_reentrant=False)
+                # the mode of this call, also when the backward pass recomputes it outside eval_mode
+                return torch.utils.checkpoint.checkpoint(base.logits_in_mode, base_model.training, params, ids,
+                                                         mask, use_reentrant=False)
             return base.logits(params, ids, mask)
 
-        yield AdaptedModel(logits, base.all_params(params))
+        yield AdaptedModel(logits, base.all_params(params), base_model)
     else:
         raise UsageError(f"inner_backend={settings.backend} is unknown; use one of {', '.join(INNER_BACKENDS)}")
 
@@ -258,13 +282,17 @@ def loss_metrics(loss, terms, before):
 def outer_loss(base_model, weights, batch, loc_batches, settings, differentiable=True, diagnostics=False):
     """The meta-objective of one batch, given its per-token weights.
 
+    The "before" numbers and the inner steps run in the base model's own mode (train mode: with
+    dropout, as the reference); everything after the update runs in eval mode, as the reference
+    scores the updated model.
     Returns (loss, metrics, updated_params): loss = answer NLL after the inner update
     + c_kl x mean KL(before || after) over the locality sets (+ c_norm x weight-norm penalty);
     metrics are floats; updated_params (detached) are the base weights after the update.
     diagnostics=True also measures the document loss before and after the update.
     """
     before = reference_outputs(base_model, batch, loc_batches, diagnostics)
-    with inner_loop(base_model, batch["text_ids"], batch["text_mask"], weights, settings, differentiable) as adapted:
+    with inner_loop(base_model, batch["text_ids"], batch["text_mask"], weights, settings, differentiable) as adapted, \
+            eval_mode(adapted.module):
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             loss, terms = adapted_loss(adapted, weights, batch, loc_batches, before, settings)
         metrics = loss_metrics(loss, terms, before)
@@ -301,7 +329,8 @@ def forward_meta_gradient(weight_model, base_model, batch, loc_batches, settings
         params = {**frozen, **dict(zip(names, current))}
         weights = torch.cat([torch.func.functional_call(weight_model, params, (ids[None], mask[None]))
                              for ids, mask in zip(batch["text_ids"], batch["text_mask"])])
-        with inner_loop(base_model, batch["text_ids"], batch["text_mask"], weights, settings) as adapted:
+        with inner_loop(base_model, batch["text_ids"], batch["text_mask"], weights, settings) as adapted, \
+                eval_mode(adapted.module):
             loss, terms = adapted_loss(adapted, weights, batch, loc_batches, before, settings, one_at_a_time=True)
             return loss, (terms, tuple(adapted.params), weights)
 

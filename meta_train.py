@@ -3,6 +3,7 @@
 The loop over batches accumulates the meta-gradient of meta_objective.outer_loss into the weight
 model, steps Adam, carries and resets the base model, validates, checkpoints and resumes.
 """
+import dataclasses
 import json
 import math
 import random
@@ -24,12 +25,21 @@ RESUMABLE_CHANGES = ("max_outer_steps", "n_epochs", "progress", "wandb", "wandb_
                      "output_dir", "resume_from", "overwrite", "cache_dir")
 # what a meta-training run writes into its folder (removed by overwrite=true)
 OUTPUTS = ("metrics.jsonl", "summary.json", "checkpoints", "samples", "config.yaml", "config_resumed_at_step_*.yaml")
+BATCH_ORDERS = ("rows", "documents")
 
 
 def batched(items, size):
-    """Consecutive full batches (a trailing partial batch is dropped so the base-model reset
-    schedule, counted in documents, stays aligned with batch boundaries)."""
-    return [items[i:i + size] for i in range(0, len(items) - size + 1, size)]
+    """Consecutive batches of `size`; the last may be smaller (as a DataLoader without drop_last)."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def epoch_order(examples, batch_order, rng):
+    """One epoch's order of the training rows. rows: a shuffle of all rows (the reference's shuffled
+    DataLoader), so a batch holds mostly distinct documents; documents: documents in shuffled order,
+    each document's rows together."""
+    if batch_order == "rows":
+        return rng.sample(examples, len(examples))
+    return group_shuffle(examples, example_group, rng)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,25 +94,27 @@ class MetaTrainer:
     its starting weights, the weight model and its optimiser, data and logs."""
 
     def __init__(self, cfg, base_model, weight_model, tokenizer, train_examples, val_examples, web_texts, out_dir,
-                 device):
+                 device, val_web_texts=None):
         self.cfg = cfg
-        self.settings = MetaSettings.from_config(cfg)
         self.base_model = base_model
         self.weight_model = weight_model
         self.tokenizer = tokenizer
         self.device = device
         self.out_dir = Path(out_dir)
-        self.collator = QACollator.from_config(tokenizer, cfg.dataset)
+        self.collator = QACollator.from_config(tokenizer, cfg.dataset, models=[base_model, weight_model])
+        self.settings = dataclasses.replace(MetaSettings.from_config(cfg), max_text_len=self.collator.max_text_len)
         self.start_state = util.snapshot_parameters(base_model)
         self.trainable = [p for p in weight_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.trainable, lr=float(cfg.outer_lr))
         self.train_examples = train_examples
-        self.val_batches = batched(group_shuffle(val_examples, example_group, random.Random(cfg.seed)),
+        # one fixed order of the validation rows, drawn as a training epoch's
+        self.val_batches = batched(epoch_order(val_examples, cfg.batch_order, random.Random(cfg.seed)),
                                    cfg.update_batch_size)[: cfg.val_batches]
-        if len(batched(train_examples, cfg.update_batch_size)) == 0 or not self.val_batches:
+        if min(len(train_examples), len(val_examples)) < cfg.update_batch_size:
             raise UsageError(f"the train and val splits need at least update_batch_size={cfg.update_batch_size} "
                              f"examples each (have {len(train_examples)} and {len(val_examples)})")
         self.web_texts = web_texts
+        self.val_web_texts = web_texts if val_web_texts is None else val_web_texts
         self.loc_rng = random.Random(cfg.seed + 1)
         self.shuffle_rng = random.Random(cfg.seed)
         self.docs_since_reset = 0
@@ -128,10 +140,11 @@ class MetaTrainer:
             self.reset_base()
 
     # -- one batch ----------------------------------------------------------------------------
-    def loc_batches(self, rng):
-        if not self.web_texts:
+    def loc_batches(self, rng, web_texts=None):
+        web_texts = self.web_texts if web_texts is None else web_texts
+        if not web_texts:
             return {}
-        texts = rng.sample(self.web_texts, min(self.cfg.loc_batch_size, len(self.web_texts)))
+        texts = rng.sample(web_texts, min(self.cfg.loc_batch_size, len(web_texts)))
         ids, mask = self.collator.encode_texts(texts)
         return {"web_text": (ids.to(self.device), mask.to(self.device))}
 
@@ -164,8 +177,9 @@ class MetaTrainer:
         for examples in tqdm(self.val_batches, desc="validation", leave=False, disable=not self.cfg.progress):
             batch = make_batch(self.collator, examples, self.device)
             weights = self.batch_weights(batch)
-            _, metrics, updated = outer_loss(self.base_model, weights, batch, self.loc_batches(loc_rng),
-                                             self.settings, differentiable=False, diagnostics=True)
+            _, metrics, updated = outer_loss(self.base_model, weights, batch,
+                                             self.loc_batches(loc_rng, self.val_web_texts), self.settings,
+                                             differentiable=False, diagnostics=True)
             self.advance_base(updated, len(examples))
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -279,7 +293,7 @@ class MetaTrainer:
     def fit(self):
         cfg = self.cfg
         batches_per_epoch = len(batched(self.train_examples, cfg.update_batch_size))
-        total_steps = cfg.n_epochs * batches_per_epoch // cfg.grad_acc_steps
+        total_steps = cfg.n_epochs * math.ceil(batches_per_epoch / cfg.grad_acc_steps)
         if cfg.max_outer_steps is not None:
             total_steps = min(total_steps, int(cfg.max_outer_steps))
         started = time.time()
@@ -291,7 +305,32 @@ class MetaTrainer:
         progress = tqdm(total=total_steps, initial=self.step, desc="meta-train", disable=not cfg.progress)
         self.weight_model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        accumulated, window, step_started = 0, [], time.time()
+        window, step_started = [], time.time()
+
+        def optimizer_step(epoch):
+            """Clip, step Adam on the batches of `window`, log, validate and render on schedule."""
+            nonlocal window, step_started, last_val
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, float(cfg.grad_clip_thresh))
+            self.check_finite(f"the weight model's gradient norm at outer step {self.step + 1}", grad_norm.item())
+            self.optimizer.step()
+            self.check_finite(f"a weight-model parameter after outer step {self.step + 1}",
+                              0.0 if all(torch.isfinite(p).all() for p in self.trainable) else math.nan)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            means = {k: sum(m[k] for m in window if k in m) / sum(k in m for m in window)
+                     for k in dict.fromkeys(k for m in window for k in m)}
+            row = dict(split="train", step=self.step, epoch=epoch, **means, grad_norm=grad_norm.item(),
+                       step_s=time.time() - step_started, elapsed_s=time.time() - started)
+            self.log(row)
+            progress.update(1)
+            progress.set_postfix(outer=f"{row['outer_loss']:.4f}", val=f"{last_val['total']:.4f}")
+            window, step_started = [], time.time()
+            if self.step % cfg.val_steps == 0:
+                last_val = self.run_validation(started)
+                self.save_last(last_val)
+            if self.step % cfg.sample_steps == 0:
+                self.render_samples()
+
         for epoch in range(max(self.epoch, 1), cfg.n_epochs + 1):
             if self.step >= total_steps:
                 break
@@ -301,8 +340,8 @@ class MetaTrainer:
                 self.reset_base()
             # the same generator state gives the same order, also when a resumed run re-enters an epoch
             self.shuffle_rng.setstate(self.epoch_rng_state)
-            order = group_shuffle(self.train_examples, example_group, self.shuffle_rng)
-            batches = batched(order, cfg.update_batch_size)
+            batches = batched(epoch_order(self.train_examples, cfg.batch_order, self.shuffle_rng),
+                              cfg.update_batch_size)
             for index, examples in enumerate(batches):
                 if index < self.batch_in_epoch:
                     continue
@@ -311,31 +350,12 @@ class MetaTrainer:
                 window.append(self.train_batch(examples))
                 self.check_finite(f"the outer loss at outer step {self.step + 1}", window[-1]["outer_loss"])
                 self.batch_in_epoch = index + 1
-                accumulated += 1
-                if accumulated < cfg.grad_acc_steps:
-                    continue
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, float(cfg.grad_clip_thresh))
-                self.check_finite(f"the weight model's gradient norm at outer step {self.step + 1}", grad_norm.item())
-                self.optimizer.step()
-                self.check_finite(f"a weight-model parameter after outer step {self.step + 1}",
-                                  0.0 if all(torch.isfinite(p).all() for p in self.trainable) else math.nan)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                means = {k: sum(m[k] for m in window if k in m) / sum(k in m for m in window)
-                         for k in dict.fromkeys(k for m in window for k in m)}
-                row = dict(split="train", step=self.step, epoch=epoch, **means, grad_norm=grad_norm.item(),
-                           step_s=time.time() - step_started, elapsed_s=time.time() - started)
-                self.log(row)
-                progress.update(1)
-                progress.set_postfix(outer=f"{row['outer_loss']:.4f}", val=f"{last_val['total']:.4f}")
-                accumulated, window, step_started = 0, [], time.time()
-                if self.step % cfg.val_steps == 0:
-                    last_val = self.run_validation(started)
-                    self.save_last(last_val)
-                if self.step % cfg.sample_steps == 0:
-                    self.render_samples()
-            # an epoch is complete when all its batches were used, or when only batches too few for
-            # another optimiser step were left at the natural end of training (not a max_outer_steps cap)
+                # the epoch's last batches step even when fewer than grad_acc_steps (as the reference
+                # steps at each epoch end), so no gradient crosses into the next epoch
+                if len(window) == cfg.grad_acc_steps or self.batch_in_epoch == len(batches):
+                    optimizer_step(epoch)
+            # an epoch is complete when all its batches were used, or at the natural end of training
+            # (not a max_outer_steps cap)
             capped = cfg.max_outer_steps is not None and self.step >= int(cfg.max_outer_steps)
             if cfg.save_epoch_checkpoints and (self.batch_in_epoch == len(batches) or not capped):
                 self.save_checkpoint(f"epoch_{epoch}", dict(step=self.step, epoch=epoch))
@@ -411,14 +431,17 @@ def train(cfg):
     train_examples = load_split(cfg.dataset, "train")
     val_examples = load_split(cfg.dataset, "val")
     web_texts = load_web_text(web_text_path(cfg)) if cfg.web_text_loc else []
+    val_web_texts = load_web_text(cfg.web_text_val_csv) if cfg.web_text_loc and cfg.web_text_val_csv else None
     tokenizer = util.load_tokenizer(cfg.tokenizer_name or cfg.base_model)
     # second-order gradients through SDPA attention are not implemented on every device
     base_model = util.load_causal_lm(cfg.base_model, util.base_state_dict(cfg), attn_implementation="eager",
                                      torch_dtype=dtype).to(device)
-    base_model.eval()  # no dropout: the meta-gradient is the gradient of one function
+    # dropout as the reference: on in the inner loop and for the "before" logits (meta_objective
+    # switches it off for the losses after the update); meta_dropout=false: off throughout
+    base_model.train(bool(cfg.meta_dropout))
     weight_model = build_weight_model(cfg.model, tokenizer).to(device=device, dtype=dtype)
     trainer = MetaTrainer(cfg, base_model, weight_model, tokenizer, train_examples, val_examples, web_texts,
-                          out_dir, device)
+                          out_dir, device, val_web_texts)
     if resume:
         trainer.resume(out_dir / "checkpoints" / "last")
     out_dir.mkdir(parents=True, exist_ok=True)

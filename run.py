@@ -30,7 +30,7 @@ import run_folder
 import util
 from configs import method_name, stream_name
 from exp_datasets import SPLITS, QACollator, load_split, make_stream
-from subroutines import evaluate_qa, light_tune, parse_eval_modes, weighted_train
+from subroutines import Decoding, evaluate_qa, light_tune, parse_eval_modes, question_sample, weighted_train
 from util import UsageError
 from weight_model import WEIGHT_MODELS, build_weight_model, load_weight_model
 
@@ -50,14 +50,12 @@ OUTPUTS = ("summary.json", "results.csv", "metrics.json", "config.yaml", EVAL_ST
 def check_eval_config(cfg):
     """What the schema (configs.EvalConfig) cannot say: registries, files, options that go together."""
     util.check_values(cfg)
-    parse_eval_modes(cfg.eval)
+    Decoding.from_config(cfg).check(parse_eval_modes(cfg.eval)[0])
     name = cfg.model.get("name")
     if name not in WEIGHT_MODELS:
         raise UsageError(f"model={name} is unknown; choose one of {', '.join(WEIGHT_MODELS)}")
     if WEIGHT_MODELS[name].learned and not cfg.weight_model_path:
         raise UsageError(f"model={name} needs weight_model_path=/path/to/checkpoint (a folder or .pt from task=train)")
-    if cfg.weight_model_path and not WEIGHT_MODELS[name].learned:
-        raise UsageError("weight_model_path is only used with a learned weight model; drop it or use model=CaMeLS")
     if cfg.test_path and not Path(cfg.test_path).is_file():
         raise UsageError(f"test_path {cfg.test_path} does not exist; point it at a CSV of the dataset's format")
     util.base_state_dict(cfg)
@@ -80,6 +78,10 @@ def dataset_texts(dataset_cfg, stream_texts):
 
 
 def load_weight_model_for_eval(cfg, tokenizer, stream_texts):
+    if cfg.weight_model_path and not WEIGHT_MODELS[cfg.model.name].learned:
+        # one sweep may cover model=uniform,ssm,TFIDF,CaMeLS with the CaMeLS checkpoint given once
+        log.info(f"model={cfg.model.name} has no parameters: weight_model_path is not used")
+        cfg.weight_model_path = None
     if cfg.weight_model_path:
         weight_model = load_weight_model(cfg.weight_model_path, tokenizer, cfg.model)
         cfg.model.pretrained_model = weight_model.options["pretrained_model"]  # record the real body
@@ -88,14 +90,16 @@ def load_weight_model_for_eval(cfg, tokenizer, stream_texts):
 
 
 def metric_subset(summary):
-    return None if summary is None else {k: summary[k] for k in ("em", "f1", "nll")}
+    return None if summary is None else {k: summary[k] for k in ("em", "f1", "em_at_k", "f1_at_k", "nll")}
 
 
 def results_frame(rows, summary):
     """Per-question rows, then one summary row per metric (its value in that metric's column)."""
-    columns = ["question", "answer", "prediction", "predictions", "f1s", "f1", "max_f1", "em", "nll"]
+    columns = ["question", "answer", "golds", "prediction", "predictions", "f1s", "f1", "max_f1", "em", "em_at_k",
+               "f1_at_k", "nll", "n_answer_tokens"]
     frame = pd.DataFrame(rows, columns=columns)
-    labels = {"em": "EM", "f1": "mean F1", "max_f1": "max F1", "nll": "mean NLL"}
+    labels = {"em": "EM", "f1": "mean F1", "max_f1": "max F1", "em_at_k": "EM top-K (any)",
+              "f1_at_k": "mean F1 top-K (mean over K)", "nll": "mean NLL (over answer tokens)"}
     extra = [{"question": "<summary>", "answer": label, key: summary[key]}
              for key, label in labels.items() if summary[key] is not None]
     return pd.concat([frame, pd.DataFrame(extra, columns=columns)], ignore_index=True)
@@ -130,13 +134,15 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     texts = [document.text for document in stream]
     questions = [example for document in stream for example in document.examples]
     weight_model = load_weight_model_for_eval(cfg, tokenizer, texts)
-    collator = QACollator.from_config(tokenizer, cfg.dataset)
+    collator = QACollator.from_config(tokenizer, cfg.dataset, models=[base_model, weight_model],
+                                      answer_match=cfg.answer_match)
+    decoding = Decoding.from_config(cfg)
     unrelated = None
     if cfg.unrelated_qa_eval:
-        unrelated = load_split(cfg.dataset, cfg.unrelated_split)[: cfg.unrelated_questions or None]
+        unrelated = question_sample(load_split(cfg.dataset, cfg.unrelated_split), cfg.unrelated_questions, cfg.seed)
     if cfg.qa_lt_final:
         lt_train = load_split(cfg.dataset, "qa_train")
-        lt_val = load_split(cfg.dataset, "qa_val")[: cfg.lt_val_questions or None]
+        lt_val = question_sample(load_split(cfg.dataset, "qa_val"), cfg.lt_val_questions, cfg.seed)
     if cfg.grad_checkpointing:
         base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base_model.config.use_cache = False
@@ -148,7 +154,7 @@ def evaluate(cfg: DictConfig, run_dir: Path):
 
     def score(examples, desc):
         return evaluate_qa(base_model, tokenizer, examples, collator, device, eval_modes, cfg.eval_batch_size,
-                           cfg.max_new_tokens, desc=desc, progress=progress)
+                           decoding, desc=desc, progress=progress)
 
     if resume_state is not None:  # the scores before adapting and along the stream so far were saved with it
         metrics, init_summary, curve = resume_state["metrics"], resume_state["init"], resume_state["curve"]
@@ -185,8 +191,10 @@ def evaluate(cfg: DictConfig, run_dir: Path):
         metrics["light_tuning"] = light_tune(
             base_model, tokenizer, lt_train, lt_val, collator, device, lr=cfg.lt_lr, batch_size=cfg.lt_batch_size,
             val_steps=cfg.lt_val_steps, patience=cfg.lt_patience, stopping_metric=cfg.lt_stopping_metric,
-            max_epochs=cfg.lt_epochs, eval_modes=eval_modes, eval_batch_size=cfg.eval_batch_size,
-            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=progress)
+            max_epochs=cfg.lt_epochs, optimizer=cfg.lt_optimizer, grad_acc_steps=cfg.lt_grad_acc_steps,
+            grad_clip_thresh=cfg.lt_grad_clip_thresh, eval_batch_size=cfg.eval_batch_size,
+            decoding=Decoding(method="greedy", max_new_tokens=cfg.max_new_tokens,
+                              first_line=cfg.answer_first_line), seed=cfg.seed, progress=progress)
     rows, final = score(questions, "QA after")
     unrelated_summary = metric_subset(score(unrelated, "unrelated QA after")[1]) if unrelated is not None else None
     metrics["curve"] = curve
@@ -216,8 +224,10 @@ def run_summary(cfg, method, texts, questions, final, init, unrelated, started, 
         "split": str(cfg.test_path) if cfg.test_path else str(cfg.split), "base_model": str(cfg.base_model),
         "downsample_to": int(cfg.downsample_to), "optimizer": str(cfg.optimizer), "n_epochs": int(cfg.n_epochs),
         "n_documents": len(texts), "n_questions": len(questions),
-        "em": final.get("em"), "f1": final.get("f1"), "max_f1": final.get("max_f1"), "nll": final.get("nll"),
-        "init": init, "unrelated": None if diverged else unrelated, "diverged": bool(diverged),
+        "em": final.get("em"), "f1": final.get("f1"), "max_f1": final.get("max_f1"), "top_k": final.get("top_k"),
+        "em_at_k": final.get("em_at_k"), "f1_at_k": final.get("f1_at_k"), "nll": final.get("nll"),
+        "decoding": str(cfg.decoding), "init": init, "unrelated": None if diverged else unrelated,
+        "diverged": bool(diverged),
         "wall_time_s": time.time() - started, "run_dir": str(run_dir),
     }
 

@@ -1,98 +1,175 @@
 """Online adaptation and QA scoring shared by the entry points and the tiny world's report.
 
-Answer generation, QA scoring (evaluate_qa), the optimisers (make_optimizer), weighted online
-adaptation on a document stream (weighted_train) and light QA tuning (light_tune).
+Answer generation (diverse beam search or greedy), QA scoring (evaluate_qa), the optimisers
+(make_optimizer), weighted online adaptation on a document stream (weighted_train), and the QA
+fine-tuning loop (qa_tuning_loop) of light QA tuning (light_tune) and train_qa.py.
 """
 import math
+import random
 import re
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from exp_datasets.collate import model_positions
 from util import (UsageError, answer_nll, exact_match, f1_score, restore_parameters, snapshot_parameters,
                   weighted_lm_loss)
 
-# Diverse beam search for top-K evaluation (README: "Online adaptation evaluation")
-DIVERSE_BEAMS = dict(num_beams=12, num_beam_groups=4, diversity_penalty=10.0)
+DECODINGS = ("beam", "greedy")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How answers are generated. beam: the reference's diverse beam search (num_beams beams in
+    num_beam_groups groups, diversity_penalty between groups, early stopping), the best
+    sequences returned; greedy: one greedy continuation (top-1 only)."""
+
+    method: str = "beam"
+    num_beams: int = 12
+    num_beam_groups: int = 4
+    diversity_penalty: float = 10.0
+    max_new_tokens: int = 16
+    first_line: bool = False  # cut each answer at its first line break
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(method=str(cfg.decoding), num_beams=int(cfg.num_beams), num_beam_groups=int(cfg.num_beam_groups),
+                   diversity_penalty=float(cfg.diversity_penalty), max_new_tokens=int(cfg.max_new_tokens),
+                   first_line=bool(cfg.answer_first_line))
+
+    def beams_for(self, top_k):
+        """Beams for top-K: the configured number, raised (as the reference does) to the next multiple
+        of num_beam_groups above K when K needs more."""
+        return max(self.num_beams, top_k - top_k % self.num_beam_groups + self.num_beam_groups)
+
+    def check(self, top_k):
+        if self.method not in DECODINGS:
+            raise UsageError(f"decoding={self.method} is unknown; use one of {', '.join(DECODINGS)}")
+        if self.method == "greedy" and top_k and top_k > 1:
+            raise UsageError(f"eval=em{top_k} needs decoding=beam (greedy decoding gives one answer)")
+        if self.method == "beam" and self.num_beams % self.num_beam_groups:
+            raise UsageError(f"num_beams={self.num_beams} must be a multiple of num_beam_groups={self.num_beam_groups}")
+
+
+GREEDY = Decoding(method="greedy")
 
 
 def parse_eval_modes(modes):
-    """`em` (greedy top-1), `em<K>` (top-K by diverse beam search, e.g. em4) and `ppl` (answer NLL).
+    """`em` (top-1), `em<K>` (top-K, e.g. em4) and `ppl` (answer NLL).
 
-    Returns (top_k or None, with_nll). top_k is 1 for plain `em`.
+    Returns (top_k or None, with_nll). top_k is 1 for plain `em`, else the largest K asked for.
     """
     top_k, with_nll = None, False
     for mode in modes:
         match = re.fullmatch(r"em(\d*)", str(mode))
         if str(mode) == "ppl":
             with_nll = True
-        elif match:
+        elif match and match.group(1) != "0":
             top_k = max(top_k or 1, int(match.group(1) or 1))
         else:
             raise UsageError(f"eval mode {mode!r} is unknown; use em, em<K> (e.g. em4) or ppl")
-    if top_k and top_k > DIVERSE_BEAMS["num_beams"]:
-        raise UsageError(f"eval=em{top_k}: top-K cannot exceed num_beams={DIVERSE_BEAMS['num_beams']}")
     return top_k, with_nll
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, gen_ids, gen_mask, max_new_tokens=16, top_k=1):
-    """Continuations of left-padded question prompts: a list (one per prompt) of `top_k` strings.
-
-    top_k=1 is greedy decoding; more uses diverse beam search and keeps the best `top_k` beams.
-    Each answer is cut at the first line break, since a QA model may run on into a new line.
+def generate_answers(model, tokenizer, gen_ids, gen_mask, decoding=GREEDY, top_k=1):
+    """Continuations of left-padded question prompts: a list (one per prompt) of `top_k` strings,
+    best first. A prompt longer than the model's positions allow (with the answer's) keeps its end.
     """
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    if top_k > 1:
-        kwargs.update(DIVERSE_BEAMS, num_return_sequences=top_k)
+    positions = model_positions(model)
+    if positions is not None and gen_ids.shape[1] + decoding.max_new_tokens > positions:
+        keep = positions - decoding.max_new_tokens
+        gen_ids, gen_mask = gen_ids[:, -keep:], gen_mask[:, -keep:]
+    kwargs = dict(max_new_tokens=decoding.max_new_tokens, do_sample=False, use_cache=True,
+                  pad_token_id=tokenizer.pad_token_id)
+    if decoding.method == "beam":
+        kwargs.update(num_beams=decoding.beams_for(top_k), num_beam_groups=decoding.num_beam_groups,
+                      diversity_penalty=decoding.diversity_penalty, early_stopping=True,
+                      num_return_sequences=top_k)
+    if decoding.method == "beam" and gen_ids.shape[1] > 1:
+        kwargs["past_key_values"] = beam_prompt_cache(model, gen_ids, gen_mask, kwargs["num_beams"])
     output = model.generate(input_ids=gen_ids, attention_mask=gen_mask, **kwargs)
-    texts = tokenizer.batch_decode(output[:, gen_ids.shape[1]:], skip_special_tokens=True)
-    texts = [t.strip().split("\n")[0].strip() for t in texts]
+    texts = [t.strip() for t in tokenizer.batch_decode(output[:, gen_ids.shape[1]:], skip_special_tokens=True)]
+    if decoding.first_line:
+        texts = [t.split("\n")[0].strip() for t in texts]
     return [texts[i: i + top_k] for i in range(0, len(texts), top_k)]
+
+
+def beam_prompt_cache(model, gen_ids, gen_mask, num_beams):
+    """The key/value cache of every prompt but its last token, computed once per question and
+    repeated for its beams: beam search would otherwise encode each prompt once per beam. The
+    positions are those generate derives from the attention mask (left padding)."""
+    positions = (gen_mask.long().cumsum(-1) - 1).masked_fill(gen_mask == 0, 1)
+    cache = model(input_ids=gen_ids[:, :-1], attention_mask=gen_mask[:, :-1], position_ids=positions[:, :-1],
+                  use_cache=True).past_key_values
+    cache.batch_repeat_interleave(num_beams)
+    return cache
+
+
+def score_predictions(predictions, golds):
+    """Metrics of one question's top-K predictions (best first). Each prediction scores against its
+    best-matching gold alternative; em/f1: the first prediction; max_f1: the best of the K;
+    em_at_k: 1 if any of the K matches; f1_at_k: the mean F1 of the K (the reference's top-K)."""
+    ems = [max(exact_match(p, gold) for gold in golds) for p in predictions]
+    f1s = [max(f1_score(p, gold) for gold in golds) for p in predictions]
+    return dict(em=ems[0], f1=f1s[0], max_f1=max(f1s), em_at_k=max(ems), f1_at_k=sum(f1s) / len(f1s), f1s=f1s)
 
 
 @torch.no_grad()
 def evaluate_qa(model, tokenizer, examples, collator, device, eval_modes=("em",), batch_size=16,
-                max_new_tokens=16, desc="QA eval", progress=True):
+                decoding=GREEDY, desc="QA eval", progress=True):
     """Score `examples` with the model: per-question rows and a summary of means.
 
-    rows: question, answer, prediction (top-1), predictions (top-K, ' || '-joined), em, f1,
-    max_f1 (over top-K), f1s (F1 of each top-K prediction, space-separated), nll (answer NLL,
-    when `ppl` is among the modes).
+    Each prediction is scored against every gold alternative of its question (the best counts),
+    or the training target alone when the collator's answer_match is "shortest".
+    rows: question, answer (training target), golds (' | '-joined), prediction (top-1),
+    predictions (top-K, ' || '-joined), em and f1 (top-1), max_f1 (best of the K), em_at_k (1 if
+    any of the K matches), f1_at_k (mean F1 of the K), f1s, nll (mean over the question's answer
+    tokens) and n_answer_tokens, when `ppl` is among the modes.
     """
     top_k, with_nll = parse_eval_modes(eval_modes)
+    decoding.check(top_k)
     was_training = model.training
     model.eval()
     rows = []
     for start in tqdm(range(0, len(examples), batch_size), desc=desc, disable=not progress, leave=False):
         batch = collator(examples[start: start + batch_size])
-        nll = [None] * len(batch["questions"])
+        size = len(batch["questions"])
+        nll, n_tokens = [None] * size, [None] * size
         if with_nll:
             logits = model(input_ids=batch["qa_ids"].to(device), attention_mask=batch["qa_mask"].to(device)).logits
             nll = answer_nll(logits, batch["qa_labels"].to(device), reduction="none").tolist()
-        predictions = [[""]] * len(batch["questions"])
+            n_tokens = (batch["qa_labels"][:, 1:] != -100).sum(1).tolist()
+        predictions = [[""]] * size
         if top_k:
             predictions = generate_answers(model, tokenizer, batch["gen_ids"].to(device),
-                                           batch["gen_mask"].to(device), max_new_tokens, top_k)
-        for question, answer, preds, example_nll in zip(batch["questions"], batch["answers"], predictions, nll):
-            f1s = [f1_score(p, answer) for p in preds]
-            rows.append(dict(question=question, answer=answer, prediction=preds[0],
-                             predictions=" || ".join(preds), em=exact_match(preds[0], answer),
-                             f1=f1s[0], max_f1=max(f1s), f1s=" ".join(f"{f:.4f}" for f in f1s),
-                             nll=example_nll))
+                                           batch["gen_mask"].to(device), decoding, top_k)
+        for question, answer, golds, preds, example_nll, count in zip(
+                batch["questions"], batch["answers"], batch["golds"], predictions, nll, n_tokens):
+            scores = score_predictions(preds, golds)
+            scores["f1s"] = " ".join(f"{f:.4f}" for f in scores["f1s"])
+            rows.append(dict(question=question, answer=answer, golds=" | ".join(golds), prediction=preds[0],
+                             predictions=" || ".join(preds), **scores, nll=example_nll, n_answer_tokens=count))
     model.train(was_training)
-    return rows, summarize(rows, with_generation=bool(top_k), with_nll=with_nll)
+    return rows, summarize(rows, top_k=top_k, with_nll=with_nll)
 
 
-def summarize(rows, with_generation=True, with_nll=False):
-    """Means over per-question rows; metrics that were not computed are None."""
+def summarize(rows, top_k=1, with_nll=False):
+    """Means over per-question rows; metrics that were not computed are None. em and f1 are always
+    top-1; em_at_k (any of K) and f1_at_k (mean over K) are the reference's top-K metrics, given
+    when K > 1. nll is the mean over all answer tokens (a question weighs by its answer's length)."""
     n = max(len(rows), 1)
     mean = lambda key: sum(r[key] for r in rows) / n  # noqa: E731
-    return dict(em=mean("em") if with_generation else None,
-                f1=mean("f1") if with_generation else None,
-                max_f1=mean("max_f1") if with_generation else None,
-                nll=mean("nll") if with_nll else None,
-                n_questions=len(rows))
+    with_k = bool(top_k and top_k > 1)
+    nll = None
+    if with_nll:
+        tokens = sum(r["n_answer_tokens"] for r in rows)
+        nll = sum(r["nll"] * r["n_answer_tokens"] for r in rows) / max(tokens, 1)
+    return dict(em=mean("em") if top_k else None, f1=mean("f1") if top_k else None,
+                max_f1=mean("max_f1") if top_k else None, top_k=top_k,
+                em_at_k=mean("em_at_k") if with_k else None, f1_at_k=mean("f1_at_k") if with_k else None,
+                nll=nll, n_questions=len(rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,70 +293,131 @@ def set_rng_state(state):
 
 
 # ---------------------------------------------------------------------------------------------
-# Light QA tuning after adaptation (the "+qa_tune" baseline)
+# QA fine-tuning: one loop for QA pre-tuning (train_qa.py) and light QA tuning after adaptation
+
+
+def qa_loss(model, collator, examples, device):
+    """Mean NLL over the answer tokens (EOS included when qa_eos) of a batch of QA pairs."""
+    ids, mask, labels = collator.encode_qa([e.question for e in examples], [e.answer for e in examples])
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    return answer_nll(logits, labels.to(device))
+
+
+def qa_tuning_loop(model, collator, train_examples, device, optimizer, validate, batch_size=16, grad_acc_steps=1,
+                   grad_clip_thresh=750.0, val_steps=16, max_steps=None, max_epochs=None, seed=0, progress=True,
+                   desc="QA tuning"):
+    """Fine-tune `model` on the QA loss of `train_examples` until `validate` says stop.
+
+    Batches of `batch_size` pairs come from a fresh shuffle (generator seeded with `seed`) on each
+    pass; every `grad_acc_steps` batches make one optimiser step, its gradient clipped to
+    `grad_clip_thresh`. validate(step, epoch, train_loss) runs before training, every `val_steps`
+    optimiser steps and after the last step, and returns True to stop. Training ends there, after
+    `max_steps` steps or after `max_epochs` passes (None: no limit); a last incomplete group of
+    batches still makes a step. The model is left in eval mode. Returns the number of steps.
+    """
+    rng = random.Random(seed)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    batches_per_epoch = math.ceil(len(train_examples) / batch_size)
+
+    def batches():
+        epoch = 0
+        while max_epochs is None or epoch < max_epochs:
+            epoch += 1
+            order = rng.sample(train_examples, len(train_examples))
+            for index in range(batches_per_epoch):
+                yield epoch, order[index * batch_size: (index + 1) * batch_size]
+
+    step, epoch, losses, validated = 0, 0, [], True
+    stop = validate(0, 0, None)
+    bar = tqdm(total=max_steps, desc=desc, unit="step", disable=not progress, leave=False)
+    model.train()
+    stream = batches()
+    while not stop and (max_steps is None or step < max_steps):
+        group = []
+        for item in stream:
+            epoch = item[0]
+            group.append(item[1])
+            if len(group) == grad_acc_steps:
+                break
+        if not group:
+            break
+        for examples in group:
+            loss = qa_loss(model, collator, examples, device)
+            (loss / len(group)).backward()
+            losses.append(loss.item())
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip_thresh)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.4f}")
+        validated = step % val_steps == 0
+        if validated:
+            stop = validate(step, epoch, sum(losses) / len(losses))
+            losses = []
+            model.train()
+    if not validated and losses:  # the final model is always scored
+        validate(step, epoch, sum(losses) / len(losses))
+    bar.close()
+    model.eval()
+    return step
+
 
 LT_METRICS = ("em", "f1", "max_f1", "nll")
 
 
+def reference_stop(history, metric, patience):
+    """The light-tuning stopping rule of the reference: stop once the best of the last `patience`
+    validations is worse than the best before them (a tie continues). A metric that has not moved
+    at all falls back to the rule on nll."""
+    values = [h[metric] for h in history]
+    if len(values) <= patience:
+        return False
+    before, recent = values[:-patience], values[-patience:]
+    if metric == "nll":
+        return min(before) < min(recent)
+    if max(values) == min(values):
+        return history[0].get("nll") is not None and reference_stop(history, "nll", patience)
+    return max(before) > max(recent)
+
+
+def question_sample(examples, limit, seed):
+    """A fixed random subset of `limit` questions (in their original order); all when limit is
+    None, -1 or at least their number."""
+    if limit is None or limit < 0 or limit >= len(examples):
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]
+
+
 def light_tune(model, tokenizer, train_examples, val_examples, collator, device, lr=2.5e-5, batch_size=16,
-               val_steps=50, patience=3, stopping_metric="max_f1", max_epochs=1, eval_modes=("em",),
-               eval_batch_size=16, max_new_tokens=16, seed=0, progress=True):
-    """Adam on the QA loss of `train_examples` (shuffled with `seed`), validating on
-    `val_examples` before training and every `val_steps` steps; stops when `stopping_metric` has
-    not improved for `patience` validations in a row (or after `max_epochs`) and restores the
-    best state. nll counts lower-is-better, the others higher-is-better.
+               val_steps=16, patience=3, stopping_metric="max_f1", max_epochs=None, optimizer="adam",
+               grad_acc_steps=1, grad_clip_thresh=750.0, eval_batch_size=16, decoding=GREEDY, seed=0,
+               progress=True):
+    """Light QA tuning (the reference's early-stopped QA tuning after adaptation): `optimizer` on
+    the QA loss of `train_examples`, validating on `val_examples` (greedy top-1 and answer NLL,
+    as the reference) before training and every `val_steps` steps, until `reference_stop`; then
+    the state of the best validation under `stopping_metric` (strictly better counts) is restored.
 
-    Returns the validations: [{"step", "em", "f1", "max_f1", "nll", "n_questions"}, ...].
+    Returns the validations: [{"step", "em", "f1", "max_f1", "nll", ...}, ...].
     """
-    import random
-
     if stopping_metric not in LT_METRICS:
         raise UsageError(f"lt_stopping_metric={stopping_metric} is unknown; use one of {', '.join(LT_METRICS)}")
-    if stopping_metric == "nll":
-        eval_modes = (*eval_modes, "ppl")
-    elif parse_eval_modes(eval_modes)[0] is None:
-        eval_modes = (*eval_modes, "em")
     sign = -1.0 if stopping_metric == "nll" else 1.0
-    history = []
+    history, best = [], dict(score=-math.inf, state=None)
 
-    def validate(step):
-        _, summary = evaluate_qa(model, tokenizer, val_examples, collator, device, eval_modes,
-                                 eval_batch_size, max_new_tokens, desc="light-tune val", progress=progress)
-        history.append(dict(step=step, **summary))
-        return sign * summary[stopping_metric]
+    def validate(step, epoch, train_loss):
+        _, summary = evaluate_qa(model, tokenizer, val_examples, collator, device, ("em", "ppl"), eval_batch_size,
+                                 decoding, desc="light-tune val", progress=progress)
+        history.append(dict(step=step, train_loss=train_loss, **summary))
+        if sign * summary[stopping_metric] > best["score"]:
+            best.update(score=sign * summary[stopping_metric], state=snapshot_parameters(model, "cpu"))
+        return reference_stop(history, stopping_metric, patience)
 
-    def shuffled_batches():
-        rng = random.Random(seed)
-        for _ in range(max_epochs):
-            order = list(train_examples)
-            rng.shuffle(order)
-            for start in range(0, len(order), batch_size):
-                yield order[start: start + batch_size]
-
-    best_score, best_state = validate(0), snapshot_parameters(model, "cpu")
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    bad_validations = 0
-    bar = tqdm(desc="light-tuning", disable=not progress, leave=False)
-    for step, examples in enumerate(shuffled_batches(), start=1):
-        model.train()
-        batch = collator(examples)
-        logits = model(input_ids=batch["qa_ids"].to(device), attention_mask=batch["qa_mask"].to(device)).logits
-        loss = answer_nll(logits, batch["qa_labels"].to(device))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % val_steps:
-            continue
-        score = validate(step)
-        if score > best_score:
-            best_score, best_state, bad_validations = score, snapshot_parameters(model, "cpu"), 0
-        else:
-            bad_validations += 1
-            if bad_validations >= patience:
-                break
-    bar.close()
-    restore_parameters(model, best_state)
+    opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr)
+    qa_tuning_loop(model, collator, train_examples, device, opt, validate, batch_size=batch_size,
+                   grad_acc_steps=grad_acc_steps, grad_clip_thresh=grad_clip_thresh, val_steps=val_steps,
+                   max_epochs=max_epochs, seed=seed, progress=progress, desc="light-tuning")
+    restore_parameters(model, best["state"])
     model.eval()
     return history

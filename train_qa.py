@@ -14,7 +14,6 @@ Output folder (hydra.run.dir): outputs/qa_pretraining/<dataset>/<model basename>
 """
 import json
 import math
-import random
 import shutil
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import configs  # noqa: F401 - the config's ${...} resolvers
 import early_checks
 import util
 from exp_datasets import QACollator, load_split
-from subroutines import evaluate_qa, make_optimizer
+from subroutines import Decoding, evaluate_qa, make_optimizer, qa_tuning_loop, question_sample
 
 # checkpoint name -> (validation metric, direction)
 CRITERIA = {"lowest_nll": ("nll", "min"), "highest_f1": ("f1", "max"), "highest_em": ("em", "max")}
@@ -85,14 +84,6 @@ def check_config(cfg):
     util.check_wandb(cfg)
 
 
-def validation_subset(examples, limit, seed):
-    """A fixed random subset of `limit` questions (in their original order), or all of them."""
-    if limit is None or limit >= len(examples):
-        return examples
-    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
-    return [examples[i] for i in keep]
-
-
 def save_checkpoints(names, model, tokenizer, checkpoint_dir):
     """Write the current model under each name in `names`, each folder swapped in atomically.
 
@@ -121,8 +112,8 @@ def best_report(tracker, checkpoint_dir):
 
 
 class Trainer:
-    """The training loop: optimiser steps on the QA loss, validation every `val_steps` steps,
-    checkpoints of the best validations, early stopping on validation NLL."""
+    """QA pre-tuning on subroutines.qa_tuning_loop: validation every `val_steps` steps keeps
+    checkpoints of the best validations and stops early on validation NLL."""
 
     def __init__(self, cfg, model, tokenizer, train_examples, val_examples, device, run_dir, logger=None):
         self.cfg = cfg
@@ -135,7 +126,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.logger = logger
-        self.collator = QACollator.from_config(tokenizer, cfg.dataset)
+        self.collator = QACollator.from_config(tokenizer, cfg.dataset, models=[model])
         self.optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
         self.tracker = BestTracker()
         self.stopper = EarlyStopping(cfg.stop_k)
@@ -143,20 +134,18 @@ class Trainer:
         self.step = 0
         self.start_time = time.time()
 
-    def qa_loss(self, examples):
-        ids, mask, labels = self.collator.encode_qa([e.question for e in examples], [e.answer for e in examples])
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-        return util.answer_nll(logits, labels.to(self.device))
-
-    def validate(self, epoch, train_loss):
-        """Score the validation set, keep checkpoints it improves, log it; True means stop early."""
+    def validate(self, step, epoch, train_loss):
+        """Score the validation set (greedy, as the reference), keep checkpoints it improves, log it;
+        True means stop early."""
+        self.step = step
         _, summary = evaluate_qa(self.model, self.tokenizer, self.val_examples, self.collator, self.device,
                                  eval_modes=VAL_MODES, batch_size=self.cfg.eval_batch_size,
-                                 max_new_tokens=self.cfg.max_new_tokens, desc=f"validate@{self.step}")
-        row = dict(step=self.step, epoch=epoch, train_loss=train_loss, val_nll=summary["nll"],
+                                 decoding=Decoding(method="greedy", max_new_tokens=self.cfg.max_new_tokens),
+                                 desc=f"validate@{step}")
+        row = dict(step=step, epoch=epoch, train_loss=train_loss, val_nll=summary["nll"],
                    val_em=summary["em"], val_f1=summary["f1"], val_questions=summary["n_questions"],
                    elapsed_s=round(time.time() - self.start_time, 1))
-        improved = self.tracker.update(summary, self.step, epoch)
+        improved = self.tracker.update(summary, step, epoch)
         if improved:
             save_checkpoints(improved, self.model, self.tokenizer, self.checkpoint_dir)
             util.atomic_write_text(json.dumps(best_report(self.tracker, self.checkpoint_dir), indent=2) + "\n",
@@ -164,62 +153,27 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a") as log:
             log.write(json.dumps(row) + "\n")
         if self.logger:
-            self.logger.log({k: v for k, v in row.items() if v is not None}, step=self.step)
+            self.logger.log({k: v for k, v in row.items() if v is not None}, step=step)
         self.history.append(row)
-        tqdm.write(f"step {self.step}: val nll {row['val_nll']:.4f} em {row['val_em']:.3f} f1 {row['val_f1']:.3f}"
+        tqdm.write(f"step {step}: val nll {row['val_nll']:.4f} em {row['val_em']:.3f} f1 {row['val_f1']:.3f}"
                    + (f"  (new {', '.join(improved)})" if improved else ""))
         return self.stopper.update(summary["nll"])
 
     def train(self):
         cfg = self.cfg
-        rng = random.Random(cfg.seed)
-        batches_per_epoch = math.ceil(len(self.train_examples) / cfg.batch_size)
-        steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_acc_steps)
-        total_steps = steps_per_epoch * cfg.n_epochs
-        if cfg.max_steps is not None:
-            total_steps = min(total_steps, cfg.max_steps)
-        self.model.train()
         # a rerun into the same folder starts a new log instead of appending to the old one
         (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        stop = self.validate(epoch=0, train_loss=None)
-        progress = tqdm(total=total_steps, desc="QA tuning", unit="step")
-        running_loss, window_losses = None, []
-        epoch = 0
-        while not stop and self.step < total_steps:
-            epoch += 1
-            order = rng.sample(self.train_examples, len(self.train_examples))
-            for index in range(batches_per_epoch):
-                batch = order[index * cfg.batch_size: (index + 1) * cfg.batch_size]
-                loss = self.qa_loss(batch)
-                # the last group of an epoch may hold fewer batches; its gradient is still their mean
-                group_start = index - index % cfg.grad_acc_steps
-                group_size = min(cfg.grad_acc_steps, batches_per_epoch - group_start)
-                (loss / group_size).backward()
-                window_losses.append(loss.item())
-                if index - group_start + 1 < group_size:
-                    continue
-                step_loss = sum(window_losses[-group_size:]) / group_size
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_thresh)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                running_loss = step_loss if running_loss is None else 0.95 * running_loss + 0.05 * step_loss
-                progress.update(1)
-                progress.set_postfix(epoch=epoch, loss=f"{running_loss:.4f}")
-                # the last step always validates, so the final model is scored and can be kept
-                if self.step % cfg.val_steps == 0 or self.step == total_steps:
-                    stop = self.validate(epoch, train_loss=sum(window_losses) / len(window_losses))
-                    window_losses = []
-                if stop or self.step == total_steps:
-                    break
-        progress.close()
+        qa_tuning_loop(self.model, self.collator, self.train_examples, self.device, self.optimizer, self.validate,
+                       batch_size=cfg.batch_size, grad_acc_steps=cfg.grad_acc_steps,
+                       grad_clip_thresh=cfg.grad_clip_thresh, val_steps=cfg.val_steps, max_steps=cfg.max_steps,
+                       max_epochs=cfg.n_epochs, seed=cfg.seed, desc="QA tuning")
         return self.history
 
 
 def load_inputs(cfg, device, dtype):
     """Data, tokenizer and model, each failing with one line (UsageError) when it cannot be had."""
     train_examples = load_split(cfg.dataset, "qa_train")
-    val_examples = validation_subset(load_split(cfg.dataset, "qa_val"), cfg.max_val_questions, cfg.seed)
+    val_examples = question_sample(load_split(cfg.dataset, "qa_val"), cfg.max_val_questions, cfg.seed)
     model = util.load_causal_lm(cfg.model, cfg.load_state_dict_path, torch_dtype=dtype)
     tokenizer = util.load_tokenizer(cfg.tokenizer_name or cfg.model)
     vocab_size = model.get_input_embeddings().num_embeddings

@@ -87,6 +87,7 @@ VALUE_RULES = {
     "positive": (lambda v: v > 0, "it must be a positive number"),
     "non_negative": (lambda v: v >= 0, "it must be a number >= 0"),
     "documents_or_all": (lambda v: v == -1 or v > 0, "use a number of documents, or -1 for all"),
+    "count_or_all": (lambda v: v == -1 or v > 0, "use a number, or -1 for all"),
 }
 
 

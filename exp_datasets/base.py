@@ -8,10 +8,16 @@ import pandas as pd
 from util import UsageError, first_line
 
 
+# what a prediction is scored against: every gold alternative, or the shortest (the reference)
+ANSWER_MATCHES = ("all", "shortest")
+
+
 @dataclass
 class Example:
-    """One question about one document. `group` keeps related documents together when shuffling
-    (a SQuAD title, an ArchivalQA article); `doc_id` identifies the passage."""
+    """One question about one document. `answer` is the training target (the shortest gold
+    alternative); `answers` holds every alternative, which scoring compares against (empty: only
+    `answer`). `group` keeps related documents together when shuffling (a SQuAD title, an
+    ArchivalQA article); `doc_id` identifies the passage."""
 
     text: str
     question: str
@@ -19,6 +25,14 @@ class Example:
     doc_id: str
     group: str = ""
     extra: dict = field(default_factory=dict)
+    answers: list = field(default_factory=list)
+
+    def golds(self, match="all"):
+        """The answers a prediction is scored against: every alternative (match="all", SQuAD's
+        official rule) or the training target alone (match="shortest", the reference's rule)."""
+        if match == "shortest" or not self.answers:
+            return [self.answer]
+        return list(self.answers)
 
 
 @dataclass
@@ -28,8 +42,13 @@ class Document:
     examples: list
 
 
+def clean_answers(answers):
+    """The non-empty alternatives, stripped, in their order."""
+    return [a.strip() for a in answers if a and a.strip()]
+
+
 def shortest_answer(answers):
-    answers = [a.strip() for a in answers if a and a.strip()]
+    answers = clean_answers(answers)
     return min(answers, key=len) if answers else ""
 
 

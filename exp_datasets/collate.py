@@ -1,6 +1,10 @@
 """Tokenisation and batching. Pads each batch only to its own longest sequence; tensors stay on
 the CPU (the training loop moves them)."""
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def pad(sequences, pad_id, side="right"):
@@ -22,19 +26,38 @@ class QACollator:
     qa_ids/qa_mask       question tokens + tokens of " " + answer (+ EOS if qa_eos)
     qa_labels            -100 except on the answer tokens (the QA loss target)
     gen_ids/gen_mask     the question alone, left-padded, as a generation prompt
+    golds                per example, the answers a prediction is scored against
+
+    `max_positions` (the fewest positions among the models that read the batches) lowers the
+    lengths so that no sequence outruns a model: documents to max_positions tokens, questions so
+    that question + answer (+ EOS) fit.
     """
 
-    def __init__(self, tokenizer, max_text_len=1024, max_question_len=128, max_answer_len=24, qa_eos=False):
+    def __init__(self, tokenizer, max_text_len=1024, max_question_len=128, max_answer_len=24, qa_eos=False,
+                 max_positions=None, answer_match="all"):
         self.tokenizer = tokenizer
+        self.qa_eos = qa_eos
+        self.answer_match = answer_match
+        self.max_answer_len = max_answer_len
         self.max_text_len = max_text_len
         self.max_question_len = max_question_len
-        self.max_answer_len = max_answer_len
-        self.qa_eos = qa_eos
+        if max_positions is not None:
+            self.max_answer_len = min(max_answer_len, max_positions // 2)
+            self.max_text_len = min(max_text_len, max_positions)
+            self.max_question_len = min(max_question_len, max_positions - self.max_answer_len - int(qa_eos))
 
     @classmethod
-    def from_config(cls, tokenizer, dataset_cfg):
-        return cls(tokenizer, dataset_cfg.max_text_len, dataset_cfg.max_question_len,
-                   dataset_cfg.max_answer_len, dataset_cfg.get("qa_eos", False))
+    def from_config(cls, tokenizer, dataset_cfg, models=(), answer_match="all"):
+        """The collator of a dataset config; `models` (any with a `config`) bound the lengths."""
+        limit = min_positions(models)
+        collator = cls(tokenizer, dataset_cfg.max_text_len, dataset_cfg.max_question_len,
+                       dataset_cfg.max_answer_len, dataset_cfg.get("qa_eos", True), limit, answer_match)
+        asked = (dataset_cfg.max_text_len, dataset_cfg.max_question_len, dataset_cfg.max_answer_len)
+        if (collator.max_text_len, collator.max_question_len, collator.max_answer_len) != asked:
+            log.info(f"lengths cut to the models' {limit} positions: documents {collator.max_text_len} tokens, "
+                     f"questions {collator.max_question_len}, answers {collator.max_answer_len} "
+                     f"(dataset asks {asked[0]}, {asked[1]}, {asked[2]})")
+        return collator
 
     def question_tokens(self, question):
         return self.tokenizer(question)["input_ids"][: self.max_question_len]
@@ -71,5 +94,21 @@ class QACollator:
         qa_ids, qa_mask, qa_labels = self.encode_qa(questions, answers)
         gen_ids, gen_mask = self.encode_prompts(questions)
         return dict(text_ids=text_ids, text_mask=text_mask, qa_ids=qa_ids, qa_mask=qa_mask,
-                    qa_labels=qa_labels, gen_ids=gen_ids, gen_mask=gen_mask,
-                    texts=texts, questions=questions, answers=answers)
+                    qa_labels=qa_labels, gen_ids=gen_ids, gen_mask=gen_mask, texts=texts, questions=questions,
+                    answers=answers, golds=[e.golds(self.answer_match) for e in examples])
+
+
+def model_positions(model):
+    """How many positions a model (a transformers model, or a weight model with a `backbone`) can
+    read; None if unbounded (heuristic weight models)."""
+    config = getattr(getattr(model, "backbone", model), "config", None)
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def min_positions(models):
+    limits = [p for p in (model_positions(m) for m in models) if p is not None]
+    return min(limits) if limits else None

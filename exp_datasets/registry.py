@@ -2,14 +2,15 @@
 
 Every loader returns plain `Example`s for one of the splits
   qa_train, qa_val  (QA pre-tuning), train, val (meta-training streams), test (evaluation stream);
-answers are already reduced to the shortest alternative (and capitalised where the config says).
+`answer` is the shortest alternative (the training target), `answers` all of them (scoring), both
+capitalised where the config says.
 """
 import random
 import zlib
 from pathlib import Path
 
 from util import UsageError
-from .base import Example, capitalize_first, check_texts, group_shuffle, read_csv, shortest_answer
+from .base import Example, capitalize_first, check_texts, clean_answers, group_shuffle, read_csv, shortest_answer
 
 SPLITS = ("qa_train", "qa_val", "train", "val", "test")
 DATASETS = {}
@@ -34,6 +35,7 @@ def load_split(dataset_cfg, split, path=None):
     if dataset_cfg.get("capitalize_answers", False):
         for example in examples:
             example.answer = capitalize_first(example.answer)
+            example.answers = [capitalize_first(a) for a in example.answers]
     return check_texts(examples, f"dataset={name} split={split}")
 
 
@@ -60,7 +62,7 @@ def load_streamingqa(cfg, split, path=None):
     doc_ids = frame["doc_id"] if "doc_id" in frame.columns else frame["text"].factorize()[0].astype(str)
     return [
         Example(text=row.text, question=row.question, answer=shortest_answer(row.answers.split("\\")),
-                doc_id=str(doc_id), group=str(doc_id),
+                answers=clean_answers(row.answers.split("\\")), doc_id=str(doc_id), group=str(doc_id),
                 extra={k: getattr(row, k) for k in ("answer_start", "answer_end") if k in frame.columns})
         for row, doc_id in zip(frame.itertuples(index=False), doc_ids)
     ]
@@ -81,7 +83,8 @@ def load_archivalqa(cfg, split, path=None):
     frame = read_csv(file, ["question", "answer", "doc_id", text_column], "ArchivalQA")
     examples = [
         Example(text=getattr(row, text_column), question=row.question,
-                answer=shortest_answer(row.answer.split("\\")), doc_id=str(row.doc_id), group=str(row.doc_id))
+                answer=shortest_answer(row.answer.split("\\")), answers=clean_answers(row.answer.split("\\")),
+                doc_id=str(row.doc_id), group=str(row.doc_id))
         for row in frame.itertuples(index=False)
     ]
     return group_shuffle(examples, lambda e: e.group, random.Random(cfg.get("shuffle_seed", 0)))
@@ -122,6 +125,7 @@ def load_squad(cfg, split, path=None):
         records = records.select(range(start, min(stop, len(records))))
     examples = [
         Example(text=r["context"], question=r["question"], answer=shortest_answer(r["answers"]["text"]),
+                answers=clean_answers(dict.fromkeys(r["answers"]["text"])),
                 doc_id=str(zlib.crc32(r["context"].encode())), group=r["title"])
         for r in records
     ]

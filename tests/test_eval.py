@@ -20,13 +20,14 @@ import run
 import util
 import weight_model as W
 from exp_datasets import QACollator, load_split
-from subroutines import evaluate_qa, light_tune, weighted_train
+from subroutines import Decoding, evaluate_qa, light_tune, weighted_train
 
 REPO = Path(__file__).resolve().parent.parent
 OFFLINE_ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
 SUMMARY_KEYS = {"method", "lr", "seed", "dataset", "split", "base_model", "downsample_to", "optimizer", "n_epochs",
-                "n_documents", "n_questions", "em", "f1", "max_f1", "nll", "init", "unrelated", "diverged",
-                "wall_time_s", "run_dir"}
+                "n_documents", "n_questions", "em", "f1", "max_f1", "top_k", "em_at_k", "f1_at_k", "decoding", "nll",
+                "init", "unrelated", "diverged", "wall_time_s", "run_dir"}
+GREEDY4 = Decoding(method="greedy", max_new_tokens=4, first_line=True)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_evaluate_qa_matches_greedy_decoding_and_metrics(world_parts):
     parts = world_parts
     examples = parts.test[:5]
     rows, summary = evaluate_qa(parts.model, parts.tokenizer, examples, parts.collator, "cpu", ["em", "ppl"],
-                                batch_size=3, max_new_tokens=4, progress=False)
+                                batch_size=3, decoding=GREEDY4, progress=False)
     for example, row in zip(examples, rows):
         prediction = greedy_answer(parts.model, parts.tokenizer, example.question, 4)
         assert row["prediction"] == prediction
@@ -84,14 +85,19 @@ def test_evaluate_qa_matches_greedy_decoding_and_metrics(world_parts):
         assert row["f1"] == row["max_f1"] == util.f1_score(prediction, example.answer)
         assert row["nll"] == pytest.approx(manual_answer_nll(parts.model, parts.tokenizer, example.question,
                                                              example.answer, parts.collator.qa_eos), rel=1e-6)
-    assert summary["nll"] == pytest.approx(sum(r["nll"] for r in rows) / len(rows))
+    # the answer NLL is a mean over all answer tokens: a question weighs by its answer's length
+    n_tokens = [len(parts.collator.answer_tokens(e.answer)) for e in examples]
+    assert [r["n_answer_tokens"] for r in rows] == n_tokens
+    assert summary["nll"] == pytest.approx(sum(r["nll"] * n for r, n in zip(rows, n_tokens)) / sum(n_tokens))
     assert summary["n_questions"] == 5
-    rows, _ = evaluate_qa(parts.model, parts.tokenizer, examples, parts.collator, "cpu", ["em3"],
-                          batch_size=5, max_new_tokens=4, progress=False)
+    rows, summary = evaluate_qa(parts.model, parts.tokenizer, examples, parts.collator, "cpu", ["em3"],
+                                batch_size=5, decoding=Decoding(max_new_tokens=4), progress=False)
     for row in rows:
         f1s = [float(f) for f in row["f1s"].split()]
         assert len(row["predictions"].split(" || ")) == len(f1s) == 3
         assert row["max_f1"] == pytest.approx(max(f1s), abs=1e-4) and row["f1"] == pytest.approx(f1s[0], abs=1e-4)
+        assert row["f1_at_k"] == pytest.approx(sum(f1s) / 3, abs=1e-4)
+    assert summary["top_k"] == 3 and summary["em_at_k"] >= summary["em"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,13 +172,15 @@ def test_light_tune_restores_the_best_validation(world_parts):
     train = load_split(parts.dataset, "qa_train")
     val = load_split(parts.dataset, "qa_val")[:6]
     history = light_tune(model, parts.tokenizer, train, val, parts.collator, "cpu", lr=0.05, batch_size=4,
-                         val_steps=1, patience=2, stopping_metric="nll", max_epochs=3, eval_modes=("ppl",),
+                         val_steps=1, patience=2, stopping_metric="nll", max_epochs=3, decoding=GREEDY4,
                          progress=False)
     nlls = [h["nll"] for h in history]
     best = min(range(len(nlls)), key=nlls.__getitem__)
     assert history[0]["step"] == 0 and [h["step"] for h in history] == list(range(len(history)))
     n_batches = 3 * -(-len(train) // 4)
-    assert best == len(history) - 3 or history[-1]["step"] == n_batches  # stopped by patience, or out of data
+    # stopped by the reference rule (the best of the last 2 worse than the best before), or out of data
+    assert min(nlls[:-2]) < min(nlls[-2:]) or history[-1]["step"] == n_batches
+    assert all(min(nlls[:i - 2]) >= min(nlls[i - 2:i]) for i in range(3, len(nlls)))  # no earlier stop
     _, after = evaluate_qa(model, parts.tokenizer, val, parts.collator, "cpu", ["ppl"], progress=False)
     assert after["nll"] == pytest.approx(nlls[best], rel=1e-9)
 
@@ -188,15 +196,15 @@ def test_uniform_adaptation_lowers_answer_nll(world, tmp_path):
     assert set(summary) == SUMMARY_KEYS
     assert summary["nll"] < summary["init"]["nll"]
     assert summary["method"] == "uniform" and summary["split"] == "test" and summary["n_questions"] > 0
-    assert set(summary["unrelated"]) == {"em", "f1", "nll"}
+    assert set(summary["unrelated"]) == {"em", "f1", "em_at_k", "f1_at_k", "nll"}
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     results = pd.read_csv(tmp_path / "results.csv", keep_default_na=False)
     assert len(results) == summary["n_questions"] + 4
-    assert list(results["answer"].iloc[-4:]) == ["EM", "mean F1", "max F1", "mean NLL"]
+    assert list(results["answer"].iloc[-4:]) == ["EM", "mean F1", "max F1", "mean NLL (over answer tokens)"]
     assert float(results["nll"].iloc[-1]) == pytest.approx(summary["nll"])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["adaptation"]["n_steps"] == summary["n_documents"] == 4
-    assert set(metrics["unrelated_init"]) == {"em", "f1", "nll"}
+    assert set(metrics["unrelated_init"]) == {"em", "f1", "em_at_k", "f1_at_k", "nll"}
 
 
 def test_camels_and_tfidf_runs(world, world_parts, tmp_path):
@@ -205,7 +213,7 @@ def test_camels_and_tfidf_runs(world, world_parts, tmp_path):
     weight_model.save(tmp_path / "wm")
     cfg = compose_config(world, ["model=CaMeLS", f"weight_model_path={tmp_path / 'wm'}", "eval=[ppl]",
                                  "downsample_to=2", "qa_lt_final=true", "lt_val_steps=1", "lt_patience=1",
-                                 "lt_val_questions=4", "lt_stopping_metric=nll"])
+                                 "lt_val_questions=4", "lt_stopping_metric=nll", "lt_epochs=1"])
     summary = run.evaluate(cfg, tmp_path / "camels")
     assert summary["method"] == "CaMeLS+qa_tune" and summary["n_documents"] == 2 and summary["em"] is None
     cfg = compose_config(world, ["model=TFIDF", "eval=[ppl]", "downsample_to=3", "eval_every_k=2"])

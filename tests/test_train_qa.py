@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 import train_qa
 import util
 from exp_datasets import QACollator, load_split
-from subroutines import evaluate_qa
+from subroutines import evaluate_qa, question_sample
 
 REPO = Path(__file__).resolve().parent.parent
 OFFLINE_ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
@@ -116,7 +116,7 @@ def test_best_json_and_checkpoints_match_the_metrics(short_run, tiny_world_small
     folder = run_dir / "checkpoints" / "lowest_nll"
     model = util.load_causal_lm(folder)
     tokenizer = util.load_tokenizer(folder)
-    val = train_qa.validation_subset(load_split(cfg.dataset, "qa_val"), cfg.max_val_questions, cfg.seed)
+    val = question_sample(load_split(cfg.dataset, "qa_val"), cfg.max_val_questions, cfg.seed)
     _, summary = evaluate_qa(model, tokenizer, val, QACollator.from_config(tokenizer, cfg.dataset), "cpu",
                              eval_modes=("ppl",), batch_size=24, progress=False)
     assert summary["nll"] == pytest.approx(best["lowest_nll"]["value"], rel=1e-5)
