@@ -63,7 +63,7 @@ class ArchivalQAConfig(CsvDatasetConfig):
 @dataclass
 class SquadConfig(DatasetConfig):
     hf_name: str = key()
-    local_files: Optional[Dict[str, str]] = key()
+    local_files: Optional[Dict[str, Optional[str]]] = key()
     ranges: Dict[str, List[int]] = key()
     test_split: str = key()
     shuffle_seed: int = key()

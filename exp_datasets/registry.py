@@ -101,7 +101,7 @@ def load_squad(cfg, split, path=None):
         source_split, records = "file", _squad_json(path)
     else:
         source_split = cfg.test_split if split == "test" else "train"
-        local = cfg.get("local_files")
+        local = {k: v for k, v in (cfg.get("local_files") or {}).items() if v}
         if local:
             if source_split not in local or not Path(local[source_split]).is_file():
                 raise UsageError(

@@ -79,7 +79,7 @@ def write_squad(root):
         start += len(records)
         train += records
     (root / "train.json").write_text("\n".join(json.dumps(r) for r in train))
-    return [f"dataset.local_files={{train:'{root / 'train.json'}',validation:'{root / 'validation.json'}'}}",
+    return [f"dataset.local_files.train={root / 'train.json'}", f"dataset.local_files.validation={root / 'validation.json'}",
             *(f"dataset.ranges.{split}=[{a},{b}]" for split, (a, b) in ranges.items())]
 
 
