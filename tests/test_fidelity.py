@@ -284,3 +284,24 @@ def test_validation_kl_reads_its_own_web_text(tiny_world_small, tmp_path):
     assert trainer.validate()["kl_web_text"] != pytest.approx(shared, rel=1e-6)
     ids, _ = trainer.loc_batches(random.Random(0))["web_text"]  # training still draws from its own texts
     assert torch.equal(ids, trainer.collator.encode_texts(trainer.web_texts)[0])
+
+
+def test_checkpointed_meta_gradient_keeps_the_dropout_of_each_call(parts):
+    """With dropout on, recomputation in the backward pass (grad_checkpointing) must replay the
+    inner steps in train mode and the loss after them in eval mode: the same meta-gradient."""
+    config = copy.deepcopy(parts["model"].config)
+    config.update(dict(resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3))
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(config).double().train()
+    collator = parts["collator"]
+    batch = make_batch(collator, parts["test"][:2], "cpu")
+    weights = (torch.ones_like(batch["text_ids"], dtype=torch.float64) * batch["text_mask"]).requires_grad_()
+    grads = []
+    for checkpointed in (False, True):
+        settings = MetaSettings(inner_lr=0.5, backend="torch_func", max_text_len=collator.max_text_len, c_kl=0.0,
+                                grad_checkpointing=checkpointed)
+        torch.manual_seed(3)
+        loss, _, _ = outer_loss(base, weights, batch, {}, settings, differentiable=True)
+        grads.append(torch.autograd.grad(loss, weights)[0])
+        assert base.training
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
