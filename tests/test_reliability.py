@@ -134,7 +134,7 @@ META_KNOBS = ["val_batches=1", "update_batch_size=3", "reset_base_freq=6", "grad
 
 
 def test_meta_training_with_huge_learning_rates_stops_with_one_line(tiny_world_small, tmp_path):
-    cfg = train_config(tiny_world_small, tmp_path / "run", "inner_lr=1e4", "outer_lr=10", "max_outer_steps=8",
+    cfg = train_config(tiny_world_small, tmp_path / "run", "inner_lr=1e9", "outer_lr=10", "max_outer_steps=8",
                        "val_steps=4", *META_KNOBS)
     message = one_line_error(meta_train.train, cfg)
     assert "diverged" in message and "inner_lr" in message and "outer_lr" in message
