@@ -1,7 +1,8 @@
 """The paper's experiment in miniature, in one command (`make demo`).
 
 Runs, through the same commands a user types (settings in conf/demo.yaml, `key=value` overrides):
-  0. python -m exp_datasets.tiny_world               build the tiny world (skipped when current)
+  0. python -m exp_datasets.tiny_world               build the tiny world (skipped when current); a variant
+                                                      recipe into its own folder, which every later step reads
   1. python train_qa.py                               QA-tune the tiny base model
   2. python run.py task=train model=CaMeLS            meta-train a CaMeLS weight model, while
   3. python run.py -m task=eval split=val lr=a,b,c    every method's learning-rate sweep (validation)
@@ -16,6 +17,7 @@ a step whose command changed (e.g. other qa_tune_overrides) is recomputed, and s
 after it. All options, and the configuration of every command, are checked before the first step.
 """
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -121,18 +124,66 @@ class Pipeline:
         return None
 
 
-def eval_sweeps(pipeline, cfg, phase, lrs, seeds, downsample_to):
-    """One Hydra multirun per method of `lrs` (method -> its lrs) × seeds on the `phase` split, as named commands."""
-    return {f"{phase}_{method}": ([
-        "run.py", "-m", "task=eval", f"dataset={cfg.dataset}", f"split={phase}", f"base_model={cfg.base_model}",
-        f"lr={','.join(str(lr) for lr in method_lrs)}", f"seed={','.join(str(s) for s in seeds)}",
-        f"downsample_to={downsample_to}", *pipeline.thread_overrides, *cfg.methods[method], *cfg.eval_overrides,
-        f"hydra.sweep.dir={pipeline.out / phase / method}",
-    ], pipeline.out / phase / method) for method, method_lrs in lrs.items()}
+def eval_sweeps(pipeline, cfg, phase, lrs, seeds, downsample_to, folder=None):
+    """One Hydra multirun per method of `lrs` (method -> its lrs) × seeds on the `phase` split, as
+    named commands; each into OUT/<phase>/<method>[/<folder>]."""
+    return {f"{phase}_{method}" + (f"_{folder}" if folder else ""): ([
+        "run.py", "-m", "task=eval", f"dataset={cfg.dataset}", *cfg.world_overrides, f"split={phase}",
+        f"base_model={cfg.base_model}", f"lr={','.join(str(lr) for lr in method_lrs)}",
+        f"seed={','.join(str(s) for s in seeds)}", f"downsample_to={downsample_to}", *pipeline.thread_overrides,
+        *cfg.all_methods[method], *cfg.eval_overrides,
+        f"hydra.sweep.dir={pipeline.out / phase / method / (folder or '')}",
+    ], pipeline.out / phase / method / (folder or "")) for method, method_lrs in lrs.items()}
 
 
-def needs_weight_model(cfg, method):
-    return any("weight_model_path" in str(option) for option in cfg.methods[method])
+def grid_ratio(lrs):
+    """The factor between neighbouring values of a log-spaced grid (checked)."""
+    lrs = sorted(float(lr) for lr in lrs)
+    if len(lrs) < 2 or lrs[0] <= 0:
+        raise UsageError(f"lrs={lrs} must hold at least two positive learning rates")
+    ratios = [b / a for a, b in zip(lrs, lrs[1:])]
+    if max(ratios) / min(ratios) > 1.01 or min(ratios) <= 1:
+        raise UsageError(f"lrs={lrs} is not log-spaced (neighbour ratios {[round(r, 3) for r in ratios]}); "
+                         "give a grid such as [3e-4, 1e-3, 3e-3]")
+    return (lrs[-1] / lrs[0]) ** (1 / (len(lrs) - 1))
+
+
+def validation_table(cfg, pipeline, methods):
+    import report
+
+    return report.aggregate([pipeline.out / "val" / m for m in methods], metric=cfg.selection_metric)
+
+
+def lr_beyond_edge(cfg, pipeline, method):
+    """When `method`'s best validation lr is the smallest or largest it was run with, the next
+    value of the log-spaced grid beyond that edge; else None."""
+    import report
+
+    table = validation_table(cfg, pipeline, [method])
+    best = report.best_lrs(table, metric=cfg.selection_metric).iloc[0]["lr"]
+    tried = sorted(table["lr"])
+    ratio = grid_ratio(cfg.lrs)
+    if np.isclose(best, tried[0], rtol=1e-9, atol=0):
+        return float(f"{best / ratio:.3g}")
+    if np.isclose(best, tried[-1], rtol=1e-9, atol=0):
+        return float(f"{best * ratio:.3g}")
+    return None
+
+
+def validation_sweeps(pipeline, cfg, methods, alongside=None):
+    """Every method of `methods` over the lr grid on the validation stream (next to the steps of
+    `alongside`); then, while a method's best lr is at an edge of what it was run with, one more
+    run beyond that edge (at most `max_lr_extensions` per method). Selection reads validation only."""
+    grid = {m: [cfg.lrs[0]] if m in cfg.unswept_methods else cfg.lrs for m in methods}
+    pipeline.steps({**eval_sweeps(pipeline, cfg, "val", grid, [cfg.val_seed], cfg.val_downsample_to),
+                    **(alongside or {})})
+    swept = [m for m in methods if m not in cfg.unswept_methods]
+    for extension in range(1, cfg.max_lr_extensions + 1):
+        beyond = {m: [lr] for m in swept if (lr := lr_beyond_edge(cfg, pipeline, m)) is not None}
+        if not beyond:
+            return
+        pipeline.steps(eval_sweeps(pipeline, cfg, "val", beyond, [cfg.val_seed], cfg.val_downsample_to,
+                                   folder=f"beyond_edge_{extension}"))
 
 
 def best_lrs(cfg, pipeline, methods):
@@ -141,58 +192,146 @@ def best_lrs(cfg, pipeline, methods):
 
     if not methods:
         return {}
-    table = report.aggregate([pipeline.out / "val" / m for m in methods], metric=cfg.selection_metric)
-    best = report.best_lrs(table, metric=cfg.selection_metric).set_index("method")["lr"]
+    best = report.best_lrs(validation_table(cfg, pipeline, methods), metric=cfg.selection_metric)
+    best = best.set_index("method")["lr"]
     return {m: [best[m]] for m in methods}
+
+
+def world_overrides(cfg):
+    """The world's folder (its own for a variant recipe), and the options that point every later
+    step at its files, so that no step resolves, or builds, the default world."""
+    root = configs.tiny_world_folder(list(cfg.tiny_world_overrides))
+    return root, [f"dataset.data_dir={root / 'data'}"]
+
+
+def method_table(cfg, pipeline):
+    """Every method's run.py overrides: those of `methods`, each meta-trained one (CaMeLS) once per
+    meta-training seed as <name>_seed<k> with that seed's weight model."""
+    methods = {}
+    for name, overrides in cfg.methods.items():
+        if name not in cfg.meta_trained_methods:
+            methods[name] = list(overrides)
+            continue
+        for seed in cfg.meta_train_seeds:
+            label = f"{name}_seed{seed}"
+            checkpoint = pipeline.out / "meta_train" / f"seed{seed}" / "checkpoints" / cfg.weight_checkpoint
+            methods[label] = [*overrides, f"weight_model_path={checkpoint}", f"method_label={label}"]
+    return methods
 
 
 def run_demo(cfg):
     """Every step of the demo as `cfg` (conf/demo.yaml's keys) describes; returns the report folder."""
     pipeline = Pipeline(cfg.out_dir, cfg.parallel_jobs)
-    qa_dir, train_dir = pipeline.out / "qa_tune", pipeline.out / "meta_train"
+    qa_dir = pipeline.out / "qa_tune"
     cfg.base_model = str(qa_dir / "checkpoints" / cfg.qa_checkpoint)
-    cfg.weight_model_path = str(train_dir / "checkpoints" / cfg.weight_checkpoint)  # read by methods.CaMeLS
-    check_demo_config(cfg)
+    world_root, cfg.world_overrides = world_overrides(cfg)
+    cfg.all_methods = method_table(cfg, pipeline)
+    check_demo_config(cfg, world_root)
     started = time.time()
+    environment = record_environment(pipeline)
 
-    pipeline.step("tiny_world", ["-m", "exp_datasets.tiny_world", *cfg.tiny_world_overrides])
-    pipeline.step("qa_tune", ["train_qa.py", f"dataset={cfg.dataset}", *cfg.qa_tune_overrides,
-                              f"hydra.run.dir={qa_dir}"], qa_dir)
+    pipeline.step("tiny_world", ["-m", "exp_datasets.tiny_world", *cfg.tiny_world_overrides, f"out_dir={world_root}"])
+    pipeline.step("qa_tune", ["train_qa.py", f"dataset={cfg.dataset}", f"model={world_root / 'base_model'}",
+                              *cfg.world_overrides, *cfg.qa_tune_overrides, f"hydra.run.dir={qa_dir}"], qa_dir)
 
-    # meta-training runs side by side with the validation sweeps of the methods that do not need it,
-    # then CaMeLS's validation sweep beside their test runs, then CaMeLS's test runs
-    learned = {m: cfg.lrs for m in cfg.methods if needs_weight_model(cfg, m)}
-    fixed = {m: cfg.lrs for m in cfg.methods if m not in learned}
-    pipeline.steps({
-        "meta_train": (meta_train_command(cfg, pipeline.thread_overrides, train_dir), train_dir),
-        **eval_sweeps(pipeline, cfg, "val", fixed, [cfg.val_seed], cfg.val_downsample_to)})
-    pipeline.steps({**eval_sweeps(pipeline, cfg, "val", learned, [cfg.val_seed], cfg.val_downsample_to),
-                    **eval_sweeps(pipeline, cfg, "test", best_lrs(cfg, pipeline, fixed), cfg.test_seeds,
-                                  cfg.test_downsample_to)})
+    # meta-training (once per seed) runs side by side with the validation sweeps of the methods
+    # that do not need it, then the meta-trained methods' sweeps beside the others' test runs
+    learned = [m for m in cfg.all_methods if m not in cfg.methods or m in cfg.meta_trained_methods]
+    fixed = [m for m in cfg.all_methods if m not in learned]
+    meta_training = {f"meta_train_seed{seed}": (
+        meta_train_command(cfg, world_root, seed, pipeline.thread_overrides, pipeline.out),
+        pipeline.out / "meta_train" / f"seed{seed}") for seed in cfg.meta_train_seeds}
+    validation_sweeps(pipeline, cfg, fixed, alongside=meta_training)
+    validation_sweeps(pipeline, cfg, learned, alongside=eval_sweeps(
+        pipeline, cfg, "test", best_lrs(cfg, pipeline, fixed), cfg.test_seeds, cfg.test_downsample_to))
     pipeline.steps(eval_sweeps(pipeline, cfg, "test", best_lrs(cfg, pipeline, learned), cfg.test_seeds,
                                cfg.test_downsample_to))
 
     report_dir = pipeline.out / "report"
     pipeline.step("report", ["report.py", str(pipeline.out / "test"), "--select-from", str(pipeline.out / "val"),
-                             "--metric", cfg.selection_metric, "--out", str(report_dir)], report_dir)
+                             "--metric", cfg.selection_metric, "--out", str(report_dir),
+                             "--baselines", ",".join(cfg.baselines), "--bootstrap", str(cfg.bootstrap_resamples)],
+                  report_dir)
+    util.atomic_write_text(json.dumps(environment, indent=1) + "\n", report_dir / "environment.json")
     describe_weightings(cfg, report_dir)
-
     minutes = (time.time() - started) / 60
-    print(f"\n[demo] finished in {minutes:.1f} min (step times in {pipeline.timings_path}); "
-          f"table, chart and weight heat-maps in {report_dir}")
+    closing = closing_sentences(cfg, pipeline, report_dir, world_root, qa_dir)
+    util.atomic_write_text(closing + "\n", report_dir / "summary.md")
+    print(f"\n[demo] finished in {minutes:.1f} min (step times in {pipeline.timings_path}); table, chart and "
+          f"weight heat-maps in {report_dir}\n\n{closing}")
     return report_dir
 
 
-def meta_train_command(cfg, thread_overrides, train_dir):
-    return ["run.py", "task=train", "model=CaMeLS", f"dataset={cfg.dataset}", f"base_model={cfg.base_model}",
-            *thread_overrides, *cfg.meta_train_overrides, f"hydra.run.dir={train_dir}"]
+def meta_train_command(cfg, world_root, seed, thread_overrides, out):
+    return ["run.py", "task=train", "model=CaMeLS", f"dataset={cfg.dataset}", *cfg.world_overrides,
+            f"model.pretrained_model={world_root / 'base_model'}", f"base_model={cfg.base_model}", f"seed={seed}",
+            *thread_overrides, *cfg.meta_train_overrides, f"hydra.run.dir={out / 'meta_train' / f'seed{seed}'}"]
 
 
-def check_demo_config(cfg):
+def check_demo_config(cfg, world_root):
     """Every option of the demo and of the commands it will run, checked before any work."""
     import demo_checks
 
-    demo_checks.check(cfg, meta_train_command(cfg, [], Path(cfg.out_dir) / "meta_train")[1:-1])
+    grid_ratio(cfg.lrs)
+    seed = cfg.meta_train_seeds[0] if cfg.meta_train_seeds else 0
+    demo_checks.check(cfg, meta_train_command(cfg, world_root, seed, [], Path(cfg.out_dir))[1:-1])
+
+
+def record_environment(pipeline):
+    """What the numbers may depend on: versions, CPU, threads; written beside the results."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    import transformers
+
+    environment = dict(torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
+                       platform=platform.platform(), cpu=cpu, cpu_count=os.cpu_count(),
+                       torch_threads_per_step=1 if pipeline.thread_overrides else torch.get_num_threads(),
+                       parallel_jobs=pipeline.parallel_jobs, cuda=torch.cuda.is_available())
+    pipeline.out.mkdir(parents=True, exist_ok=True)
+    util.atomic_write_text(json.dumps(environment, indent=1) + "\n", pipeline.out / "environment.json")
+    return environment
+
+
+def closing_sentences(cfg, pipeline, report_dir, world_root, qa_dir):
+    """The demo's conclusion, computed from its outputs: every method's paired difference to the
+    best baseline with its intervals, the floor and ceiling, and what QA pre-tuning did."""
+    import pandas as pd
+
+    best = pd.read_csv(report_dir / "best.csv").set_index("method")
+    lines = []
+    paired_path = report_dir / "paired.csv"
+    paired = pd.read_csv(paired_path) if paired_path.is_file() and paired_path.stat().st_size > 1 else pd.DataFrame()
+    label = "EM" if cfg.selection_metric == "em" else "F1"
+    for _, row in paired.iterrows():
+        if row["method"] in cfg.baselines:
+            continue
+        lines.append(f"{row['method']} − {row['baseline']} (the best baseline): {100 * row['difference']:+.1f} test "
+                     f"{label} points, 95% interval [{100 * row['ci_questions_low']:+.1f}, "
+                     f"{100 * row['ci_questions_high']:+.1f}] over questions and [{100 * row['ci_streams_low']:+.1f}, "
+                     f"{100 * row['ci_streams_high']:+.1f}] over streams and questions "
+                     f"({row['n_streams']} streams, {row['n_questions']} questions).")
+    key = "em_mean" if label == "EM" else "f1_mean"
+    for name, role in (("none", "floor (no adaptation)"), ("oracle", "ceiling (answer tokens only)")):
+        if name in best.index:
+            lines.append(f"The {role}: test {label} {100 * best.loc[name, key]:.1f}.")
+    history = qa_dir / "metrics.jsonl"
+    if history.is_file():
+        rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+        if rows:
+            top, low = max(rows, key=lambda r: r["val_f1"]), min(rows, key=lambda r: r["val_nll"])
+            lines.append(f"QA pre-tuning: validation F1 {100 * rows[0]['val_f1']:.1f} before, "
+                         f"{100 * top['val_f1']:.1f} at its best (step {top['step']}); answer NLL "
+                         f"{rows[0]['val_nll']:.3f} before, {low['val_nll']:.3f} at its lowest (step {low['step']}); "
+                         f"the demo adapts its {cfg.qa_checkpoint} checkpoint.")
+    lines.append(f"Tiny world: {world_root} (sanity report {world_root / 'report.md'}).")
+    return "\n".join(lines)
 
 
 def describe_weightings(cfg, report_dir):
@@ -204,21 +343,24 @@ def describe_weightings(cfg, report_dir):
     import run
     from exp_datasets import QACollator, load_split, make_stream
     from weight_analysis import answer_mass, document_batch, render_document_weights
+    from weight_model import WEIGHT_MODELS
 
     tokenizer = util.load_tokenizer(cfg.base_model)
     lines = ["| weighting | weight on answer tokens | answer tokens |", "|---|---|---|"]
     drawn = set()
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
-        for method, overrides in cfg.methods.items():
-            run_cfg = compose("config", overrides=["task=eval", f"dataset={cfg.dataset}",
+        for method, overrides in cfg.all_methods.items():
+            run_cfg = compose("config", overrides=["task=eval", f"dataset={cfg.dataset}", *cfg.world_overrides,
                                                     f"base_model={cfg.base_model}", *overrides,
                                                     *cfg.eval_overrides])
-            name = run_cfg.model.name
+            name = run_cfg.method_label or run_cfg.model.name
+            if not WEIGHT_MODELS[run_cfg.model.name].adapts:
+                continue
             if name in drawn:
                 continue
             drawn.add(name)
             stream = make_stream(load_split(run_cfg.dataset, "test"), cfg.test_downsample_to, cfg.test_seeds[0])
-            weight_model = run.load_weight_model_for_eval(run_cfg, tokenizer, [d.text for d in stream])
+            weight_model = run.load_weight_model_for_eval(run_cfg, tokenizer, stream)
             collator = QACollator.from_config(tokenizer, run_cfg.dataset)
             weigh = lambda batch: weight_model(batch["text_ids"], batch["text_mask"])  # noqa: E731
             totals = [0.0, 0.0, 0, 0]

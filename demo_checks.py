@@ -44,6 +44,16 @@ def check_options(cfg):
         raise UsageError(f"heatmap_documents={cfg.heatmap_documents} is invalid; it must be an integer >= 0")
     if not isinstance(cfg.methods, DictConfig) or not cfg.methods:
         raise UsageError("methods must map each method name to a list of run.py overrides")
+    for key in ("meta_trained_methods", "unswept_methods", "baselines"):
+        if not isinstance(cfg[key], ListConfig) or not set(cfg[key]) <= set(cfg.methods):
+            raise UsageError(f"{key}={cfg[key]} is invalid; give a list of names among methods ({', '.join(cfg.methods)})")
+    if not isinstance(cfg.meta_train_seeds, ListConfig) or not all(map(is_int, cfg.meta_train_seeds)) or \
+            (cfg.meta_trained_methods and not cfg.meta_train_seeds):
+        raise UsageError(f"meta_train_seeds={cfg.meta_train_seeds} is invalid; give a list of integers, e.g. [0,1]")
+    if not (is_int(cfg.max_lr_extensions) and cfg.max_lr_extensions >= 0):
+        raise UsageError(f"max_lr_extensions={cfg.max_lr_extensions} is invalid; it must be an integer >= 0")
+    if not (is_int(cfg.bootstrap_resamples) and cfg.bootstrap_resamples >= 100):
+        raise UsageError(f"bootstrap_resamples={cfg.bootstrap_resamples} is invalid; use at least 100")
     lists = {"tiny_world_overrides": cfg.tiny_world_overrides, "qa_tune_overrides": cfg.qa_tune_overrides,
              "meta_train_overrides": cfg.meta_train_overrides, "eval_overrides": cfg.eval_overrides,
              **{f"methods.{name}": overrides for name, overrides in cfg.methods.items()}}
@@ -86,11 +96,13 @@ def check_commands(cfg, meta_train_overrides):
         reword(train_qa.check_config, qa_cfg, "qa_tune_overrides")
         reword(meta_train.check_config, compose("conf", meta_train_overrides, "meta_train_overrides"),
                "meta_train_overrides")
-        for method, overrides in cfg.methods.items():
+        # every method row as the demo runs it (a meta-trained method once per meta-training seed)
+        for method, overrides in cfg.all_methods.items():
             for lr in cfg.lrs:
                 what = f"methods.{method} with lr={lr}"
-                eval_cfg = compose("conf", ["task=eval", f"dataset={cfg.dataset}", f"base_model={cfg.base_model}",
-                                            f"lr={lr}", *overrides, *cfg.eval_overrides], what)
+                eval_cfg = compose("conf", ["task=eval", f"dataset={cfg.dataset}", *cfg.world_overrides,
+                                            f"base_model={cfg.base_model}", f"lr={lr}", *overrides,
+                                            *cfg.eval_overrides], what)
                 reword(run.check_eval_config, eval_cfg, what)
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from paired_stats import paired_table
 from util import UsageError, atomic_path, atomic_write_text, run_cli
 
 SUMMARY_NAME = "summary.json"
@@ -50,7 +51,9 @@ SELECTION_COLUMNS = ["dataset", "base_model", "optimizer", "n_epochs"]
 VALUE_COLUMNS = ["em", "f1", "max_f1", "nll", "init_em", "init_f1", "init_nll",
                  "unrelated_em", "unrelated_f1", "wall_time_s"]
 PERCENT_COLUMNS = {"em", "f1", "max_f1", "init_em", "init_f1", "unrelated_em", "unrelated_f1"}
-METHOD_ORDER = ["uniform", "uniform+qa_tune", "ssm", "TFIDF", "CaMeLS"]
+# The floor (no adaptation) first, the ceiling (oracle: answer tokens only) last
+METHOD_ORDER = ["none", "uniform", "uniform+qa_tune", "ssm", "TFIDF", "CaMeLS", "oracle"]
+BASELINES = ("uniform", "uniform+qa_tune", "ssm", "TFIDF")
 METRICS = ("f1", "em", "nll")
 METRIC_LABELS = {"em": "EM", "f1": "F1", "max_f1": "max F1", "nll": "NLL",
                  "init_em": "EM before", "init_f1": "F1 before", "init_nll": "NLL before",
@@ -58,9 +61,12 @@ METRIC_LABELS = {"em": "EM", "f1": "F1", "max_f1": "max F1", "nll": "NLL",
 
 
 def method_sort_key(method):
-    """The paper's order (baselines first, CaMeLS last), then any other method alphabetically."""
+    """The floor, the paper's order (baselines, then CaMeLS and its variants such as CaMeLS_seed1),
+    the ceiling, then any other method alphabetically."""
     if method in METHOD_ORDER:
         return (0, METHOD_ORDER.index(method), "")
+    if method.startswith("CaMeLS"):
+        return (0, METHOD_ORDER.index("CaMeLS"), method)
     return (1, 0, method)
 
 
@@ -323,8 +329,29 @@ def _shown_columns(frame, always):
     return list(always) + optional
 
 
-def render_markdown(table, best, metric):
-    """results.md: per setting the full method × lr table, then the best-per-method table."""
+def render_paired(paired, setting_row, metric):
+    """The paired-comparison table of one setting ('' when it has none)."""
+    rows = paired[[_key_equal(setting_row, row, SETTING_COLUMNS) for _, row in paired.iterrows()]] \
+        if not paired.empty else paired
+    if rows.empty:
+        return ""
+    label = METRIC_LABELS[metric]
+    baseline = rows.iloc[0]["baseline"]
+    lines = [[row["method"], f"{100 * row['difference']:+.1f}",
+              f"[{100 * row['ci_questions_low']:+.1f}, {100 * row['ci_questions_high']:+.1f}]",
+              f"[{100 * row['ci_streams_low']:+.1f}, {100 * row['ci_streams_high']:+.1f}]",
+              str(row["n_streams"]), str(row["n_questions"])] for _, row in rows.iterrows()]
+    header = ["Method", f"{label} − {baseline}", "95% CI (questions)", "95% CI (streams and questions)",
+              "Streams", "Questions"]
+    return (f"### Paired comparison with the best baseline ({baseline})\n\nDifference of test {label} (points) "
+            f"to {baseline}, the baseline with the highest test {label}, on the same streams and questions; "
+            "95% intervals by a paired bootstrap over the questions of each stream, and over the streams "
+            "and their questions.\n\n" + _markdown_table(header, lines))
+
+
+def render_markdown(table, best, metric, paired=None):
+    """results.md: per setting the full method × lr table, the best-per-method table, and the
+    paired comparison with the best baseline."""
     label = METRIC_LABELS[metric]
     via_validation = (best["selected_on"] == "validation").any()
     chosen_by = f"mean {label} on the validation runs" if via_validation else f"mean {label}"
@@ -358,6 +385,9 @@ def render_markdown(table, best, metric):
                 line.append("; ".join(text for text in (value, row["note"]) if text))
             best_lines.append(line)
         sections.append("### Best lr per method\n\n" + _markdown_table(best_header, best_lines))
+        if paired is not None:
+            sections.append(render_paired(paired, group.iloc[0], "em" if metric == "em" else "f1"))
+    sections = [section for section in sections if section]
     return "\n\n".join(sections) + "\n"
 
 
@@ -395,8 +425,9 @@ def render_chart_png(best):
     return buffer.getvalue()
 
 
-def write_report(table, best, out_dir, metric="f1"):
-    """Write results.md, results.csv, best.csv and best_f1.png into `out_dir`; return the markdown.
+def write_report(table, best, out_dir, metric="f1", paired=None):
+    """Write results.md, results.csv, best.csv, best_f1.png (and paired.csv with `paired`, from
+    paired_stats.paired_table) into `out_dir`; return the markdown.
 
     `table["best"]` is re-marked from `best`, so lrs chosen on a validation tree are the ones
     flagged. Everything is rendered before the first file is written.
@@ -408,8 +439,10 @@ def write_report(table, best, out_dir, metric="f1"):
                          "choose another folder")
     table = table.copy()
     table["best"] = _is_chosen(table, best)
-    markdown = render_markdown(table, best, metric)
+    markdown = render_markdown(table, best, metric, paired)
     png = render_chart_png(best)
+    if paired is not None:
+        atomic_write_text(paired.to_csv(index=False), out_dir / "paired.csv")
     atomic_write_text(markdown, out_dir / "results.md")
     atomic_write_text(table.to_csv(index=False), out_dir / "results.csv")
     atomic_write_text(best.to_csv(index=False), out_dir / "best.csv")
@@ -436,16 +469,31 @@ def main(argv=None):
                         help="metric that picks each method's best lr (nll: lowest wins)")
     parser.add_argument("--select-from", metavar="DIR",
                         help="pick the best lrs on the runs under DIR (validation), report PATH's")
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help="comma-separated methods, the best of which every other method is compared to "
+                             "(paired bootstrap over the shared streams' questions; empty: no comparison)")
+    parser.add_argument("--bootstrap", type=int, default=10_000, metavar="N",
+                        help="bootstrap resamples of the paired comparison")
     args = parser.parse_args(argv)
+    if args.bootstrap < 100:
+        raise UsageError(f"--bootstrap {args.bootstrap} is too few resamples for a 95% interval; use at least 100")
 
-    table = aggregate(args.paths, args.metric)
+    runs = load_runs(args.paths)
+    _check_metric(args.metric)
+    table = aggregate_runs(runs, args.metric)
     selection = aggregate([args.select_from], args.metric) if args.select_from else None
     best = best_lrs(table, args.metric, selection)
+    baselines = [name for name in args.baselines.split(",") if name]
+    paired = None
+    if baselines:
+        paired = paired_table(best, runs, baselines, SETTING_COLUMNS,
+                              lambda a, b: _key_equal(a, b, SETTING_COLUMNS),
+                              "em" if args.metric == "em" else "f1", args.bootstrap)
     first = Path(args.paths[0])
     out_dir = Path(args.out) if args.out else (first.parent if first.is_file() else first) / "report"
-    markdown = write_report(table, best, out_dir, args.metric)
+    markdown = write_report(table, best, out_dir, args.metric, paired)
     print(markdown)
-    print(f"wrote {out_dir}/results.md, results.csv, best.csv, best_f1.png")
+    print(f"wrote {out_dir}/results.md, results.csv, best.csv, best_f1.png" + (", paired.csv" if baselines else ""))
 
 
 if __name__ == "__main__":

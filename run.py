@@ -3,7 +3,7 @@
 Hydra, configs in conf/. task=train runs meta_train.py; task=eval runs online adaptation and QA
 scoring (README: "Online adaptation evaluation"):
 
-    python run.py task=eval model=uniform|ssm|TFIDF|CaMeLS [weight_model_path=...] dataset=... \
+    python run.py task=eval model=uniform|ssm|TFIDF|CaMeLS|oracle|none [weight_model_path=...] dataset=... \
         base_model=... [base_model_state_dict=...] lr=... [downsample_to=k seed=s qa_lt_final=true]
     python run.py -m task=eval model=ssm lr=1e-4,2.5e-5 ...      (one run folder per job)
 
@@ -77,7 +77,9 @@ def dataset_texts(dataset_cfg, stream_texts):
     return texts
 
 
-def load_weight_model_for_eval(cfg, tokenizer, stream_texts):
+def load_weight_model_for_eval(cfg, tokenizer, stream):
+    """The weight model that weighs `stream` (a list of Documents): loaded from weight_model_path,
+    or built from its config (TF-IDF fits on the dataset's texts, the oracle reads the stream's answers)."""
     if cfg.weight_model_path and not WEIGHT_MODELS[cfg.model.name].learned:
         # one sweep may cover model=uniform,ssm,TFIDF,CaMeLS with the CaMeLS checkpoint given once
         log.info(f"model={cfg.model.name} has no parameters: weight_model_path is not used")
@@ -86,7 +88,8 @@ def load_weight_model_for_eval(cfg, tokenizer, stream_texts):
         weight_model = load_weight_model(cfg.weight_model_path, tokenizer, cfg.model)
         cfg.model.pretrained_model = weight_model.options["pretrained_model"]  # record the real body
         return weight_model
-    return build_weight_model(cfg.model, tokenizer, documents=lambda: dataset_texts(cfg.dataset, stream_texts))
+    texts = [document.text for document in stream]
+    return build_weight_model(cfg.model, tokenizer, documents=lambda: dataset_texts(cfg.dataset, texts), stream=stream)
 
 
 def metric_subset(summary):
@@ -133,7 +136,7 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     stream = make_stream(load_split(cfg.dataset, cfg.split, cfg.test_path), cfg.downsample_to, cfg.seed)
     texts = [document.text for document in stream]
     questions = [example for document in stream for example in document.examples]
-    weight_model = load_weight_model_for_eval(cfg, tokenizer, texts)
+    weight_model = load_weight_model_for_eval(cfg, tokenizer, stream)
     collator = QACollator.from_config(tokenizer, cfg.dataset, models=[base_model, weight_model],
                                       answer_match=cfg.answer_match)
     decoding = Decoding.from_config(cfg)
@@ -148,7 +151,7 @@ def evaluate(cfg: DictConfig, run_dir: Path):
         base_model.config.use_cache = False
     base_model.to(device)
     weight_model.to(device)
-    method = method_name(cfg.model.name, cfg.qa_lt_final)
+    method = cfg.method_label or method_name(cfg.model.name, cfg.qa_lt_final)
     log.info(f"{method} on {cfg.dataset.name}/{stream_name(cfg.split, cfg.test_path)}: {len(texts)} documents, "
              f"{len(questions)} questions, base {cfg.base_model}, lr {cfg.lr}, device {device}; output {run_dir}")
 
@@ -174,11 +177,14 @@ def evaluate(cfg: DictConfig, run_dir: Path):
         log.info(f"after {n_documents} documents: {curve[-1]}")
 
     adapt_started = time.time()
-    adaptation = weighted_train(base_model, weight_model, texts, collator, device, optimizer=cfg.optimizer,
-                                lr=cfg.lr, batch_size=cfg.batch_size, grad_acc_steps=cfg.grad_acc_steps,
-                                grad_clip_thresh=cfg.grad_clip_thresh, n_epochs=cfg.n_epochs, progress=progress,
-                                every_k_documents=cfg.eval_every_k, callback=record, resume_state=resume_state,
-                                save_state=save_state, save_every_documents=cfg.save_state_every)
+    if weight_model.adapts:
+        adaptation = weighted_train(base_model, weight_model, texts, collator, device, optimizer=cfg.optimizer,
+                                    lr=cfg.lr, batch_size=cfg.batch_size, grad_acc_steps=cfg.grad_acc_steps,
+                                    grad_clip_thresh=cfg.grad_clip_thresh, n_epochs=cfg.n_epochs, progress=progress,
+                                    every_k_documents=cfg.eval_every_k, callback=record, resume_state=resume_state,
+                                    save_state=save_state, save_every_documents=cfg.save_state_every)
+    else:  # the no-adaptation floor: the base model as it is
+        adaptation = dict(n_steps=0, n_batches=0, mean_loss=None, diverged=None)
     metrics["adaptation"] = dict(adaptation, wall_time_s=time.time() - adapt_started)
     diverged = adaptation["diverged"]
     if diverged:

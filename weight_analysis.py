@@ -4,6 +4,7 @@ Batches with answer-token masks, the weight on answer tokens, and renderings of 
 (HTML page and PNG chart).
 """
 import html
+import re
 from pathlib import Path
 
 import torch
@@ -19,20 +20,35 @@ def span_token_mask(tokenizer, text, spans, max_text_len):
                          for token_start, token_end in offsets], dtype=torch.bool)
 
 
+def answer_char_spans(example):
+    """Character spans of the example's answer in its document: the dataset's own spans when it
+    has them (Example.extra answer_spans "start:end;...", else answer_start/answer_end, as the tiny
+    world gives), else every occurrence of the answer string in the text (none when it does not occur)."""
+    spans = str(example.extra.get("answer_spans") or "")
+    if spans:
+        return [tuple(int(x) for x in span.split(":")) for span in spans.split(";")]
+    try:
+        return [(int(example.extra["answer_start"]), int(example.extra["answer_end"]))]
+    except (KeyError, TypeError, ValueError):
+        pass
+    if not example.answer:
+        return []
+    return [(m.start(), m.end()) for m in re.finditer(re.escape(example.answer), example.text)]
+
+
 def answer_token_mask(tokenizer, examples, max_text_len, width):
-    """B x width bool: document tokens overlapping the answer's character span (Example.extra
-    answer_start/answer_end), and B bool: whether the example has such a span. None when the
+    """B x width bool: document tokens overlapping the answer's character spans
+    (answer_char_spans), and B bool: whether the example has such a token. None when the
     tokenizer gives no offsets or no example has a span."""
     if not getattr(tokenizer, "is_fast", False):
         return None
     mask = torch.zeros((len(examples), width), dtype=torch.bool)
     has_span = torch.zeros(len(examples), dtype=torch.bool)
     for row, example in enumerate(examples):
-        try:
-            start, end = int(example.extra["answer_start"]), int(example.extra["answer_end"])
-        except (KeyError, TypeError, ValueError):
+        spans = answer_char_spans(example)
+        if not spans:
             continue
-        covered = span_token_mask(tokenizer, example.text, [(start, end)], max_text_len)
+        covered = span_token_mask(tokenizer, example.text, spans, max_text_len)
         mask[row, :len(covered)] = covered
         has_span[row] = covered.any()
     return (mask, has_span) if has_span.any() else None

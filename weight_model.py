@@ -7,7 +7,6 @@ its `name`); `load_weight_model` reads a saved CaMeLS (a folder or a single .pt 
 import hashlib
 import json
 import re
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from token_alignment import decode_with_offsets
 from util import UsageError, atomic_dir, atomic_torch_save, check_finite, check_state_dict_fits, first_line, load_tensors
 
 WEIGHT_MODELS = {}
@@ -33,27 +33,30 @@ class WeightModel(nn.Module):
     """Base class: `forward(input_ids, attention_mask)` returns B×T weights, 0 on padding.
 
     `learned` says whether the weights come from trained parameters (then evaluation needs a
-    checkpoint); heuristic models have no parameters and never need gradients.
+    checkpoint); heuristic models have no parameters and never need gradients. `adapts` is False
+    for the one weighting that leaves the base model as it is (the no-adaptation floor).
     """
 
     name = None
     learned = False
+    adapts = True
 
     @classmethod
-    def from_config(cls, model_cfg, tokenizer, documents=None):
+    def from_config(cls, model_cfg, tokenizer, documents=None, stream=None):
         raise NotImplementedError
 
 
-def build_weight_model(model_cfg, tokenizer, documents=None):
+def build_weight_model(model_cfg, tokenizer, documents=None, stream=None):
     """The weight model named by `model_cfg.name`, fresh (CaMeLS: zero-initialised head).
 
     `documents`: texts to fit on (TF-IDF), or a zero-argument function returning them, called
-    only by weight models that need documents.
+    only by weight models that need documents. `stream`: the Documents (with their questions)
+    that will be weighted, for the oracle, which reads their answers.
     """
     name = model_cfg.get("name")
     if name not in WEIGHT_MODELS:
         raise UsageError(f"model={name} is unknown; choose one of {', '.join(WEIGHT_MODELS)}")
-    return WEIGHT_MODELS[name].from_config(model_cfg, tokenizer, documents)
+    return WEIGHT_MODELS[name].from_config(model_cfg, tokenizer, documents, stream)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +112,7 @@ class CaMeLS(WeightModel):
         self.backbone.requires_grad_(not freeze_base)
 
     @classmethod
-    def from_config(cls, model_cfg, tokenizer, documents=None):
+    def from_config(cls, model_cfg, tokenizer, documents=None, stream=None):
         """A fresh weight model whose body is `model_cfg.pretrained_model` (name or folder)."""
         from transformers import AutoModel
 
@@ -263,92 +266,6 @@ def load_pt_checkpoint(path, model_cfg, tokenizer):
     return CaMeLS.from_config(model_cfg, tokenizer).load_weights(content, path)
 
 
-# ---------------------------------------------------------------------------------------------
-# Token <-> character alignment shared by the text-based heuristics
-
-
-def bytes_to_unicode():
-    """GPT-2's byte-level alphabet: each byte is shown as one printable character."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return {byte: chr(char) for byte, char in zip(printable, chars)}
-
-
-SENTENCEPIECE_SPACE = "\u2581"
-BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
-
-@lru_cache(maxsize=8)
-def token_bytes_table(tokenizer):
-    """The bytes each token id stands for (special tokens: none). Knows byte-level BPE (GPT-2,
-    GPT-Neo, GPT-J, Pythia) and SentencePiece (▁ for a space, <0xHH> byte fallback)."""
-    ids = list(range(len(tokenizer)))
-    tokens = tokenizer.convert_ids_to_tokens(ids)
-    special = set(tokenizer.all_special_ids)
-    added = {tid for tid in tokenizer.get_added_vocab().values()} - special
-    byte_of_char = {c: b for b, c in bytes_to_unicode().items()}
-    regular = [t for i, t in zip(ids, tokens) if i not in special and i not in added and t is not None]
-    if all(c in byte_of_char for t in regular for c in t):
-        def to_bytes(token):
-            return bytes(byte_of_char[c] for c in token)
-    elif any(t.startswith(SENTENCEPIECE_SPACE) for t in regular):
-        def to_bytes(token):
-            match = BYTE_FALLBACK.fullmatch(token)
-            return bytes([int(match.group(1), 16)]) if match else token.replace(SENTENCEPIECE_SPACE, " ").encode()
-    else:
-        raise UsageError(f"{type(tokenizer).__name__} is neither byte-level BPE nor SentencePiece; "
-                         "the ssm and TFIDF weight models cannot align its tokens to characters")
-    return [b"" if i in special or t is None else t.encode() if i in added else to_bytes(t)
-            for i, t in zip(ids, tokens)]
-
-
-def utf8_characters(data: bytes):
-    """Decode UTF-8 one character at a time: (text, first byte of each character). Invalid bytes
-    become U+FFFD as in bytes.decode(errors="replace"): one per maximal invalid run."""
-    chars, starts, i = [], [], 0
-    while i < len(data):
-        lead = data[i]
-        width = 1 if lead < 0x80 else 2 if 0xC2 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if 0xF0 <= lead < 0xF5 else 0
-        try:
-            char = data[i: i + width].decode("utf-8") if width else "\ufffd"
-        except UnicodeDecodeError as err:  # a cut-off or broken sequence after a valid lead byte
-            char, width = "\ufffd", err.end
-        chars.append(char)
-        starts.append(i)
-        i += max(width, 1)
-    return "".join(chars), starts
-
-
-def decode_with_offsets(tokenizer, token_ids):
-    """Text of `token_ids` and, per token, the (start, end) character span it covers.
-
-    Tokens are joined as bytes before decoding, so a character split over several byte-level
-    tokens is whole in the text and each of those tokens' spans covers it. Special tokens get
-    an empty span.
-    """
-    table = token_bytes_table(tokenizer)
-    pieces = [table[int(t)] for t in token_ids]
-    data = b"".join(pieces)
-    text, char_starts = utf8_characters(data)
-    # character index of every byte (continuation bytes share their character's), then len(text)
-    widths = np.diff(np.array(char_starts + [len(data)], dtype=np.int64))
-    char_of_byte = np.append(np.repeat(np.arange(len(char_starts)), widths), len(text))
-    spans, offset = [], 0
-    for piece in pieces:
-        start = int(char_of_byte[offset])
-        end = int(char_of_byte[offset + len(piece) - 1]) + 1 if piece else start
-        spans.append((start, end))
-        offset += len(piece)
-    return text, spans
-
-
 class TextWeightModel(WeightModel):
     """Heuristic weights computed from the decoded text: `char_scores(text)` gives a score per
     character, and a token gets the max score over the characters it covers."""
@@ -385,7 +302,7 @@ class Uniform(WeightModel):
         self.init_scalar = float(init_scalar)
 
     @classmethod
-    def from_config(cls, model_cfg, tokenizer, documents=None):
+    def from_config(cls, model_cfg, tokenizer, documents=None, stream=None):
         return cls(model_cfg.get("init_scalar", 1.0))
 
     def forward(self, input_ids, attention_mask):
@@ -403,7 +320,7 @@ class SalientSpans(TextWeightModel):
         self.ignored_labels = set(ignored_labels)
 
     @classmethod
-    def from_config(cls, model_cfg, tokenizer, documents=None):
+    def from_config(cls, model_cfg, tokenizer, documents=None, stream=None):
         return cls(tokenizer, load_spacy(list(model_cfg.spacy_models)), list(model_cfg.ignored_labels))
 
     def char_scores(self, texts):
@@ -443,7 +360,7 @@ class TFIDF(TextWeightModel):
         self.preprocess = vectorizer.build_preprocessor()
 
     @classmethod
-    def from_config(cls, model_cfg, tokenizer, documents=None):
+    def from_config(cls, model_cfg, tokenizer, documents=None, stream=None):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         texts = documents() if callable(documents) else documents
@@ -479,4 +396,75 @@ class TFIDF(TextWeightModel):
             if real.numel():
                 cutoff = torch.quantile(real, float(self.min_threshold))
                 weights[row, mask] = torch.where(real < cutoff, torch.zeros_like(real), real)
+        return weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Floor and ceiling of every comparison
+
+
+@register("none")
+class NoAdaptation(WeightModel):
+    """The floor: no adaptation at all; the base model answers as it is (weights are all 0)."""
+
+    adapts = False
+
+    @classmethod
+    def from_config(cls, model_cfg, tokenizer, documents=None, stream=None):
+        return cls()
+
+    def forward(self, input_ids, attention_mask):
+        return torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+
+
+@register("oracle")
+class Oracle(TextWeightModel):
+    """The ceiling: weight only on the tokens of the answers to a document's questions
+    (weight_analysis.answer_char_spans), which no real method can know. It weighs only the
+    documents of the `stream` it was built from; with `normalize`, each document's weights have
+    the mass of uniform weights (mean 1 over its real tokens), so only where the weight goes differs."""
+
+    def __init__(self, tokenizer, stream, normalize=True):
+        super().__init__(tokenizer)
+        from weight_analysis import answer_char_spans
+
+        self.normalize = bool(normalize)
+        self.spans = {}
+        for document in stream:
+            spans = self.spans.setdefault(document.text, set())
+            for example in document.examples:
+                spans.update(answer_char_spans(example))
+
+    @classmethod
+    def from_config(cls, model_cfg, tokenizer, documents=None, stream=None):
+        if not stream:
+            raise UsageError("model=oracle weighs the answers of a known stream and got none; "
+                             "use it with run.py task=eval, which builds it from the evaluated stream")
+        return cls(tokenizer, stream, model_cfg.get("normalize", True))
+
+    def document_spans(self, text):
+        """Answer spans of the stream document whose text is `text` or starts with it (truncated)."""
+        if text in self.spans:
+            return self.spans[text]
+        for full, spans in self.spans.items():
+            if full.startswith(text):
+                return spans
+        raise UsageError(f"model=oracle was asked to weigh a document that is not in its stream "
+                         f"({text[:60]!r}...); build it from the stream it weighs")
+
+    def char_scores(self, texts):
+        scores = []
+        for text in texts:
+            marked = np.zeros(len(text) + 1)
+            for start, end in self.document_spans(text):
+                marked[start:end] = 1.0
+            scores.append(marked)
+        return scores
+
+    @torch.no_grad()
+    def forward(self, input_ids, attention_mask):
+        weights = super().forward(input_ids, attention_mask)
+        if self.normalize:
+            n_real = attention_mask.sum(1, keepdim=True).to(weights.dtype)
+            weights = weights * n_real / weights.sum(1, keepdim=True).clamp(min=1e-8)
         return weights

@@ -63,7 +63,7 @@ def load_streamingqa(cfg, split, path=None):
     return [
         Example(text=row.text, question=row.question, answer=shortest_answer(row.answers.split("\\")),
                 answers=clean_answers(row.answers.split("\\")), doc_id=str(doc_id), group=str(doc_id),
-                extra={k: getattr(row, k) for k in ("answer_start", "answer_end") if k in frame.columns})
+                extra={k: getattr(row, k) for k in ("answer_start", "answer_end", "answer_spans") if k in frame.columns})
         for row, doc_id in zip(frame.itertuples(index=False), doc_ids)
     ]
 

@@ -223,6 +223,19 @@ def test_camels_and_tfidf_runs(world, world_parts, tmp_path):
     assert [point["n_documents"] for point in curve] == [2]
 
 
+def test_floor_and_ceiling_runs(world, tmp_path):
+    """model=none answers with the base model as it is (its score equals the before-adaptation
+    score); model=oracle adapts on the answer tokens of the evaluated stream."""
+    common = ["eval=[em,ppl]", "eval_init=true", "downsample_to=3", "lr=1e-3"]
+    floor = run.evaluate(compose_config(world, ["model=none", *common]), tmp_path / "none")
+    assert floor["method"] == "none" and floor["nll"] == floor["init"]["nll"] and floor["em"] == floor["init"]["em"]
+    assert json.loads((tmp_path / "none" / "metrics.json").read_text())["adaptation"]["n_steps"] == 0
+    ceiling = run.evaluate(compose_config(world, ["model=oracle", *common]), tmp_path / "oracle")
+    assert ceiling["method"] == "oracle" and ceiling["init"]["nll"] == floor["init"]["nll"]
+    assert ceiling["nll"] < ceiling["init"]["nll"]
+    assert json.loads((tmp_path / "oracle" / "metrics.json").read_text())["adaptation"]["n_steps"] == 3
+
+
 def bad_input_cases(world, tmp_path, tokenizer):
     other_body = tmp_path / "other_body"
     from test_weight_model import byte_level_tokenizer

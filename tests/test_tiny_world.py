@@ -13,7 +13,7 @@ from exp_datasets.tiny_world import world
 from exp_datasets.tiny_world.report import token_weights
 from util import REPO_ROOT, UsageError, load_causal_lm, load_tokenizer
 
-STREAM_FILES = ("train.csv", "val.csv", "test.csv", "qa_train.csv", "qa_val.csv")
+STREAM_FILES = ("train.csv", "val.csv", "test.csv", "qa_train.csv", "qa_val.csv", "pretrain_qa.csv")
 
 
 def read(data_dir, name):
@@ -39,6 +39,7 @@ def test_entities_never_cross_splits(tiny_world_small):
     data = tiny_world_small.data_dir
     pretrain = read(data, "pretrain_docs.csv")
     groups = {
+        "pretrain_qa": set(read(data, "pretrain_qa.csv")["entity"]),
         "qa_train": set(read(data, "qa_train.csv")["entity"]),
         "qa_val": set(read(data, "qa_val.csv")["entity"]),
         **{split: set(read(data, f"{split}.csv")["entity"]) for split in ("train", "val", "test")},
@@ -48,9 +49,15 @@ def test_entities_never_cross_splits(tiny_world_small):
         assert groups[first], first
         for second in names[i + 1:]:
             assert not groups[first] & groups[second], (first, second)
-    # the pretraining documents are about exactly the qa_train and qa_val entities
-    assert set(pretrain["entity"]) == groups["qa_train"] | groups["qa_val"]
-    assert set(pretrain.loc[pretrain["has_qa"] == 1, "entity"]) == groups["qa_train"]
+    # pretraining reads the documents of the pretrain_qa, qa_train and qa_val entities; only the
+    # first set's QA pairs are pretrained on (the model builder reads pretrain_qa.csv), so QA
+    # pre-tuning's pairs are new to the base model
+    assert set(pretrain["entity"]) == groups["pretrain_qa"] | groups["qa_train"] | groups["qa_val"]
+    for name in ("pretrain_qa", "qa_train", "qa_val"):
+        assert set(pretrain.loc[pretrain["qa_file"] == name, "entity"]) == groups[name]
+    cfg = small_recipe()
+    assert len(groups["pretrain_qa"]) == cfg.n_pretrain_entities
+    assert len(groups["qa_train"]) + len(groups["qa_val"]) == cfg.n_qa_entities
     # no stream entity is ever named in what the base model read
     read_text = " ".join(pretrain["text"])
     for split in ("train", "val", "test"):
@@ -199,9 +206,20 @@ def test_artefact_path_uses_the_default_recipe_and_resolver(tiny_world_small, tm
         tiny_world.artefact_path("weights")
 
 
+def test_every_recipe_has_a_folder_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAMELS_CACHE_DIR", str(tmp_path))
+    assert tiny_world.output_root(tiny_world.load_recipe()) == tmp_path / "tiny_world"
+    # where and how it is built does not change the folder; anything it is made of does
+    assert tiny_world.output_root(tiny_world.load_recipe(["num_threads=2", "progress=false"])) == tmp_path / "tiny_world"
+    variants = {tiny_world.output_root(tiny_world.load_recipe(o)) for o in (["seed=7"], ["seed=8"], ["model.n_layer=2"])}
+    assert len(variants) == 3 and all(p.parent == tmp_path and p.name.startswith("tiny_world-") for p in variants)
+    assert tiny_world.output_root(tiny_world.load_recipe(["seed=7"])) in variants
+    assert tiny_world.output_root(tiny_world.load_recipe(["seed=7", f"out_dir={tmp_path / 'x'}"])) == tmp_path / "x"
+
+
 def test_bad_recipe_fails_before_work(tmp_path):
-    with pytest.raises(UsageError, match="qa_entity_fraction"):
-        tiny_world.build(small_recipe([f"out_dir={tmp_path / 'w'}", "qa_entity_fraction=1.0"]))
+    with pytest.raises(UsageError, match="qa_val_fraction"):
+        tiny_world.build(small_recipe([f"out_dir={tmp_path / 'w'}", "qa_val_fraction=1.0"]))
     with pytest.raises(UsageError, match="doc_words"):
         tiny_world.build(small_recipe([f"out_dir={tmp_path / 'w'}", "doc_words=[90,60]"]))
     assert not (tmp_path / "w").exists()

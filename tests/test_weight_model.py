@@ -9,6 +9,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
+import token_alignment
 import util
 import weight_model as W
 from exp_datasets import pad
@@ -47,7 +48,7 @@ def body_dir(tokenizer, tmp_path_factory):
 
 
 def byte_token_id(tokenizer, byte):
-    return tokenizer.convert_tokens_to_ids(W.bytes_to_unicode()[byte])
+    return tokenizer.convert_tokens_to_ids(token_alignment.bytes_to_unicode()[byte])
 
 
 def hf_offsets(tokenizer, text):
@@ -66,11 +67,11 @@ def expected_weights_from_char_scores(offsets, char_score):
 def test_alignment_splits_multibyte_characters_over_byte_tokens(tokenizer):
     # "a日!" as single-byte tokens: the three bytes of 日 each cover the whole character
     ids = [byte_token_id(tokenizer, b) for b in "a日!".encode()]
-    text, spans = W.decode_with_offsets(tokenizer, ids)
+    text, spans = token_alignment.decode_with_offsets(tokenizer, ids)
     assert text == "a日!"
     assert spans == [(0, 1), (1, 2), (1, 2), (1, 2), (2, 3)]
     # a character cut off at the end decodes to U+FFFD, still covered by its byte
-    text, spans = W.decode_with_offsets(tokenizer, ids[:3])
+    text, spans = token_alignment.decode_with_offsets(tokenizer, ids[:3])
     assert text == "a\ufffd" == "a日".encode()[:3].decode(errors="replace")
     assert spans == [(0, 1), (1, 2), (1, 2)]
 
@@ -78,7 +79,7 @@ def test_alignment_splits_multibyte_characters_over_byte_tokens(tokenizer):
 def test_alignment_special_tokens_are_empty_and_text_round_trips(tokenizer):
     for sentence in CORPUS + ["  two leading spaces,\n\ttabs and ?!?!... punctuation runs"]:
         ids, offsets = hf_offsets(tokenizer, sentence)
-        text, spans = W.decode_with_offsets(tokenizer, ids)
+        text, spans = token_alignment.decode_with_offsets(tokenizer, ids)
         assert text == sentence
         # the spans tile the text in order, overlapping only where a character is split
         assert spans[0][0] == 0 and spans[-1][1] == len(sentence)
@@ -90,7 +91,7 @@ def test_alignment_special_tokens_are_empty_and_text_round_trips(tokenizer):
                 assert text[start:end] == piece
     eos = tokenizer.eos_token_id
     ids = tokenizer("hi")["input_ids"]
-    text, spans = W.decode_with_offsets(tokenizer, [eos] + ids + [eos])
+    text, spans = token_alignment.decode_with_offsets(tokenizer, [eos] + ids + [eos])
     assert text == "hi" and spans[0] == (0, 0) and spans[-1] == (2, 2)
 
 
@@ -160,6 +161,57 @@ def test_tfidf_min_threshold_zeroes_below_the_quantile(tokenizer):
     cutoff = torch.quantile(full, 0.5)
     assert weights[0].tolist() == pytest.approx(torch.where(full < cutoff, 0.0, full).tolist(), abs=1e-6)
     assert (weights[0] == 0).sum() > (full == 0).sum()
+
+
+def oracle_stream():
+    """Documents of CORPUS with questions: one answer given by its span, one found by its string."""
+    from exp_datasets import Document, Example
+
+    violin = Example(CORPUS[2], "What does Alice play?", "violin", "d2",
+                     extra={"answer_start": CORPUS[2].index("violin"), "answer_end": CORPUS[2].index("violin") + 6})
+    london = Example(CORPUS[2], "Where does Alice work?", "London", "d2")  # no span: every occurrence
+    oslo = Example(CORPUS[3], "Where does Greta live?", "Oslo", "d3")
+    return [Document(CORPUS[2], "d2", [violin, london]), Document(CORPUS[3], "d3", [oslo])]
+
+
+def test_oracle_weighs_exactly_the_answer_tokens(tokenizer):
+    stream = oracle_stream()
+    model = W.build_weight_model(OmegaConf.create({"name": "oracle", "normalize": False}), tokenizer, stream=stream)
+    weights, mask = weights_for(model, tokenizer, [CORPUS[2], CORPUS[3]])
+    for row, (text, answers) in enumerate(((CORPUS[2], ["violin", "London"]), (CORPUS[3], ["Oslo"]))):
+        char_score = [0.0] * len(text)
+        for answer in answers:
+            start = text.index(answer)
+            char_score[start:start + len(answer)] = [1.0] * len(answer)
+        _, offsets = hf_offsets(tokenizer, text)
+        expected = expected_weights_from_char_scores(offsets, char_score)
+        assert weights[row][mask[row].bool()].tolist() == expected and 0 < sum(expected) < len(expected)
+    # normalised: the same tokens, each document with the mass of uniform weights
+    normalized = W.build_weight_model(OmegaConf.load(util.REPO_ROOT / "conf/model/oracle.yaml"), tokenizer,
+                                      stream=stream)
+    scaled, _ = weights_for(normalized, tokenizer, [CORPUS[2], CORPUS[3]])
+    assert torch.equal(scaled > 0, weights > 0)
+    assert scaled.sum(1).tolist() == pytest.approx(mask.sum(1).float().tolist())
+    # a document cut short (max_text_len) is matched to its stream document by its beginning
+    ids = tokenizer(CORPUS[2])["input_ids"]
+    cut = model(torch.tensor([ids[:-3]]), torch.ones(1, len(ids) - 3, dtype=torch.long))
+    assert torch.equal(cut[0], weights[0][: len(ids) - 3])
+
+
+def test_oracle_refuses_documents_it_has_no_answers_for(tokenizer):
+    cfg = OmegaConf.create({"name": "oracle", "normalize": True})
+    with pytest.raises(util.UsageError, match="model=oracle"):
+        W.build_weight_model(cfg, tokenizer)
+    model = W.build_weight_model(cfg, tokenizer, stream=oracle_stream())
+    with pytest.raises(util.UsageError, match="not in its stream"):
+        weights_for(model, tokenizer, [CORPUS[0]])
+
+
+def test_no_adaptation_weighs_nothing_and_says_it_does_not_adapt(tokenizer):
+    model = W.build_weight_model(OmegaConf.load(util.REPO_ROOT / "conf/model/none.yaml"), tokenizer)
+    weights, _ = weights_for(model, tokenizer, CORPUS[:2])
+    assert not model.adapts and weights.eq(0).all()
+    assert all(W.WEIGHT_MODELS[name].adapts for name in W.WEIGHT_MODELS if name != "none")
 
 
 def test_unknown_weight_model_is_a_usage_error(tokenizer):
@@ -278,7 +330,7 @@ def test_alignment_of_sentencepiece_byte_fallback():
     sentence = "Obama visited 日本 café!"
     ids = tokenizer(sentence)["input_ids"]
     assert "<0xE6>" in tokenizer.convert_ids_to_tokens(ids)  # 日 and 本 fall back to bytes
-    text, spans = W.decode_with_offsets(tokenizer, ids)
+    text, spans = token_alignment.decode_with_offsets(tokenizer, ids)
     assert text == " " + sentence  # the SentencePiece prefix space is part of the first piece
     pieces = [text[s:e] for s, e in spans]
     assert pieces.count("日") == 3 and pieces.count("本") == 3 and pieces.count("é") == 2

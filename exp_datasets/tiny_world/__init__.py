@@ -1,7 +1,8 @@
 """The tiny world: a synthetic miniature of the paper's setting (documents, QA pairs, a tokenizer
 and a small pretrained GPT-2) on which every default config, the demo and the tests run.
 
-`python -m exp_datasets.tiny_world [key=value ...]` builds it (recipe: conf/tiny_world.yaml);
+`python -m exp_datasets.tiny_world [key=value ...]` builds it (recipe: conf/tiny_world.yaml) into
+<cache>/tiny_world, or a variant recipe (any key=value) into <cache>/tiny_world-<recipe hash>;
 `artefact_path("data" | "base_model")` returns a folder of the default build, building it first
 when it is missing or its recipe changed (config resolver ${tiny_world:...}); `build(cfg)` builds
 any recipe into any folder.
@@ -41,8 +42,25 @@ def load_recipe(overrides=()):
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
 
 
+def recipe_key(cfg):
+    """"tiny_world" for the recipe of conf/tiny_world.yaml, else "tiny_world-<hash of the recipe>":
+    every variant world has a folder of its own, so that no build replaces another recipe's world."""
+    from omegaconf import OmegaConf
+
+    def what(recipe):
+        return {k: v for k, v in OmegaConf.to_container(recipe, resolve=True).items() if k not in RUNTIME_KEYS}
+
+    recipe = what(cfg)
+    if recipe == what(load_recipe()):
+        return "tiny_world"
+    return "tiny_world-" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def output_root(cfg) -> Path:
-    return Path(cfg.out_dir).expanduser().resolve() if cfg.get("out_dir") else cache_dir(cfg.get("cache_dir")) / "tiny_world"
+    """out_dir when set, else the recipe's own folder (recipe_key) in the cache folder."""
+    if cfg.get("out_dir"):
+        return Path(cfg.out_dir).expanduser().resolve()
+    return cache_dir(cfg.get("cache_dir")) / recipe_key(cfg)
 
 
 def stage_hashes(cfg):
@@ -91,14 +109,16 @@ def build_lock(root: Path):
 
 def check_recipe(cfg):
     """Fail on a recipe that cannot build, before any work starts."""
-    if cfg.n_pretrain_entities < 2:
-        raise UsageError("n_pretrain_entities must be at least 2 (some with QA pairs, some document-only)")
-    if not 0 < cfg.qa_entity_fraction < 1:
-        raise UsageError(f"qa_entity_fraction={cfg.qa_entity_fraction} must lie strictly between 0 and 1")
-    for key in ("n_train_docs", "n_val_docs", "n_test_docs", "n_web_texts", "docs_per_pretrain_entity"):
+    if cfg.n_qa_entities < 2:
+        raise UsageError(f"n_qa_entities={cfg.n_qa_entities} must be at least 2 (some for qa_train, some for qa_val)")
+    if not 0 < round(cfg.n_qa_entities * cfg.qa_val_fraction) < cfg.n_qa_entities:
+        raise UsageError(f"qa_val_fraction={cfg.qa_val_fraction} leaves qa_train or qa_val without entities; "
+                         "choose a fraction strictly between 0 and 1 (or more n_qa_entities)")
+    for key in ("n_pretrain_entities", "n_train_docs", "n_val_docs", "n_test_docs", "n_web_texts", "docs_per_pretrain_entity"):
         if cfg[key] < 1:
             raise UsageError(f"{key}={cfg[key]} must be at least 1")
-    for key in ("doc_words", "pretrain_doc_words", "facts_per_doc", "questions_per_fact", "web_text_words"):
+    for key in ("doc_words", "pretrain_doc_words", "facts_per_doc", "fact_mentions", "questions_per_fact",
+                "web_text_words"):
         if cfg[key] is None and key == "pretrain_doc_words":
             continue
         low, high = cfg[key]
@@ -106,6 +126,8 @@ def check_recipe(cfg):
             raise UsageError(f"{key}={list(cfg[key])} must be [low, high] with 1 <= low <= high")
     if cfg.facts_per_doc[1] > 4:
         raise UsageError("facts_per_doc allows at most 4 facts (the smallest entity kind has 4 attributes)")
+    if cfg.fact_mentions[1] > 4:
+        raise UsageError("fact_mentions allows at most 4 statements of a fact (each attribute has 4 wordings)")
     if cfg.model.n_embd % cfg.model.n_head:
         raise UsageError(f"model.n_embd={cfg.model.n_embd} must be a multiple of model.n_head={cfg.model.n_head}")
 

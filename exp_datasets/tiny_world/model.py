@@ -122,7 +122,7 @@ def build_model(cfg, folder, progress=True):
     device = pick_device(cfg.get("device", "auto"))
     train_cfg = cfg.pretrain
     docs = pd.read_csv(folder / "data" / "pretrain_docs.csv", keep_default_na=False, dtype=str)["text"].tolist()
-    qa = pd.read_csv(folder / "data" / "qa_train.csv", keep_default_na=False, dtype=str)
+    qa = pd.read_csv(folder / "data" / "pretrain_qa.csv", keep_default_na=False, dtype=str)
     questions, answers = qa["question"].tolist(), qa["answers"].tolist()
     started = time.time()
     tokenizer = train_tokenizer(docs + [f"{q} {a}" for q, a in zip(questions, answers)],

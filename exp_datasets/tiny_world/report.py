@@ -16,9 +16,10 @@ SCHEMES = ("uniform", "oracle", "salient")
 
 
 def answer_spans(document):
-    """Character spans of the answers inside a Document's text (from the CSV's extra columns)."""
-    spans = {(int(e.extra["answer_start"]), int(e.extra["answer_end"])) for e in document.examples}
-    return sorted(spans)
+    """Character spans of the answers inside a Document's text (every statement of each)."""
+    from weight_analysis import answer_char_spans
+
+    return sorted({span for e in document.examples for span in answer_char_spans(e)})
 
 
 @torch.no_grad()
@@ -168,8 +169,8 @@ def build_report(cfg, folder, progress=True):
     def sample(examples, n):
         return examples if len(examples) <= n else rng.sample(examples, n)
 
-    qa_train = load_split(dataset_cfg, "qa_train")
-    sets = {"trained": sample(qa_train, report_cfg.n_qa),
+    pretrain_qa = load_split(dataset_cfg, "qa_train", folder / "data" / "pretrain_qa.csv")
+    sets = {"trained": sample(pretrain_qa, report_cfg.n_qa),
             "document_only": sample(load_split(dataset_cfg, "qa_val"), report_cfg.n_qa),
             "unseen": sample(load_split(dataset_cfg, "test"), report_cfg.n_qa)}
     qa = {name: qa_scores(model, tokenizer, collator, examples, progress) for name, examples in sets.items()}
@@ -177,7 +178,7 @@ def build_report(cfg, folder, progress=True):
     rng.shuffle(test_docs)
     n_one, n_stream = report_cfg.one_step.n_docs, report_cfg.stream.n_docs
     one_step_rows, one_step_best = one_step_uptake(
-        model, tokenizer, collator, test_docs[:n_one], sample(qa_train, report_cfg.one_step.n_unrelated),
+        model, tokenizer, collator, test_docs[:n_one], sample(pretrain_qa, report_cfg.one_step.n_unrelated),
         list(report_cfg.one_step.lrs), progress)
     stream_rows = stream_adaptation(model, tokenizer, collator, test_docs[n_one:n_one + n_stream],
                                     list(report_cfg.stream.schemes), list(report_cfg.stream.lrs),
@@ -231,7 +232,8 @@ def markdown(report):
              f"pretraining documents average {report['data']['mean_pretraining_document_tokens']:.0f}.", "",
              "## What the base model knows (greedy EM/F1, answer NLL)", "",
              "| QA pairs | n | EM | F1 | answer NLL |", "|---|---|---|---|---|"]
-    titles = {"trained": "(a) trained on", "document_only": "(b) document-only facts", "unseen": "(c) unseen test facts"}
+    titles = {"trained": "(a) pretrained on (pretrain_qa)", "document_only": "(b) read, never asked (qa_val)",
+              "unseen": "(c) unseen test facts"}
     for name, title in titles.items():
         s = qa[name]
         lines.append(f"| {title} | {s['n']} | {s['em']:.3f} | {s['f1']:.3f} | {s['nll']:.3f} |")

@@ -314,15 +314,21 @@ class WorldWriter:
             return self._fill(self.rng.choice(ENTITY_FILLER[entity.kind]), entity)
         return self._fill(self.rng.choice(FILLER), None)
 
-    def document(self, doc_id, entity, words_range):
-        """Fact sentences at random places among filler, until the word target is reached."""
+    def document(self, doc_id, entity, words_range, mentions=(1, 1)):
+        """Fact sentences at random places among filler, until the word target is reached; each
+        fact is stated `mentions` (a [low, high] range) times, each time in other words."""
         rng = self.rng
         target = rng.randint(*words_range)
         facts = []
         for fact in entity.facts:
-            template = rng.choice(ATTRIBUTES[entity.kind][fact.attribute][1])
-            before, after = template.format(e=entity.name, v="\0").split("\0")
-            facts.append((fact, before, after))
+            templates = ATTRIBUTES[entity.kind][fact.attribute][1]
+            if mentions[1] == 1:
+                chosen = [rng.choice(templates)]
+            else:
+                chosen = rng.sample(templates, min(rng.randint(*mentions), len(templates)))
+            for template in chosen:
+                before, after = template.format(e=entity.name, v="\0").split("\0")
+                facts.append((fact, before, after))
         words = sum(len((b + f.value + a).split()) for f, b, a in facts)
         fillers = []
         while words < target:
@@ -357,37 +363,49 @@ class WorldWriter:
 
 
 def qa_rows(writer, doc, questions_per_fact):
-    rows = []
+    """Questions about each fact of `doc`: answer_start/answer_end locate its first statement,
+    answer_spans ("start:end;...") every statement of it."""
+    rows, mentions = [], {}
     for fact, start, end in doc.spans:
+        mentions.setdefault(id(fact), (fact, []))[1].append((start, end))
+    for fact, spans in mentions.values():
+        first = min(spans)
         per_fact = writer.rng.randint(*questions_per_fact)
         for question in writer.questions(doc.entity, fact, per_fact):
             rows.append(dict(text=doc.text, question=question, answers=fact.value, doc_id=doc.doc_id,
-                             answer_start=start, answer_end=end, entity=doc.entity.name,
-                             attribute=fact.attribute))
+                             answer_start=first[0], answer_end=first[1],
+                             answer_spans=";".join(f"{s}:{e}" for s, e in sorted(spans)),
+                             entity=doc.entity.name, attribute=fact.attribute))
     return rows
 
 
 def make_world(cfg):
     """All tables of the world: {file name: list of row dicts}. Entities never cross splits.
 
-    Pretraining entities get several differently worded documents each; the QA pairs of most of
-    them form qa_train (trained on), the rest qa_val (facts the model only read about). Each
-    stream document (train/val/test) is about an entity of its own.
+    Two disjoint sets of entities get several differently worded documents each, all of which the
+    base model reads in pretraining: the QA pairs of the first set (pretrain_qa) are pretrained on
+    too, so the model learns to answer about what it read; those of the second form qa_train and
+    qa_val, which pretraining never sees, so that QA pre-tuning has something to learn. Each
+    stream document (train/val/test) is about an entity of its own that pretraining never names.
     """
     writer = WorldWriter(cfg.seed, cfg.n_value_people, cfg.n_value_towns, cfg.n_value_rivers)
     rng = writer.rng
     words = tuple(cfg.doc_words)
     pretrain_words = tuple(cfg.pretrain_doc_words or cfg.doc_words)
     n_facts = tuple(cfg.facts_per_doc)
-    tables = {"pretrain_docs.csv": [], "qa_train.csv": [], "qa_val.csv": []}
-    n_with_qa = round(cfg.n_pretrain_entities * cfg.qa_entity_fraction)
-    for index in range(cfg.n_pretrain_entities):
+    tables = {"pretrain_docs.csv": [], "pretrain_qa.csv": [], "qa_train.csv": [], "qa_val.csv": []}
+    n_qa_val = round(cfg.n_qa_entities * cfg.qa_val_fraction)
+    n_read = cfg.n_pretrain_entities + cfg.n_qa_entities
+    for index in range(n_read):
         entity = writer.entity(rng.randint(*n_facts))
-        qa_file = "qa_train.csv" if index < n_with_qa else "qa_val.csv"
+        if index < cfg.n_pretrain_entities:
+            qa_file = "pretrain_qa.csv"
+        else:
+            qa_file = "qa_val.csv" if index >= n_read - n_qa_val else "qa_train.csv"
         for copy in range(cfg.docs_per_pretrain_entity):
-            doc = writer.document(f"pre-{index:05d}-{copy}", entity, pretrain_words)
+            doc = writer.document(f"pre-{index:05d}-{copy}", entity, pretrain_words, tuple(cfg.fact_mentions))
             tables["pretrain_docs.csv"].append(dict(text=doc.text, doc_id=doc.doc_id, entity=entity.name,
-                                                    has_qa=int(qa_file == "qa_train.csv")))
+                                                    qa_file=qa_file[:-4]))
             if copy == 0:
                 # every paraphrase states the same facts; the QA rows point at the first one
                 tables[qa_file].extend(qa_rows(writer, doc, tuple(cfg.questions_per_fact)))
@@ -395,7 +413,8 @@ def make_world(cfg):
                          ("test.csv", cfg.n_test_docs)):
         rows = tables[file] = []
         for index in range(n_docs):
-            doc = writer.document(f"{file[:-4]}-{index:05d}", writer.entity(rng.randint(*n_facts)), words)
+            doc = writer.document(f"{file[:-4]}-{index:05d}", writer.entity(rng.randint(*n_facts)), words,
+                                  tuple(cfg.fact_mentions))
             rows.extend(qa_rows(writer, doc, tuple(cfg.questions_per_fact)))
     tables["web_text.csv"] = [dict(raw_text=writer.web_text(tuple(cfg.web_text_words)))
                               for _ in range(cfg.n_web_texts)]
