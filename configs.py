@@ -109,7 +109,13 @@ class CamelsConfig(WeightModelConfig):
     freeze_base: bool = key()
 
 
-MODEL_SCHEMAS = {"uniform": UniformConfig, "ssm": SalientSpansConfig, "TFIDF": TfidfConfig, "CaMeLS": CamelsConfig}
+@dataclass
+class OracleConfig(WeightModelConfig):
+    normalize: bool = key()
+
+
+MODEL_SCHEMAS = {"uniform": UniformConfig, "ssm": SalientSpansConfig, "TFIDF": TfidfConfig, "CaMeLS": CamelsConfig,
+                 "oracle": OracleConfig, "none": WeightModelConfig}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +145,7 @@ class RunConfig:
 @dataclass
 class EvalConfig(RunConfig):
     weight_model_path: Optional[str] = key()
+    method_label: Optional[str] = key()
     split: str = key(choices=SPLITS)
     test_path: Optional[str] = key()
     downsample_to: int = key("documents_or_all")
@@ -267,9 +274,15 @@ def tiny_world_path(name):
 def planned_tiny_world_path(name):
     """Where ${tiny_world:name} points, without building the world: for checks made before the step
     that builds it (demo.py)."""
+    return str(tiny_world_folder() / name)
+
+
+def tiny_world_folder(overrides=()):
+    """The folder the tiny world of conf/tiny_world.yaml with recipe `overrides` is built into
+    (its own for every variant recipe); nothing is built."""
     from exp_datasets import tiny_world
 
-    return str(tiny_world.output_root(tiny_world.load_recipe()) / name)
+    return tiny_world.output_root(tiny_world.load_recipe(overrides))
 
 
 def basename(path):
