@@ -17,7 +17,7 @@ TEST_THREADS = int(os.environ.get("CAMELS_TEST_THREADS", "1"))
 # Small sizes so the whole build takes seconds on two busy cores; the values are what matters to
 # the tests (every split non-empty, a model that loads like a hub model), not its quality.
 SMALL_WORLD = [
-    "n_value_people=40", "n_value_towns=30", "n_value_rivers=12", "n_pretrain_entities=16", "n_qa_entities=8",
+    "n_value_people=40", "n_value_towns=30", "n_value_rivers=12", "n_pretrain_entities=24", "n_qa_entities=8",
     "docs_per_pretrain_entity=2", "n_train_docs=12", "n_val_docs=6", "n_test_docs=14", "n_web_texts=8",
     "tokenizer.vocab_size=700", "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
     "pretrain.epochs=2", "pretrain.doc_batch_size=8",
