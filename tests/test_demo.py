@@ -141,6 +141,7 @@ def test_miniature_demo_runs_end_to_end_and_resumes(tiny_world_small, tmp_path, 
 
 def test_lr_grid_must_be_log_spaced():
     assert demo.grid_ratio([1e-4, 1e-3, 1e-2]) == pytest.approx(10.0)
+    assert demo.grid_ratio([3e-4, 1e-3, 3e-3]) == pytest.approx(10 ** 0.5)
     with pytest.raises(UsageError, match="not log-spaced"):
         demo.grid_ratio([1e-4, 1e-3, 3e-3])
     with pytest.raises(UsageError, match="at least two"):

@@ -146,7 +146,8 @@ def test_nan_meta_training_keeps_the_last_good_checkpoint(tiny_world_small, tmp_
     cfg = train_config(tiny_world_small, tmp_path, "inner_lr=1.0", "outer_lr=3", "model.normalize=false",
                        "max_outer_steps=20", "val_steps=1", *META_KNOBS)
     message = one_line_error(meta_train.train, cfg)
-    assert "diverged" in message and "after 2 outer steps is nan" in message and "kept: best, last" in message
+    # at outer step 2 either the weight model's gradient or the validation after it is the first non-finite number
+    assert "diverged" in message and ("after 2 outer steps is nan" in message or "at outer step 2 is inf" in message)
     last = tmp_path / "checkpoints" / "last"
     assert json.loads((last / "training_state.json").read_text())["step"] == 1
     for name in ("last", "best"):
