@@ -155,12 +155,16 @@ def validation_table(cfg, pipeline, methods):
     return report.aggregate([pipeline.out / "val" / m for m in methods], metric=cfg.selection_metric)
 
 
-def lr_beyond_edge(cfg, pipeline, method):
-    """When `method`'s best validation lr is the smallest or largest it was run with, the next
-    value of the log-spaced grid beyond that edge; else None."""
+def lr_beyond_edge(cfg, pipeline, method, extension):
+    """When `method`'s best validation lr, among the runs made before extension round `extension`,
+    is the smallest or largest of them, the next value of the log-spaced grid beyond that edge; else
+    None. (A rerun recomputes the same value: later rounds' runs are left out.)"""
     import report
 
-    table = validation_table(cfg, pipeline, [method])
+    folder = pipeline.out / "val" / method
+    later = {f"beyond_edge_{k}" for k in range(extension, cfg.max_lr_extensions + 1)}
+    runs = [r for r in report.load_runs([folder]) if Path(r["run_dir"]).relative_to(folder).parts[0] not in later]
+    table = report.aggregate_runs(runs, metric=cfg.selection_metric)
     best = report.best_lrs(table, metric=cfg.selection_metric).iloc[0]["lr"]
     tried = sorted(table["lr"])
     ratio = grid_ratio(cfg.lrs)
@@ -180,7 +184,7 @@ def validation_sweeps(pipeline, cfg, methods, alongside=None):
                     **(alongside or {})})
     swept = [m for m in methods if m not in cfg.unswept_methods]
     for extension in range(1, cfg.max_lr_extensions + 1):
-        beyond = {m: [lr] for m in swept if (lr := lr_beyond_edge(cfg, pipeline, m)) is not None}
+        beyond = {m: [lr] for m in swept if (lr := lr_beyond_edge(cfg, pipeline, m, extension)) is not None}
         if not beyond:
             return
         pipeline.steps(eval_sweeps(pipeline, cfg, "val", beyond, [cfg.val_seed], cfg.val_downsample_to,
