@@ -215,6 +215,7 @@ class TrainConfig(RunConfig):
     sample_docs: int = key("positive_int")
     output_dir: Optional[str] = key()
     resume_from: Optional[str] = key()
+    dist_timeout_min: int = key("positive_int")
 
 
 # ---------------------------------------------------------------------------------------------

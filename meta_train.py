@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+import distributed
 import util
 from exp_datasets import QACollator, group_shuffle, load_split, load_web_text
 from meta_objective import MetaSettings, accumulate_meta_gradient, outer_loss
@@ -22,7 +23,7 @@ from weight_analysis import answer_mass, make_batch, render_document_weights
 RESUME_FILE = "trainer_state.pt"
 # options a continuation of a run may change: where it stops, logging, hardware
 RESUMABLE_CHANGES = ("max_outer_steps", "n_epochs", "progress", "wandb", "wandb_project", "device", "torch_threads",
-                     "output_dir", "resume_from", "overwrite", "cache_dir")
+                     "output_dir", "resume_from", "overwrite", "cache_dir", "dist_timeout_min")
 # what a meta-training run writes into its folder (removed by overwrite=true)
 OUTPUTS = ("metrics.jsonl", "summary.json", "checkpoints", "samples", "config.yaml", "config_resumed_at_step_*.yaml")
 BATCH_ORDERS = ("rows", "documents")
@@ -59,6 +60,7 @@ def check_config(cfg):
     if cfg.reset_base_freq % cfg.update_batch_size:
         raise UsageError(f"reset_base_freq={cfg.reset_base_freq} must be a multiple of "
                          f"update_batch_size={cfg.update_batch_size}")
+    distributed.check_grad_acc_steps(cfg.grad_acc_steps)
     if cfg.grad_checkpointing and cfg.inner_backend != "torch_func":
         raise UsageError("grad_checkpointing=true needs inner_backend=torch_func (higher's patched modules "
                          "cannot recompute activations with the right fast weights)")
@@ -161,6 +163,10 @@ class MetaTrainer:
             metrics["answer_weight_share"] = mass[0] / max(mass[1], 1e-30)
         return metrics
 
+    def skip_batch(self):
+        """Another rank's micro-batch: its web texts are drawn all the same (one process's generator)."""
+        self.loc_batches(self.loc_rng)
+
     @torch.no_grad()
     def batch_weights(self, batch):
         return self.weight_model(batch["text_ids"], batch["text_mask"])
@@ -197,6 +203,7 @@ class MetaTrainer:
         return result
 
     # -- outputs ------------------------------------------------------------------------------
+    @distributed.main_only
     def log(self, row):
         row = {k: (round(v, 8) if isinstance(v, float) else v) for k, v in row.items()}
         with open(self.metrics_path, "a") as handle:
@@ -206,6 +213,7 @@ class MetaTrainer:
             self.wandb_run.log({f"{split}/{k}": v for k, v in row.items() if k not in ("split", "step")},
                                step=row["step"])
 
+    @distributed.main_only
     def save_checkpoint(self, name, info):
         with util.atomic_dir(self.out_dir / "checkpoints" / name) as folder:
             self.weight_model.save(folder)
@@ -220,6 +228,7 @@ class MetaTrainer:
                 questions.setdefault(example.text, []).append(example)
         return list(questions.values())
 
+    @distributed.main_only
     def render_samples(self):
         was_training = self.weight_model.training
         self.weight_model.eval()
@@ -228,6 +237,7 @@ class MetaTrainer:
                                 heading=f"CaMeLS weights after {self.step} outer steps")
         self.weight_model.train(was_training)
 
+    @distributed.main_only
     def run_validation(self, started):
         metrics = self.validate()
         self.check_finite(f"the validation outer loss after {self.step} outer steps", metrics["total"])
@@ -253,12 +263,16 @@ class MetaTrainer:
     def save_last(self, val):
         """checkpoints/last/: the weight model, plus everything needed to continue the run from
         this optimiser step exactly (taken only between optimiser steps, with no pending gradients)."""
+        own = dict(base_params=util.snapshot_parameters(self.base_model, "cpu"),
+                   docs_since_reset=self.docs_since_reset, torch_rng_state=torch.get_rng_state())
+        ranks = distributed.all_gather_objects(own)  # under torchrun each rank carries its own base model
+        if not distributed.is_main():
+            return
         state = dict(step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
                      epoch_rng_state=self.epoch_rng_state, loc_rng_state=self.loc_rng.getstate(),
-                     docs_since_reset=self.docs_since_reset, best_val=self.best_val, val_start=self.val_start,
-                     optimizer=self.optimizer.state_dict(), base_params=util.snapshot_parameters(self.base_model, "cpu"),
-                     torch_rng_state=torch.get_rng_state(),
-                     cuda_rng_states=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+                     best_val=self.best_val, val_start=self.val_start, optimizer=self.optimizer.state_dict(), **own,
+                     cuda_rng_states=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                     ranks=ranks if len(ranks) > 1 else None)
         with util.atomic_dir(self.out_dir / "checkpoints" / "last") as folder:
             self.weight_model.save(folder)
             (folder / "training_state.json").write_text(json.dumps(dict(step=self.step, epoch=self.epoch, val=val),
@@ -276,10 +290,16 @@ class MetaTrainer:
             setattr(self, key, state[key])
         self.loc_rng.setstate(state["loc_rng_state"])
         torch.set_rng_state(state["torch_rng_state"])
+        own = distributed.own_state(state.get("ranks"), self.cfg.resume_from)
+        if own:
+            util.restore_parameters(self.base_model, own["base_params"])
+            self.docs_since_reset = own["docs_since_reset"]
+            torch.set_rng_state(own["torch_rng_state"])
         if state["cuda_rng_states"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng_states"])
         self.truncate_metrics()
 
+    @distributed.main_only
     def truncate_metrics(self):
         """metrics.jsonl up to the resumed step: rows logged after the checkpoint by the interrupted
         run are logged again by the continuation, so they go."""
@@ -302,14 +322,17 @@ class MetaTrainer:
             self.val_start = self.run_validation(started)
             self.render_samples()
         last_val = self.val_start
-        progress = tqdm(total=total_steps, initial=self.step, desc="meta-train", disable=not cfg.progress)
+        progress = tqdm(total=total_steps, initial=self.step, desc="meta-train",
+                        disable=not cfg.progress or not distributed.is_main())
         self.weight_model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        window, step_started = [], time.time()
+        window, accumulated, step_started = [], 0, time.time()
 
         def optimizer_step(epoch):
-            """Clip, step Adam on the batches of `window`, log, validate and render on schedule."""
-            nonlocal window, step_started, last_val
+            """Sum the ranks' gradients, clip, step Adam, log, validate and render on schedule."""
+            nonlocal window, accumulated, step_started, last_val
+            distributed.sum_gradients(self.trainable)
+            window = [m for rank_window in distributed.all_gather_objects(window) for m in rank_window]
             grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, float(cfg.grad_clip_thresh))
             self.check_finite(f"the weight model's gradient norm at outer step {self.step + 1}", grad_norm.item())
             self.optimizer.step()
@@ -323,8 +346,9 @@ class MetaTrainer:
                        step_s=time.time() - step_started, elapsed_s=time.time() - started)
             self.log(row)
             progress.update(1)
-            progress.set_postfix(outer=f"{row['outer_loss']:.4f}", val=f"{last_val['total']:.4f}")
-            window, step_started = [], time.time()
+            if last_val is not None:
+                progress.set_postfix(outer=f"{row['outer_loss']:.4f}", val=f"{last_val['total']:.4f}")
+            window, accumulated, step_started = [], 0, time.time()
             if self.step % cfg.val_steps == 0:
                 last_val = self.run_validation(started)
                 self.save_last(last_val)
@@ -347,12 +371,16 @@ class MetaTrainer:
                     continue
                 if self.step >= total_steps:
                     break
-                window.append(self.train_batch(examples))
-                self.check_finite(f"the outer loss at outer step {self.step + 1}", window[-1]["outer_loss"])
+                if distributed.owns(accumulated, cfg.grad_acc_steps):
+                    window.append(self.train_batch(examples))
+                    self.check_finite(f"the outer loss at outer step {self.step + 1}", window[-1]["outer_loss"])
+                else:
+                    self.skip_batch()
                 self.batch_in_epoch = index + 1
+                accumulated += 1
                 # the epoch's last batches step even when fewer than grad_acc_steps (as the reference
                 # steps at each epoch end), so no gradient crosses into the next epoch
-                if len(window) == cfg.grad_acc_steps or self.batch_in_epoch == len(batches):
+                if accumulated == cfg.grad_acc_steps or self.batch_in_epoch == len(batches):
                     optimizer_step(epoch)
             # an epoch is complete when all its batches were used, or at the natural end of training
             # (not a max_outer_steps cap)
@@ -366,7 +394,8 @@ class MetaTrainer:
         self.save_last(last_val)
         summary = dict(steps=self.step, epochs=self.epoch, wall_s=time.time() - started, val_start=self.val_start,
                        val_end=last_val, best_val_total=self.best_val, output_dir=str(self.out_dir))
-        util.atomic_write_text(util.strict_json(summary, indent=1), self.out_dir / "summary.json")
+        if distributed.is_main():
+            util.atomic_write_text(util.strict_json(summary, indent=1), self.out_dir / "summary.json")
         return summary
 
 
@@ -411,7 +440,7 @@ def example_group(example):
 
 
 def train(cfg):
-    """Meta-train a weight model as configured by run.py's task=train; returns the run summary."""
+    """Meta-train a weight model as configured by run.py's task=train (on each torchrun rank); returns the summary."""
     from omegaconf import OmegaConf
 
     from weight_model import build_weight_model
@@ -419,13 +448,14 @@ def train(cfg):
     check_config(cfg)
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
-    device = util.pick_device(cfg.device)
+    device = distributed.init(util.pick_device(cfg.device), cfg.dist_timeout_min)
     dtype = util.pick_dtype(cfg.dtype)
-    out_dir = output_dir(cfg)
-    resume = claim_run_folder(cfg, out_dir)
+    out_dir = distributed.broadcast_object(output_dir(cfg))  # rank 0's folder, claimed by rank 0
+    resume = distributed.broadcast_object(claim_run_folder(cfg, out_dir) if distributed.is_main() else None)
     if resume == "complete":
         summary = json.loads((out_dir / "summary.json").read_text())
-        print(f"meta-training in {out_dir} is already complete ({summary['steps']} outer steps); nothing to do")
+        if distributed.is_main():
+            print(f"meta-training in {out_dir} is already complete ({summary['steps']} outer steps); nothing to do")
         return summary
     util.set_seed(cfg.seed)
     train_examples = load_split(cfg.dataset, "train")
@@ -440,14 +470,18 @@ def train(cfg):
     # switches it off for the losses after the update); meta_dropout=false: off throughout
     base_model.train(bool(cfg.meta_dropout))
     weight_model = build_weight_model(cfg.model, tokenizer).to(device=device, dtype=dtype)
+    distributed.broadcast_parameters(weight_model.parameters())
+    if distributed.rank():  # each rank its own dropout masks and forward-mode probes; rank 0 draws one process's
+        torch.manual_seed(cfg.seed + distributed.rank())
     trainer = MetaTrainer(cfg, base_model, weight_model, tokenizer, train_examples, val_examples, web_texts,
                           out_dir, device, val_web_texts)
     if resume:
         trainer.resume(out_dir / "checkpoints" / "last")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_name = f"config_resumed_at_step_{trainer.step}.yaml" if resume else "config.yaml"
-    util.atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out_dir / config_name)
-    if cfg.get("wandb"):
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config_name = f"config_resumed_at_step_{trainer.step}.yaml" if resume else "config.yaml"
+        util.atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out_dir / config_name)
+    if cfg.get("wandb") and distributed.is_main():
         import wandb
 
         trainer.wandb_run = wandb.init(project=cfg.wandb_project, dir=str(out_dir),
@@ -457,6 +491,8 @@ def train(cfg):
     finally:
         if trainer.wandb_run is not None:
             trainer.wandb_run.finish()
+    if not distributed.is_main():
+        return summary
     val_start, val_end = summary["val_start"], summary["val_end"]
     print(f"meta-training: {summary['steps']} outer steps in {summary['wall_s']:.0f}s; validation outer loss "
           f"{val_start['total']:.4f} -> {val_end['total']:.4f}; checkpoints in {out_dir / 'checkpoints'}")

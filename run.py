@@ -6,6 +6,9 @@ scoring (README: "Online adaptation evaluation"):
     python run.py task=eval model=uniform|ssm|TFIDF|CaMeLS|oracle|none [weight_model_path=...] dataset=... \
         base_model=... [base_model_state_dict=...] lr=... [downsample_to=k seed=s qa_lt_final=true]
     python run.py -m task=eval model=ssm lr=1e-4,2.5e-5 ...      (one run folder per job)
+    python run.py -m ... hydra/launcher=joblib hydra.launcher.n_jobs=4   (jobs in parallel; also
+        submitit_local, submitit_slurm, slurm_gpu: conf/hydra/launcher/)
+    torchrun --nproc_per_node=N run.py task=train ...            (data-parallel meta-training)
 
 Each evaluation run folder (outputs/eval/<dataset>/<method>-<stream>-.../<base>/<time>/) holds:
     config.yaml    the resolved configuration (Hydra's unresolved copies are in .hydra/)
@@ -17,6 +20,7 @@ Each evaluation run folder (outputs/eval/<dataset>/<method>-<stream>-.../<base>/
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -25,12 +29,14 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import distributed
 import early_checks
 import run_folder
 import util
 from configs import method_name, stream_name
 from exp_datasets import SPLITS, QACollator, load_split, make_stream
-from subroutines import Decoding, evaluate_qa, light_tune, parse_eval_modes, question_sample, weighted_train
+from subroutines import (Decoding, check_optimizer, evaluate_qa, light_tune, parse_eval_modes, question_sample,
+                         weighted_train)
 from util import UsageError
 from weight_model import WEIGHT_MODELS, build_weight_model, load_weight_model
 
@@ -59,6 +65,9 @@ def check_eval_config(cfg):
     if cfg.test_path and not Path(cfg.test_path).is_file():
         raise UsageError(f"test_path {cfg.test_path} does not exist; point it at a CSV of the dataset's format")
     util.base_state_dict(cfg)
+    check_optimizer(cfg.optimizer)
+    if distributed.env_world_size() > 1:
+        raise UsageError("task=eval runs in one process; start it with python, not torchrun")
     util.check_wandb(cfg)
 
 
@@ -324,4 +333,5 @@ early_checks.register("eval", check_eval_config, check_eval_folder)
 early_checks.register("train", check_train_config, check_train_folder)
 
 if __name__ == "__main__":
+    sys.argv += distributed.follower_overrides()  # torchrun ranks > 0 leave Hydra's outputs to rank 0
     util.run_cli(main)

@@ -175,11 +175,24 @@ def summarize(rows, top_k=1, with_nll=False):
 # ---------------------------------------------------------------------------------------------
 # Online adaptation: fine-tune the base model on a stream of documents with per-token weights
 
-OPTIMIZERS = ("adam", "sgd", "adafactor")
+OPTIMIZERS = ("adam", "sgd", "adafactor", "adam8bit")
+
+
+def check_optimizer(name):
+    """The optimizer's name is known and its package importable (adam8bit: bitsandbytes)."""
+    import importlib.util
+
+    name = str(name).lower()
+    if name not in OPTIMIZERS:
+        raise UsageError(f"optimizer={name} is unknown; use one of {', '.join(OPTIMIZERS)}")
+    if name == "adam8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError("optimizer=adam8bit needs the bitsandbytes package; pip install bitsandbytes, "
+                         "or use optimizer=adafactor")
 
 
 def make_optimizer(name, parameters, lr):
-    """Adam, SGD or Adafactor (fixed `lr`: no relative step or parameter scaling)."""
+    """Adam, SGD, Adafactor (fixed `lr`: no relative step or parameter scaling) or 8-bit Adam
+    (bitsandbytes: Adam's two moments in 1 byte each instead of 4, for big base models)."""
     name = str(name).lower()
     if name == "adam":
         return torch.optim.Adam(parameters, lr=lr)
@@ -189,6 +202,11 @@ def make_optimizer(name, parameters, lr):
         from transformers.optimization import Adafactor
 
         return Adafactor(parameters, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
+    if name == "adam8bit":
+        check_optimizer(name)
+        import bitsandbytes
+
+        return bitsandbytes.optim.Adam8bit(parameters, lr=lr)
     raise UsageError(f"optimizer={name} is unknown; use one of {', '.join(OPTIMIZERS)}")
 
 
