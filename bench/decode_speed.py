@@ -20,23 +20,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exp_datasets import Example, QACollator  # noqa: E402
+from exp_datasets.tiny_world.model import train_tokenizer  # noqa: E402
 from subroutines import Decoding, generate_answers  # noqa: E402
 
 PEOPLE = ["Anna Berg", "Carl Dorn", "Eva Falk", "Gus Hale", "Ida Kern", "Jon Lund", "Kai Moss", "Lea Nord"]
 TEMPLATES = ["Where did {} open a bakery?", "When did {} win the prize for the book about bread?",
              "Who did {} meet in the town where the river turns north?", "What did {} sell?"]
-
-
-def make_tokenizer(texts, vocab_size):
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2TokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, special_tokens=["<|endoftext|>"])
-    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                  bos_token="<|endoftext|>", unk_token="<|endoftext|>")
-    tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 @torch.no_grad()
@@ -79,7 +68,7 @@ def main():
 
     rng = random.Random(0)
     questions = [rng.choice(TEMPLATES).format(rng.choice(PEOPLE)) for _ in range(args.questions)]
-    tokenizer = make_tokenizer(questions * 4 + [" ".join(PEOPLE)] * 4, args.vocab)
+    tokenizer = train_tokenizer(questions * 4 + [" ".join(PEOPLE)] * 4, args.vocab, model_max_length=256)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=args.width,
                                        n_layer=args.layers, n_head=4)).eval()
