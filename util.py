@@ -277,7 +277,8 @@ def load_tokenizer(name_or_path):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-    except (OSError, ValueError) as err:
+    # ImportError: transformers guesses a model type from a path (a folder named 'failed' matches 'led')
+    except (OSError, ValueError, ImportError) as err:
         raise UsageError(
             f"cannot load a tokenizer from {name_or_path!r} ({first_line(err)}); "
             "give a Hugging Face model name or a folder written by save_pretrained"

@@ -119,7 +119,7 @@ class CaMeLS(WeightModel):
         name = str(model_cfg.pretrained_model)
         try:
             backbone = AutoModel.from_pretrained(name)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, ImportError) as err:
             raise UsageError(
                 f"cannot load the weight model's body {name!r} ({first_line(err)}); "
                 "set model.pretrained_model to a Hugging Face name or a save_pretrained folder"

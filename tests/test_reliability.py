@@ -429,3 +429,12 @@ def test_demo_recomputes_a_step_whose_options_changed_and_the_steps_after_it(tmp
     assert "first: its options changed; recomputing it" in printed
     assert printed.count("an earlier step was recomputed; recomputing it") == 2
     assert (out / "first" / "v").read_text() == "changed" and (out / "third" / "v").read_text() == "c"
+
+
+def test_tokenizer_folder_whose_name_looks_like_a_model_type_is_a_usage_error(tmp_path):
+    """transformers guesses a model type from the path ('failed' contains 'led') and raises
+    ImportError for an empty folder; that is a wrong path, not a crash."""
+    folder = tmp_path / "failed_run"
+    folder.mkdir()
+    with pytest.raises(util.UsageError, match="cannot load a tokenizer from"):
+        util.load_tokenizer(folder)
