@@ -56,6 +56,15 @@ def hf_offsets(tokenizer, text):
     return encoding["input_ids"], encoding["offset_mapping"]
 
 
+def marked_characters(text, words):
+    """1.0 on the characters of the first occurrence of each of `words` in `text`, else 0.0."""
+    score = [0.0] * len(text)
+    for word in words:
+        start = text.index(word)
+        score[start:start + len(word)] = [1.0] * len(word)
+    return score
+
+
 def expected_weights_from_char_scores(offsets, char_score):
     return [max((char_score[c] for c in range(s, e)), default=0.0) for s, e in offsets]
 
@@ -115,10 +124,7 @@ def test_ssm_marks_named_entities_but_not_numbers(tokenizer):
     model = W.build_weight_model(cfg, tokenizer)
     sentence = CORPUS[0]  # entities: Barack Obama, Paris, Monday, Google; 3 (CARDINAL), 5 (MONEY) ignored
     kept = ["Barack Obama", "Paris", "Monday", "Google"]
-    char_score = [0.0] * len(sentence)
-    for word in kept:
-        start = sentence.index(word)
-        char_score[start: start + len(word)] = [1.0] * len(word)
+    char_score = marked_characters(sentence, kept)
     ids, offsets = hf_offsets(tokenizer, sentence)
     expected = expected_weights_from_char_scores(offsets, char_score)
     for side in ("right", "left"):
@@ -179,10 +185,7 @@ def test_oracle_weighs_exactly_the_answer_tokens(tokenizer):
     model = W.build_weight_model(OmegaConf.create({"name": "oracle", "normalize": False}), tokenizer, stream=stream)
     weights, mask = weights_for(model, tokenizer, [CORPUS[2], CORPUS[3]])
     for row, (text, answers) in enumerate(((CORPUS[2], ["violin", "London"]), (CORPUS[3], ["Oslo"]))):
-        char_score = [0.0] * len(text)
-        for answer in answers:
-            start = text.index(answer)
-            char_score[start:start + len(answer)] = [1.0] * len(answer)
+        char_score = marked_characters(text, answers)
         _, offsets = hf_offsets(tokenizer, text)
         expected = expected_weights_from_char_scores(offsets, char_score)
         assert weights[row][mask[row].bool()].tolist() == expected and 0 < sum(expected) < len(expected)
