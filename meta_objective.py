@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.utils.checkpoint
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from util import UsageError, answer_nll, kl_locality, weighted_lm_loss
 
@@ -116,15 +117,22 @@ class FunctionalBase:
         finally:
             self.model.train(was_training)
 
-    def sgd_step(self, params, ids, mask, w):
+    def sgd_step(self, params, ids, mask, w, in_place=False):
         """The weights after one SGD step on the weighted loss of (ids, mask, w); differentiable
-        in params and w by reverse and forward mode (torch.func.grad composes with both)."""
+        in params and w by reverse and forward mode (torch.func.grad composes with both).
+        in_place overwrites `params` (and their tangents), for steps that no reverse-mode graph
+        records: a step then holds two copies of the weights (params, gradients), not three."""
 
         def loss(current):
             return weighted_lm_loss(self.logits(current, ids, mask), ids, mask, w, self.settings.max_text_len)
 
-        grads = torch.func.grad(loss)(params)
-        return tuple(p - self.settings.inner_lr * g for p, g in zip(params, grads))
+        grads = list(torch.func.grad(loss)(params))
+        if not in_place:
+            return tuple(p - self.settings.inner_lr * g for p, g in zip(params, grads))
+        for index, p in enumerate(params):
+            p.sub_(grads[index], alpha=self.settings.inner_lr)
+            grads[index] = None  # freed as soon as applied
+        return params
 
     def all_params(self, params):
         values = {**self.frozen, **dict(zip(self.names, params))}
@@ -199,9 +207,11 @@ def inner_loop(base_model, text_ids, text_mask, weights, settings, differentiabl
         differentiable = differentiable and torch.is_grad_enabled()
         checkpointed = settings.grad_checkpointing and differentiable
         with torch.set_grad_enabled(differentiable):
-            for ids, mask, w in steps:
+            for index, (ids, mask, w) in enumerate(steps):
+                # without a graph (forward mode, validation) a step overwrites the weights of the step
+                # before; never the first step's, which are the base model's own
                 params = CheckpointedStep.apply(base, ids, mask, w, *params) if checkpointed \
-                    else base.sgd_step(params, ids, mask, w)
+                    else base.sgd_step(params, ids, mask, w, in_place=index > 0 and not differentiable)
 
         def logits(ids, mask):
             if checkpointed:
@@ -340,7 +350,9 @@ def forward_meta_gradient(weight_model, base_model, batch, loc_batches, settings
     if probes is None:
         probes = tuple(torch.randint(0, 2, (settings.forward_probes, *p.shape), device=p.device).to(p.dtype) * 2 - 1
                        for p in theta)
-    with torch.no_grad():
+    # forward-mode AD is not implemented for the fused attention kernels (CPU flash attention):
+    # a body loaded with SDPA attention runs its composite math kernel instead
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         # the primal outputs do not depend on the probe: vmap returns K copies of them
         loss, slopes, (terms, params, weights) = torch.func.vmap(directional, randomness="same")(probes)
     estimates = [(slopes.reshape(-1, *[1] * (v.dim() - 1)) * v).mean(0) for v in probes]
