@@ -195,6 +195,7 @@ class TrainConfig(RunConfig):
     inner_backend: str = key(choices=INNER_BACKENDS)
     reset_base_freq: int = key("positive_int")
     grad_checkpointing: bool = key()
+    checkpoint_every: int = key("positive_int")
     forward_probes: int = key("positive_int")
     inner_autocast: Optional[str] = key(choices=tuple(AUTOCAST_DTYPES))
     c_kl: float = key("non_negative")

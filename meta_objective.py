@@ -35,6 +35,7 @@ class MetaSettings:
     c_norm: float = 0.0
     backend: str = "higher"
     grad_checkpointing: bool = False
+    checkpoint_every: int = 1
     forward_probes: int = 1
     inner_autocast: str | None = None
 
@@ -43,7 +44,8 @@ class MetaSettings:
         return cls(inner_lr=float(cfg.inner_lr), num_inner_steps=int(cfg.num_inner_steps),
                    sequential_update=bool(cfg.sequential_update), max_text_len=int(cfg.dataset.max_text_len),
                    c_kl=float(cfg.c_kl), c_norm=float(cfg.c_norm), backend=str(cfg.inner_backend),
-                   grad_checkpointing=bool(cfg.grad_checkpointing), forward_probes=int(cfg.forward_probes),
+                   grad_checkpointing=bool(cfg.grad_checkpointing),
+                   checkpoint_every=int(cfg.checkpoint_every), forward_probes=int(cfg.forward_probes),
                    inner_autocast=cfg.inner_autocast)
 
     def autocast(self, device):
@@ -130,7 +132,7 @@ class FunctionalBase:
         if not in_place:
             return tuple(p - self.settings.inner_lr * g for p, g in zip(params, grads))
         for index, p in enumerate(params):
-            p.sub_(grads[index], alpha=self.settings.inner_lr)
+            p.sub_(self.settings.inner_lr * grads[index])  # the rounding of the out-of-place step
             grads[index] = None  # freed as soon as applied
         return params
 
@@ -139,28 +141,47 @@ class FunctionalBase:
         return [values[name] for name in self.order]
 
 
-class CheckpointedStep(torch.autograd.Function):
-    """One inner SGD step that keeps only its inputs (fast weights, token weights); the backward
-    pass recomputes the step, with the graph of its own gradient, from them (exact, and the RNG
-    state is replayed so dropout draws the same masks)."""
+class CheckpointedSegment(torch.autograd.Function):
+    """Consecutive inner SGD steps that keep only their inputs: the fast weights at the segment's
+    start and each step's token weights. The backward pass takes the steps from the last: it
+    recomputes the step's input weights from the segment's start (without a graph), then the step
+    with the graph of its own gradient, and backpropagates through it (exact; each step's RNG
+    state is replayed so dropout draws the same masks). A segment of one step recomputes nothing
+    but the step itself; a segment of S steps keeps one copy of the fast weights instead of S, for
+    S(S-1)/2 extra plain steps in the backward pass."""
 
     @staticmethod
-    def forward(ctx, base, ids, mask, w, *params):
-        ctx.base, ctx.ids, ctx.mask = base, ids, mask
-        ctx.rng = rng_state(ids.device)
-        ctx.save_for_backward(w, *params)
-        return base.sgd_step(params, ids, mask, w)
+    def forward(ctx, base, batches, *inputs):
+        ws, params = inputs[:len(batches)], inputs[len(batches):]
+        ctx.base, ctx.batches, ctx.rngs = base, batches, []
+        ctx.save_for_backward(*inputs)
+        for index, ((ids, mask), w) in enumerate(zip(batches, ws)):
+            ctx.rngs.append(rng_state(ids.device))
+            params = base.sgd_step(params, ids, mask, w, in_place=index > 0)
+        return params
 
     @staticmethod
     def backward(ctx, *grad_outputs):
+        count, base = len(ctx.batches), ctx.base
         saved = ctx.saved_tensors
-        needed = ctx.needs_input_grad[3:]
-        inputs = [t.detach().requires_grad_(need) for t, need in zip(saved, needed)]
-        with torch.enable_grad(), replayed_rng(ctx.rng, ctx.ids.device):
-            outputs = ctx.base.sgd_step(tuple(inputs[1:]), ctx.ids, ctx.mask, inputs[0])
-        wanted = [t for t in inputs if t.requires_grad]
-        grads = iter(torch.autograd.grad(outputs, wanted, grad_outputs, allow_unused=True))
-        return (None, None, None, *(next(grads) if t.requires_grad else None for t in inputs))
+        ws, start = saved[:count], saved[count:]
+        needs_w, needs_start = ctx.needs_input_grad[2:2 + count], ctx.needs_input_grad[2 + count:]
+        w_grads, grads = [None] * count, grad_outputs
+        for step in reversed(range(count)):
+            params = start
+            with torch.no_grad():
+                for earlier in range(step):
+                    with replayed_rng(ctx.rngs[earlier], ws[earlier].device):
+                        params = base.sgd_step(params, *ctx.batches[earlier], ws[earlier], in_place=earlier > 0)
+            w = ws[step].detach().requires_grad_(needs_w[step])
+            params = [p.detach().requires_grad_(step > 0 or need) for p, need in zip(params, needs_start)]
+            with torch.enable_grad(), replayed_rng(ctx.rngs[step], w.device):
+                outputs = base.sgd_step(tuple(params), *ctx.batches[step], w)
+            wanted = [t for t in (w, *params) if t.requires_grad]
+            found = iter(torch.autograd.grad(outputs, wanted, grads, allow_unused=True))
+            w_grads[step] = next(found) if w.requires_grad else None
+            grads = tuple(next(found) if p.requires_grad else None for p in params)
+        return (None, None, *w_grads, *grads)
 
 
 def rng_state(device):
@@ -207,11 +228,16 @@ def inner_loop(base_model, text_ids, text_mask, weights, settings, differentiabl
         differentiable = differentiable and torch.is_grad_enabled()
         checkpointed = settings.grad_checkpointing and differentiable
         with torch.set_grad_enabled(differentiable):
-            for index, (ids, mask, w) in enumerate(steps):
+            if checkpointed:
+                steps = list(steps)
+                for first in range(0, len(steps), settings.checkpoint_every):
+                    segment = steps[first:first + settings.checkpoint_every]
+                    params = CheckpointedSegment.apply(base, [(ids, mask) for ids, mask, _ in segment],
+                                                       *[w for _, _, w in segment], *params)
+            for index, (ids, mask, w) in enumerate(() if checkpointed else steps):
                 # without a graph (forward mode, validation) a step overwrites the weights of the step
                 # before; never the first step's, which are the base model's own
-                params = CheckpointedStep.apply(base, ids, mask, w, *params) if checkpointed \
-                    else base.sgd_step(params, ids, mask, w, in_place=index > 0 and not differentiable)
+                params = base.sgd_step(params, ids, mask, w, in_place=index > 0 and not differentiable)
 
         def logits(ids, mask):
             if checkpointed:

@@ -217,14 +217,18 @@ def flat(tensors):
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-@pytest.mark.parametrize("sequential,steps", [(True, 1), (True, 2), (False, 2)])
-def test_checkpointed_meta_gradient_equals_plain(base_model, weight_model, batch, sequential, steps):
-    """Every inner step and the weight model recomputed in the backward pass: the same gradient
-    of every weight-model parameter, the same loss and updated base weights."""
+@pytest.mark.parametrize("sequential,steps,every", [(True, 1, 1), (True, 2, 1), (False, 2, 1), (True, 2, 2),
+                                                    (True, 2, 4), (True, 1, 6), (False, 2, 2)])
+def test_checkpointed_meta_gradient_equals_plain(base_model, weight_model, batch, sequential, steps, every):
+    """Every inner step and the weight model recomputed in the backward pass, the fast weights kept
+    every `every` steps (segments of 2 and 4 of the 6 sequential steps, one segment of 3, all steps
+    in one segment): the same gradient of every weight-model parameter, the same loss and updated
+    base weights."""
     settings = settings_for("torch_func", sequential, steps, 0.7, c_norm=0.2)
     plain = weight_model_gradient(weight_model, base_model, batch, settings, scale=0.5)
-    checkpointed = weight_model_gradient(weight_model, base_model, batch,
-                                         dataclasses.replace(settings, grad_checkpointing=True), scale=0.5)
+    checkpointed = weight_model_gradient(
+        weight_model, base_model, batch,
+        dataclasses.replace(settings, grad_checkpointing=True, checkpoint_every=every), scale=0.5)
     assert flat(plain[0]).abs().max() > 1e-3
     assert torch.allclose(flat(plain[0]), flat(checkpointed[0]), rtol=1e-10, atol=1e-14)
     assert torch.equal(plain[1], checkpointed[1])
@@ -233,21 +237,23 @@ def test_checkpointed_meta_gradient_equals_plain(base_model, weight_model, batch
 
 
 def test_checkpointed_steps_keep_dropout_masks(batch):
-    """With dropout on, the recomputed steps draw the masks of the first pass: the gradient matches
-    the plain backward of the same random function (same seed)."""
+    """With dropout on, the recomputed steps (each step alone, or segments of two whose first step
+    is recomputed twice) draw the masks of the first pass: the gradient matches the plain backward
+    of the same random function (same seed)."""
     torch.manual_seed(0)
     config = micro_config(0)
     config.resid_pdrop = config.attn_pdrop = 0.3
     model = GPT2LMHeadModel(config).double().train()
     settings = settings_for("torch_func", True, 1, 0.0)
     grads = []
-    for checkpointed in (False, True):
+    for checkpointed, every in ((False, 1), (True, 1), (True, 2)):
         torch.manual_seed(42)
-        grads.append(weight_gradient(model, batch, dataclasses.replace(settings, grad_checkpointing=checkpointed)))
+        grads.append(weight_gradient(model, batch, dataclasses.replace(settings, grad_checkpointing=checkpointed,
+                                                                       checkpoint_every=every)))
     torch.manual_seed(43)
     other = weight_gradient(model, batch, settings)
     assert not torch.allclose(grads[0], other), "dropout should change the gradient"
-    assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-14)
+    assert all(torch.allclose(grads[0], got, rtol=1e-10, atol=1e-14) for got in grads[1:])
 
 
 @pytest.mark.parametrize("sequential", [True, False])
