@@ -1,18 +1,21 @@
 """Peak memory and seconds per meta-training batch against the unroll depth (update_batch_size,
 one sequential inner step per document) and the base model's size, for each way of taking the
-meta-gradient: plain backprop (torch_func), checkpointed (torch_func + grad_checkpointing) and
-the forward-mode estimate (forward, K probes). A benchmark, not a test:
+meta-gradient: plain backprop (torch_func), checkpointed (torch_func + grad_checkpointing, the
+fast weights kept every 1, 2 or 3 steps: checkpoint_every) and the forward-mode estimate (forward,
+K probes). A benchmark, not a test:
 
     python bench/meta_memory.py                      # CPU, 1 thread, small bases
     python bench/meta_memory.py --device cuda --sizes 6x768 --vocab 50257 --doc-len 200
 
 Memory: each (base, depth, method) in a fresh subprocess, the peak while one batch runs above
 what the process held once the models and the batch were built: on CPU the peak resident set
-size (ru_maxrss), on CUDA torch.cuda.max_memory_allocated. Time: one subprocess per (base, depth)
-in which the methods take turns, the fastest of --repeats rounds.
+size (VmHWM, reset before the batch, with glibc's mmap threshold fixed: MALLOC_ENV), on CUDA
+torch.cuda.max_memory_allocated. Time: one subprocess per (base, depth) in which the methods take
+turns, the fastest of --repeats rounds.
 """
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -21,18 +24,38 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-METHODS = {  # name -> (inner_backend, grad_checkpointing, forward_probes)
-    "plain": ("torch_func", False, 1),
-    "checkpointed": ("torch_func", True, 1),
-    "forward1": ("forward", False, 1),
-    "forward4": ("forward", False, 4),
+METHODS = {  # name -> (inner_backend, grad_checkpointing, checkpoint_every, forward_probes)
+    "plain": ("torch_func", False, 1, 1),
+    "checkpointed": ("torch_func", True, 1, 1),
+    "checkpointed2": ("torch_func", True, 2, 1),
+    "checkpointed3": ("torch_func", True, 3, 1),
+    "forward1": ("forward", False, 1, 1),
+    "forward4": ("forward", False, 1, 4),
 }
+# glibc returns freed blocks above the mmap threshold to the system at once; its default threshold
+# grows with the blocks freed, and blocks below it stay cached in the heap, where a later batch
+# reuses them unseen by the peak resident set size. A fixed threshold makes that peak follow the
+# bytes in use.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
 def current_rss_mib():
     with open("/proc/self/statm") as handle:
         pages = int(handle.read().split()[1])
     return pages * resource.getpagesize() / 2**20
+
+
+def reset_peak_rss():
+    """Sets the process's peak resident set size (VmHWM) to its current size (Linux 4.0+), so
+    that a peak reached while the models were built does not count."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def peak_rss_mib():
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def build(args, size, depth, doc_len=None):
@@ -72,10 +95,10 @@ def build(args, size, depth, doc_len=None):
 def settings(args, method):
     from meta_objective import MetaSettings
 
-    backend, checkpointing, probes = METHODS[method]
+    backend, checkpointing, every, probes = METHODS[method]
     return MetaSettings(inner_lr=1e-3, sequential_update=True, max_text_len=args.doc_len, c_kl=0.1,
-                        backend=backend, grad_checkpointing=checkpointing, forward_probes=probes,
-                        inner_autocast=args.autocast)
+                        backend=backend, grad_checkpointing=checkpointing, checkpoint_every=every,
+                        forward_probes=probes, inner_autocast=args.autocast)
 
 
 def one_batch(args, models, method):
@@ -106,8 +129,9 @@ def peak_memory(args, size, depth, method):
         one_batch(args, models, method)
         return (torch.cuda.max_memory_allocated() - start) / 2**20
     start = current_rss_mib()
+    reset_peak_rss()
     one_batch(args, models, method)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start
+    return peak_rss_mib() - start
 
 
 def seconds(args, size, depth, methods):
@@ -124,7 +148,8 @@ def seconds(args, size, depth, methods):
 def run_self(*request):
     command = [sys.executable, __file__, "--one", json.dumps(request)]
     command += [arg for arg in sys.argv[1:] if not arg.startswith("--one")]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ, **MALLOC_ENV) if request[0] == "memory" else None
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError((done.stderr.strip().splitlines() or ["?"])[-1])
     return json.loads(done.stdout.strip().splitlines()[-1])

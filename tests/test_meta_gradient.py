@@ -317,3 +317,38 @@ def test_bfloat16_autocast_meta_gradient_close_to_float32(base_model, batch, bac
           f"relative error {((half - full).norm() / full.norm()).item():.3f}")
     assert half.dtype == torch.float32 and not torch.equal(full, half), "autocast should change the arithmetic"
     assert cosine > 0.99
+
+
+def test_forward_estimate_through_a_trainable_sdpa_body(tiny_world_small):
+    """A weight model whose body loads as from the hub (SDPA attention) and is trained whole:
+    forward mode runs (the fused CPU attention kernel has no forward-mode derivative) and each
+    probe's slope is the exact meta-gradient along it."""
+    from omegaconf import OmegaConf
+
+    from meta_objective import forward_meta_gradient
+    from util import load_causal_lm, load_tokenizer
+    from weight_model import build_weight_model
+
+    path = tiny_world_small.base_model
+    model_cfg = OmegaConf.create(dict(name="CaMeLS", pretrained_model=str(path), head_width=8, freeze_base=False))
+    weight_model = build_weight_model(model_cfg, load_tokenizer(path)).double()
+    assert weight_model.backbone.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        for p in weight_model.head.parameters():
+            p.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    base = load_causal_lm(path, attn_implementation="eager").double().eval()
+    generator = torch.Generator().manual_seed(4)
+    text_ids = torch.randint(5, 600, (2, 10), generator=generator)
+    qa_ids = torch.randint(5, 600, (2, 6), generator=generator)
+    small = dict(text_ids=text_ids, text_mask=torch.ones_like(text_ids), qa_ids=qa_ids,
+                 qa_mask=torch.ones_like(qa_ids), qa_labels=qa_ids.clone())
+    settings = MetaSettings(inner_lr=1.0, max_text_len=10, c_kl=0.0, backend="torch_func")
+    exact = flat(weight_model_gradient(weight_model, base, {**small, "loc": {}}, settings)[0])
+    trainable = [p for p in weight_model.parameters() if p.requires_grad]
+    probe = [torch.randint(0, 2, p.shape, generator=generator).double() * 2 - 1 for p in trainable]
+    estimate = forward_meta_gradient(weight_model, base, small, {}, dataclasses.replace(settings, backend="forward"),
+                                     probes=tuple(v[None] for v in probe))[-1]
+    slope = (flat(estimate) @ flat(probe)) / flat(probe).numel()
+    expected = exact @ flat(probe)
+    assert len(trainable) > 20 and abs(expected) > 1e-3
+    assert abs(slope - expected) / abs(expected) < 1e-9
