@@ -197,6 +197,7 @@ class TrainConfig(RunConfig):
     grad_checkpointing: bool = key()
     checkpoint_every: int = key("positive_int")
     forward_probes: int = key("positive_int")
+    forward_mix: bool = key()
     inner_autocast: Optional[str] = key(choices=tuple(AUTOCAST_DTYPES))
     c_kl: float = key("non_negative")
     web_text_loc: bool = key()

@@ -11,6 +11,7 @@ the gradient with forward-mode directional derivatives along random directions (
 the depth).
 """
 from contextlib import contextmanager, nullcontext
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ class MetaSettings:
     grad_checkpointing: bool = False
     checkpoint_every: int = 1
     forward_probes: int = 1
+    forward_mix: bool = False
     inner_autocast: str | None = None
 
     @classmethod
@@ -46,7 +48,7 @@ class MetaSettings:
                    c_kl=float(cfg.c_kl), c_norm=float(cfg.c_norm), backend=str(cfg.inner_backend),
                    grad_checkpointing=bool(cfg.grad_checkpointing),
                    checkpoint_every=int(cfg.checkpoint_every), forward_probes=int(cfg.forward_probes),
-                   inner_autocast=cfg.inner_autocast)
+                   forward_mix=bool(cfg.forward_mix), inner_autocast=cfg.inner_autocast)
 
     def autocast(self, device):
         """The base model's forward passes after the start of the inner loop run under this."""
@@ -381,10 +383,62 @@ def forward_meta_gradient(weight_model, base_model, batch, loc_batches, settings
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         # the primal outputs do not depend on the probe: vmap returns K copies of them
         loss, slopes, (terms, params, weights) = torch.func.vmap(directional, randomness="same")(probes)
-    estimates = [(slopes.reshape(-1, *[1] * (v.dim() - 1)) * v).mean(0) for v in probes]
+    params = [p[0] for p in params]
+    if settings.forward_mix:
+        # a control variate: h + mean_k (d_k - v_k.h) v_k has the mean of mean_k (d_k v_k) for any
+        # h drawn independently of the probes, and a variance that shrinks as h nears the gradient
+        first_order = first_order_meta_gradient(weight_model, base_model, batch, loc_batches, settings, before,
+                                                params)
+        slopes = slopes - sum((v * h).flatten(1).sum(1) for v, h in zip(probes, first_order))
+    else:
+        first_order = [0] * len(probes)
+    estimates = [h + (slopes.reshape(-1, *[1] * (v.dim() - 1)) * v).mean(0) for v, h in zip(probes, first_order)]
     terms = {name: value[0] for name, value in terms.items()}
     loss = loss[0]
-    return loss, loss_metrics(loss, terms, before), [p[0] for p in params], weights[0], estimates
+    return loss, loss_metrics(loss, terms, before), params, weights[0], estimates
+
+
+def first_order_meta_gradient(weight_model, base_model, batch, loc_batches, settings, before, final_params):
+    """The cheap term of forward_mix: the first-order meta-gradient (first_order_weight_gradient)
+    taken on to the weight model's trainable parameters, with the weight-norm penalty's exact term."""
+    trainable = [p for p in weight_model.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        weights = weight_model(batch["text_ids"], batch["text_mask"])
+        surrogate = (weights * first_order_weight_gradient(base_model, weights.detach(), batch, loc_batches, settings,
+                                                           before, final_params)).sum()
+        if settings.c_norm != 0:
+            surrogate = surrogate + scaled(weight_norm_penalty(weights, batch["text_mask"]), settings.c_norm)
+        grads = torch.autograd.grad(surrogate, trainable, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(trainable, grads)]
+
+
+def first_order_weight_gradient(base_model, weights, batch, loc_batches, settings, before, final_params):
+    """d(outer loss)/d(token weights) with the Jacobian of each later inner step taken as the
+    identity (exact for the last step's token weights, biased by O(inner_lr) for the others): the
+    token weights w of the step from fast weights theta_i get -inner_lr x d/dw <grad_theta of the
+    step's loss at theta_i, g>, g the gradient of the outer loss (without the weight-norm penalty)
+    at the final weights `final_params` (all of the base model's, in order). One inner step's
+    double-backward graph is kept at a time."""
+    base = FunctionalBase(base_model, settings)
+    trainable = [p.requires_grad for p in base_model.parameters()]
+    final = tuple(p.detach().requires_grad_() for p, keep in zip(final_params, trainable) if keep)
+    adapted = AdaptedModel(lambda ids, mask: base.logits(final, ids, mask), base.all_params(final))
+    with torch.enable_grad():
+        with eval_mode(base_model):
+            outer, _ = adapted_loss(adapted, weights, batch, loc_batches, before, dataclasses.replace(settings, c_norm=0.0))
+        outer_grad = torch.autograd.grad(outer, final)
+        token_weights = weights.detach().requires_grad_()
+        params = base.start
+        for index, (ids, mask, w) in enumerate(inner_batches(batch["text_ids"], batch["text_mask"], token_weights,
+                                                             settings)):
+            start = tuple(p.detach().requires_grad_() for p in params)
+            step_loss = weighted_lm_loss(base.logits(start, ids, mask), ids, mask, w, settings.max_text_len)
+            grads = torch.autograd.grad(step_loss, start, create_graph=True)
+            alignment = sum((g * d).sum() for g, d in zip(grads, outer_grad))
+            scaled(alignment, -settings.inner_lr).backward(inputs=[token_weights])
+            with torch.no_grad():
+                params = base.sgd_step(params, ids, mask, w.detach(), in_place=index > 0)
+    return token_weights.grad
 
 
 def accumulate_meta_gradient(weight_model, base_model, batch, loc_batches, settings, scale=1.0):
