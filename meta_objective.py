@@ -388,7 +388,7 @@ def forward_meta_gradient(weight_model, base_model, batch, loc_batches, settings
         # a control variate: h + mean_k (d_k - v_k.h) v_k has the mean of mean_k (d_k v_k) for any
         # h drawn independently of the probes, and a variance that shrinks as h nears the gradient
         first_order = first_order_meta_gradient(weight_model, base_model, batch, loc_batches, settings, before,
-                                                params)
+                                                params, weights[0])
         slopes = slopes - sum((v * h).flatten(1).sum(1) for v, h in zip(probes, first_order))
     else:
         first_order = [0] * len(probes)
@@ -398,14 +398,15 @@ def forward_meta_gradient(weight_model, base_model, batch, loc_batches, settings
     return loss, loss_metrics(loss, terms, before), params, weights[0], estimates
 
 
-def first_order_meta_gradient(weight_model, base_model, batch, loc_batches, settings, before, final_params):
-    """The cheap term of forward_mix: the first-order meta-gradient (first_order_weight_gradient)
-    taken on to the weight model's trainable parameters, with the weight-norm penalty's exact term."""
+def first_order_meta_gradient(weight_model, base_model, batch, loc_batches, settings, before, final_params, weights):
+    """The cheap term of forward_mix: the first-order meta-gradient (first_order_weight_gradient,
+    at the token weights `weights`) taken on to the weight model's trainable parameters, with the
+    weight-norm penalty's exact term. The weight model's graph is built only after the inner steps."""
+    token_grad = first_order_weight_gradient(base_model, weights, batch, loc_batches, settings, before, final_params)
     trainable = [p for p in weight_model.parameters() if p.requires_grad]
     with torch.enable_grad():
         weights = weight_model(batch["text_ids"], batch["text_mask"])
-        surrogate = (weights * first_order_weight_gradient(base_model, weights.detach(), batch, loc_batches, settings,
-                                                           before, final_params)).sum()
+        surrogate = (weights * token_grad).sum()
         if settings.c_norm != 0:
             surrogate = surrogate + scaled(weight_norm_penalty(weights, batch["text_mask"]), settings.c_norm)
         grads = torch.autograd.grad(surrogate, trainable, allow_unused=True)
@@ -422,10 +423,14 @@ def first_order_weight_gradient(base_model, weights, batch, loc_batches, setting
     base = FunctionalBase(base_model, settings)
     trainable = [p.requires_grad for p in base_model.parameters()]
     final = tuple(p.detach().requires_grad_() for p, keep in zip(final_params, trainable) if keep)
-    adapted = AdaptedModel(lambda ids, mask: base.logits(final, ids, mask), base.all_params(final))
+    # recomputed in the backward pass: the graph keeps each question's logits, not its activations
+    adapted = AdaptedModel(lambda ids, mask: torch.utils.checkpoint.checkpoint(base.logits, final, ids, mask,
+                                                                               use_reentrant=False),
+                           base.all_params(final))
     with torch.enable_grad():
         with eval_mode(base_model):
-            outer, _ = adapted_loss(adapted, weights, batch, loc_batches, before, dataclasses.replace(settings, c_norm=0.0))
+            outer, _ = adapted_loss(adapted, weights, batch, loc_batches, before,
+                                    dataclasses.replace(settings, c_norm=0.0), one_at_a_time=True)
         outer_grad = torch.autograd.grad(outer, final)
         token_weights = weights.detach().requires_grad_()
         params = base.start
@@ -436,6 +441,7 @@ def first_order_weight_gradient(base_model, weights, batch, loc_batches, setting
             grads = torch.autograd.grad(step_loss, start, create_graph=True)
             alignment = sum((g * d).sum() for g, d in zip(grads, outer_grad))
             scaled(alignment, -settings.inner_lr).backward(inputs=[token_weights])
+            del step_loss, grads, alignment  # a copy of the weights: not kept through the next step
             with torch.no_grad():
                 params = base.sgd_step(params, ids, mask, w.detach(), in_place=index > 0)
     return token_weights.grad

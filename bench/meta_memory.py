@@ -2,7 +2,7 @@
 one sequential inner step per document) and the base model's size, for each way of taking the
 meta-gradient: plain backprop (torch_func), checkpointed (torch_func + grad_checkpointing, the
 fast weights kept every 1, 2 or 3 steps: checkpoint_every) and the forward-mode estimate (forward,
-K probes). A benchmark, not a test:
+K probes, alone or correcting a first-order meta-gradient: forward_mix). A benchmark, not a test:
 
     python bench/meta_memory.py                      # CPU, 1 thread, small bases
     python bench/meta_memory.py --device cuda --sizes 6x768 --vocab 50257 --doc-len 200
@@ -24,13 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-METHODS = {  # name -> (inner_backend, grad_checkpointing, checkpoint_every, forward_probes)
-    "plain": ("torch_func", False, 1, 1),
-    "checkpointed": ("torch_func", True, 1, 1),
-    "checkpointed2": ("torch_func", True, 2, 1),
-    "checkpointed3": ("torch_func", True, 3, 1),
-    "forward1": ("forward", False, 1, 1),
-    "forward4": ("forward", False, 1, 4),
+METHODS = {  # name -> (inner_backend, grad_checkpointing, checkpoint_every, forward_probes, forward_mix)
+    "plain": ("torch_func", False, 1, 1, False),
+    "checkpointed": ("torch_func", True, 1, 1, False),
+    "checkpointed2": ("torch_func", True, 2, 1, False),
+    "checkpointed3": ("torch_func", True, 3, 1, False),
+    "forward1": ("forward", False, 1, 1, False),
+    "forward4": ("forward", False, 1, 4, False),
+    "forward1mix": ("forward", False, 1, 1, True),
 }
 # glibc returns freed blocks above the mmap threshold to the system at once; its default threshold
 # grows with the blocks freed, and blocks below it stay cached in the heap, where a later batch
@@ -95,10 +96,10 @@ def build(args, size, depth, doc_len=None):
 def settings(args, method):
     from meta_objective import MetaSettings
 
-    backend, checkpointing, every, probes = METHODS[method]
+    backend, checkpointing, every, probes, mix = METHODS[method]
     return MetaSettings(inner_lr=1e-3, sequential_update=True, max_text_len=args.doc_len, c_kl=0.1,
                         backend=backend, grad_checkpointing=checkpointing, checkpoint_every=every,
-                        forward_probes=probes, inner_autocast=args.autocast)
+                        forward_probes=probes, forward_mix=mix, inner_autocast=args.autocast)
 
 
 def one_batch(args, models, method):
