@@ -400,17 +400,21 @@ def forward_meta_gradient(weight_model, base_model, batch, loc_batches, settings
 
 def first_order_meta_gradient(weight_model, base_model, batch, loc_batches, settings, before, final_params, weights):
     """The cheap term of forward_mix: the first-order meta-gradient (first_order_weight_gradient,
-    at the token weights `weights`) taken on to the weight model's trainable parameters, with the
-    weight-norm penalty's exact term. The weight model's graph is built only after the inner steps."""
+    at the token weights `weights`, plus the weight-norm penalty's exact term) taken on to the
+    weight model's trainable parameters, one document at a time after the inner steps."""
     token_grad = first_order_weight_gradient(base_model, weights, batch, loc_batches, settings, before, final_params)
+    if settings.c_norm != 0:
+        penalty_grad = torch.func.grad(weight_norm_penalty)(weights, batch["text_mask"])
+        token_grad = token_grad + scaled(penalty_grad, settings.c_norm)
     trainable = [p for p in weight_model.parameters() if p.requires_grad]
+    totals = [torch.zeros_like(p) for p in trainable]
     with torch.enable_grad():
-        weights = weight_model(batch["text_ids"], batch["text_mask"])
-        surrogate = (weights * token_grad).sum()
-        if settings.c_norm != 0:
-            surrogate = surrogate + scaled(weight_norm_penalty(weights, batch["text_mask"]), settings.c_norm)
-        grads = torch.autograd.grad(surrogate, trainable, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(trainable, grads)]
+        for ids, mask, grad in zip(batch["text_ids"], batch["text_mask"], token_grad):
+            row = weight_model(ids[None], mask[None])
+            for total, found in zip(totals, torch.autograd.grad(row, trainable, grad[None], allow_unused=True)):
+                if found is not None:
+                    total.add_(found)
+    return totals
 
 
 def first_order_weight_gradient(base_model, weights, batch, loc_batches, settings, before, final_params):
