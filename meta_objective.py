@@ -5,10 +5,11 @@ The inner loop takes differentiable SGD steps of a copy of the base model on the
 loss; the outer loss is the answer NLL after those steps plus the KL locality term. Its gradient
 reaches the weight model through the token weights, taken one of three ways (`inner_backend`,
 `grad_checkpointing`): higher / torch_func keep every inner step's activations for the backward
-pass (memory grows with the unroll depth); torch_func + grad_checkpointing keeps only each step's
-fast weights and recomputes the step in the backward pass (the same gradient); forward estimates
-the gradient with forward-mode directional derivatives along random directions (memory flat in
-the depth).
+pass (memory grows with the unroll depth); torch_func + grad_checkpointing keeps only the fast
+weights of every `checkpoint_every`-th step and recomputes the steps in the backward pass (the same
+gradient); forward estimates the gradient with forward-mode directional derivatives along random
+directions (memory flat in the depth), optionally as the correction of a first-order
+meta-gradient (`forward_mix`).
 """
 from contextlib import contextmanager, nullcontext
 import dataclasses
@@ -55,6 +56,18 @@ class MetaSettings:
         if self.inner_autocast is None:
             return nullcontext()
         return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[self.inner_autocast])
+
+
+def check_meta_options(cfg):
+    """A one-line error for meta-gradient options that do not go together, before any work."""
+    if cfg.grad_checkpointing and cfg.inner_backend != "torch_func":
+        raise UsageError("grad_checkpointing=true needs inner_backend=torch_func (higher's patched modules "
+                         "cannot recompute activations with the right fast weights)")
+    if cfg.checkpoint_every > 1 and not cfg.grad_checkpointing:
+        raise UsageError(f"checkpoint_every={cfg.checkpoint_every} needs grad_checkpointing=true "
+                         "(inner_backend=torch_func)")
+    if cfg.forward_mix and cfg.inner_backend != "forward":
+        raise UsageError("forward_mix=true needs inner_backend=forward")
 
 
 def inner_batches(text_ids, text_mask, weights, settings):
@@ -236,10 +249,11 @@ def inner_loop(base_model, text_ids, text_mask, weights, settings, differentiabl
                     segment = steps[first:first + settings.checkpoint_every]
                     params = CheckpointedSegment.apply(base, [(ids, mask) for ids, mask, _ in segment],
                                                        *[w for _, _, w in segment], *params)
-            for index, (ids, mask, w) in enumerate(() if checkpointed else steps):
-                # without a graph (forward mode, validation) a step overwrites the weights of the step
-                # before; never the first step's, which are the base model's own
-                params = base.sgd_step(params, ids, mask, w, in_place=index > 0 and not differentiable)
+            else:
+                for index, (ids, mask, w) in enumerate(steps):
+                    # without a graph (forward mode, validation) a step overwrites the weights of the
+                    # step before; never the first step's, which are the base model's own
+                    params = base.sgd_step(params, ids, mask, w, in_place=index > 0 and not differentiable)
 
         def logits(ids, mask):
             if checkpointed:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 import distributed
 import util
 from exp_datasets import QACollator, group_shuffle, load_split, load_web_text
-from meta_objective import MetaSettings, accumulate_meta_gradient, outer_loss
+from meta_objective import MetaSettings, accumulate_meta_gradient, check_meta_options, outer_loss
 from util import UsageError
 from weight_analysis import answer_mass, make_batch, render_document_weights
 
@@ -61,9 +61,7 @@ def check_config(cfg):
         raise UsageError(f"reset_base_freq={cfg.reset_base_freq} must be a multiple of "
                          f"update_batch_size={cfg.update_batch_size}")
     distributed.check_grad_acc_steps(cfg.grad_acc_steps)
-    if cfg.grad_checkpointing and cfg.inner_backend != "torch_func":
-        raise UsageError("grad_checkpointing=true needs inner_backend=torch_func (higher's patched modules "
-                         "cannot recompute activations with the right fast weights)")
+    check_meta_options(cfg)
     if cfg.web_text_loc and not web_text_path(cfg):
         raise UsageError("web_text_loc=true needs web_text_csv=/path/to/openwebtext.csv "
                          f"(dataset={cfg.dataset.name} names none), or set web_text_loc=false")

@@ -51,6 +51,9 @@ def test_tiny_world_tuning_applies_and_command_line_wins(tiny_world_small, tmp_p
     ("inner_lr=0", "inner_lr=0.0 is invalid; it must be a positive number"),
     ("inner_backend=forward grad_checkpointing=true", "torch_func"),
     ("inner_backend=forward forward_probes=0", "forward_probes=0 is invalid"),
+    ("inner_backend=torch_func checkpoint_every=2", "checkpoint_every=2 needs grad_checkpointing=true"),
+    ("inner_backend=torch_func grad_checkpointing=true checkpoint_every=0", "checkpoint_every=0 is invalid"),
+    ("inner_backend=torch_func forward_mix=true", "forward_mix=true needs inner_backend=forward"),
     ("inner_autocast=float8", "inner_autocast=float8 is unknown"),
     ("c_kl=-0.1", "c_kl=-0.1 is invalid; it must be a number >= 0"),
 ])
