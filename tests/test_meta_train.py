@@ -242,10 +242,12 @@ def trained_head(run_dir):
 
 
 @pytest.mark.slow
-def test_checkpointed_meta_training_trains_like_plain(tiny_world_small, tmp_path):
-    """inner_backend=torch_func grad_checkpointing=true: the same weight model as without."""
+@pytest.mark.parametrize("every", [1, 2])
+def test_checkpointed_meta_training_trains_like_plain(tiny_world_small, tmp_path, every):
+    """inner_backend=torch_func grad_checkpointing=true (checkpoint_every 1 or 2): the same weight
+    model as without."""
     runs = {}
-    for name, extra in (("plain", []), ("checkpointed", ["grad_checkpointing=true"])):
+    for name, extra in (("plain", []), ("checkpointed", ["grad_checkpointing=true", f"checkpoint_every={every}"])):
         runs[name] = meta_train.train(train_config(tiny_world_small, tmp_path / name, "inner_backend=torch_func",
                                                    *extra, *MEMORY_KNOBS))
     assert runs["plain"]["val_end"] == pytest.approx(runs["checkpointed"]["val_end"], rel=1e-5)
@@ -255,12 +257,15 @@ def test_checkpointed_meta_training_trains_like_plain(tiny_world_small, tmp_path
 
 
 @pytest.mark.slow
-def test_forward_mode_meta_training_runs_and_moves_the_weights(tiny_world_small, tmp_path):
-    """inner_backend=forward forward_probes=2 through run.py: it trains (finite losses, a non-zero
-    estimated gradient that moves the weight model) and writes the usual outputs."""
+@pytest.mark.parametrize("mix", ["false", "true"])
+def test_forward_mode_meta_training_runs_and_moves_the_weights(tiny_world_small, tmp_path, mix):
+    """inner_backend=forward forward_probes=2 (alone, or correcting the first-order meta-gradient:
+    forward_mix) through run.py: it trains (finite losses, a non-zero estimated gradient that
+    moves the weight model) and writes the usual outputs."""
     world = tiny_world_small
     result = subprocess.run(
         [sys.executable, "run.py", "task=train", "model=CaMeLS", "inner_backend=forward", "forward_probes=2",
+         f"forward_mix={mix}",
          "dataset=tiny_world", f"dataset.data_dir={world.data_dir}", f"base_model={world.base_model}",
          f"model.pretrained_model={world.base_model}", f"dataset.web_text_csv={world.data_dir / 'web_text.csv'}",
          f"output_dir={tmp_path / 'run'}", f"hydra.run.dir={tmp_path / 'hydra'}", "progress=false", "device=cpu",
