@@ -196,6 +196,8 @@ class CheckpointedSegment(torch.autograd.Function):
             found = iter(torch.autograd.grad(outputs, wanted, grads, allow_unused=True))
             w_grads[step] = next(found) if w.requires_grad else None
             grads = tuple(next(found) if p.requires_grad else None for p in params)
+            # this step's weights and graph go before the next step's inputs are recomputed
+            del outputs, wanted, found, params
         return (None, None, *w_grads, *grads)
 
 
