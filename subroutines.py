@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+import diverse_beam
 from exp_datasets.collate import model_positions
 from util import (UsageError, answer_nll, exact_match, f1_score, restore_parameters, snapshot_parameters,
                   weighted_lm_loss)
@@ -76,11 +77,28 @@ def parse_eval_modes(modes):
 def generate_answers(model, tokenizer, gen_ids, gen_mask, decoding=GREEDY, top_k=1):
     """Continuations of left-padded question prompts: a list (one per prompt) of `top_k` strings,
     best first. A prompt longer than the model's positions allow (with the answer's) keeps its end.
+    Beam search runs diverse_beam.search (generate's answers, batched) where the model
+    allows it, else generate itself.
     """
     positions = model_positions(model)
     if positions is not None and gen_ids.shape[1] + decoding.max_new_tokens > positions:
         keep = positions - decoding.max_new_tokens
         gen_ids, gen_mask = gen_ids[:, -keep:], gen_mask[:, -keep:]
+    if decoding.method == "beam" and diverse_beam.supports(model):
+        sequences = diverse_beam.search(
+            model, gen_ids, gen_mask, decoding.beams_for(top_k), decoding.num_beam_groups,
+            decoding.diversity_penalty, decoding.max_new_tokens, top_k, tokenizer.pad_token_id)
+        sequences = [s for question in sequences for s in question]
+    else:
+        sequences = generate(model, tokenizer, gen_ids, gen_mask, decoding, top_k)[:, gen_ids.shape[1]:]
+    texts = [t.strip() for t in tokenizer.batch_decode(sequences, skip_special_tokens=True)]
+    if decoding.first_line:
+        texts = [t.split("\n")[0].strip() for t in texts]
+    return [texts[i: i + top_k] for i in range(0, len(texts), top_k)]
+
+
+def generate(model, tokenizer, gen_ids, gen_mask, decoding, top_k):
+    """transformers' generate with the decoding's arguments (prompts and continuations)."""
     kwargs = dict(max_new_tokens=decoding.max_new_tokens, do_sample=False, use_cache=True,
                   pad_token_id=tokenizer.pad_token_id)
     if decoding.method == "beam":
@@ -89,11 +107,7 @@ def generate_answers(model, tokenizer, gen_ids, gen_mask, decoding=GREEDY, top_k
                       num_return_sequences=top_k)
     if decoding.method == "beam" and gen_ids.shape[1] > 1:
         kwargs["past_key_values"] = beam_prompt_cache(model, gen_ids, gen_mask, kwargs["num_beams"])
-    output = model.generate(input_ids=gen_ids, attention_mask=gen_mask, **kwargs)
-    texts = [t.strip() for t in tokenizer.batch_decode(output[:, gen_ids.shape[1]:], skip_special_tokens=True)]
-    if decoding.first_line:
-        texts = [t.split("\n")[0].strip() for t in texts]
-    return [texts[i: i + top_k] for i in range(0, len(texts), top_k)]
+    return model.generate(input_ids=gen_ids, attention_mask=gen_mask, **kwargs)
 
 
 def beam_prompt_cache(model, gen_ids, gen_mask, num_beams):

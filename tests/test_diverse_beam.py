@@ -1,0 +1,140 @@
+"""diverse_beam.search against transformers' generate called one question at a time with the
+reference's arguments (12 beams in 4 groups, diversity penalty 10, early stopping, 16 new tokens,
+top-K returned): the same token sequences, best first, on a trained tiny-world model and on random
+models built so that beams end at EOS at different steps and candidates tie exactly."""
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import diverse_beam
+import util
+from exp_datasets import QACollator, load_split
+from subroutines import Decoding, evaluate_qa, generate_answers
+
+EOS = 0
+
+
+def reference_sequences(model, prompt, top_k, num_beams=12, pad_token_id=EOS):
+    """The reference's generate call on one unpadded prompt: its continuations, the EOS that ends a
+    finished one and the padding after it removed."""
+    ids = torch.tensor([prompt])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                         max_length=ids.shape[1] + 16, num_return_sequences=top_k, num_beam_groups=4,
+                         num_beams=num_beams, diversity_penalty=10.0, early_stopping=True, pad_token_id=pad_token_id)
+    sequences = []
+    for row in out[:, ids.shape[1]:].tolist():
+        while row and row[-1] in (EOS, pad_token_id):
+            row.pop()
+        sequences.append(row)
+    return sequences
+
+
+def left_padded(prompts, pad=EOS):
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+def search(model, prompts, top_k, num_beams=12):
+    ids, mask = left_padded(prompts)
+    return diverse_beam.search(model, ids, mask, num_beams, 4, 10.0, 16, top_k, EOS)
+
+
+def eos_and_tie_model(attn_implementation, seed):
+    """A random GPT-2 over 24 tokens whose EOS (token 0) is likely after some prefixes and not after
+    others, and whose tokens 5 and 6 always have the same logit (untied output rows made equal)."""
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=24, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=EOS,
+                        eos_token_id=EOS, tie_word_embeddings=False, attn_implementation=attn_implementation)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)
+        model.lm_head.weight[EOS] *= 1.5
+        model.lm_head.weight[6] = model.lm_head.weight[5]
+    return model
+
+
+PROMPTS = [[3, 9, 4], [7], [11, 2, 8, 15, 1, 20, 13], [5, 5, 6], [19, 18, 17, 16, 3], [12, 1], [6, 22, 10, 2]]
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@torch.no_grad()
+def test_equals_generate_with_early_eos_and_ties(attn, seed):
+    model = eos_and_tie_model(attn, seed)
+    assert diverse_beam.supports(model)
+    lengths, tied = set(), False
+    for top_k in (1, 3, 5):
+        ours = search(model, PROMPTS, top_k)
+        for prompt, answers in zip(PROMPTS, ours):
+            reference = reference_sequences(model, prompt, top_k)
+            assert answers == reference, (prompt, top_k)
+            lengths |= {len(a) for a in answers}
+            tied |= any(5 in a or 6 in a for a in answers)
+    # The cases this test is about happened: answers that ended at EOS early and late, or ran to the
+    # 16-token limit, and tokens whose logits tie with another token's.
+    assert {16} < lengths and min(lengths) < 8 and tied
+
+
+@torch.no_grad()
+def test_more_beams_for_a_large_k():
+    model = eos_and_tie_model("sdpa", 3)
+    beams = Decoding().beams_for(13)
+    assert beams == 16
+    for prompt, answers in zip(PROMPTS[:3], search(model, PROMPTS[:3], 13, num_beams=beams)):
+        assert answers == reference_sequences(model, prompt, 13, num_beams=beams)
+
+
+@pytest.fixture(scope="module")
+def world(tiny_world_small):
+    tokenizer = util.load_tokenizer(tiny_world_small.base_model)
+    collator = QACollator.from_config(tokenizer, tiny_world_small.dataset_cfg)
+    return dict(tokenizer=tokenizer, collator=collator,
+                test=load_split(tiny_world_small.dataset_cfg, "test"), path=tiny_world_small.base_model)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@torch.no_grad()
+def test_trained_tiny_world_model_answers_equal_generate(world, attn):
+    model = util.load_causal_lm(world["path"], attn_implementation=attn).eval()
+    assert diverse_beam.supports(model) and model.generation_config.eos_token_id == world["tokenizer"].eos_token_id
+    examples = world["test"][:10]
+    batch = world["collator"](examples)
+    for top_k in (1, 4):
+        ours = diverse_beam.search(model, batch["gen_ids"], batch["gen_mask"], Decoding().beams_for(top_k), 4, 10.0,
+                                   16, top_k, world["tokenizer"].pad_token_id)
+        for example, answers in zip(examples, ours):
+            prompt = world["tokenizer"](example.question)["input_ids"]
+            assert answers == reference_sequences(model, prompt, top_k, pad_token_id=world["tokenizer"].eos_token_id)
+
+
+@torch.no_grad()
+def test_a_generation_config_with_other_processors_falls_back_to_generate(world):
+    model = util.load_causal_lm(world["path"]).eval()
+    batch = world["collator"](world["test"][:4])
+    plain = generate_answers(model, world["tokenizer"], batch["gen_ids"], batch["gen_mask"], Decoding(), 2)
+    model.generation_config.repetition_penalty = 3.0
+    assert not diverse_beam.supports(model)
+    penalised = generate_answers(model, world["tokenizer"], batch["gen_ids"], batch["gen_mask"], Decoding(), 2)
+    direct = model.generate(input_ids=batch["gen_ids"], attention_mask=batch["gen_mask"], max_new_tokens=16,
+                            num_beams=12, num_beam_groups=4, diversity_penalty=10.0, early_stopping=True,
+                            num_return_sequences=2, pad_token_id=world["tokenizer"].pad_token_id)
+    texts = [t.strip() for t in world["tokenizer"].batch_decode(direct[:, batch["gen_ids"].shape[1]:],
+                                                                 skip_special_tokens=True)]
+    assert penalised == [texts[i:i + 2] for i in range(0, len(texts), 2)] and penalised != plain
+
+
+def test_hypotheses_keep_what_transformers_beam_hypotheses_keep():
+    """Scripted scores with many exact ties: the same kept set, in the same order, as transformers'
+    BeamHypotheses (the finished list both searches rank at the end)."""
+    from transformers.generation.beam_search import BeamHypotheses
+
+    for seed in range(20):
+        generator = torch.Generator().manual_seed(seed)
+        ours, theirs = diverse_beam.Hypotheses(3), BeamHypotheses(3, length_penalty=1.0, early_stopping=True)
+        for n in range(12):
+            score = -float(torch.randint(1, 5, (), generator=generator))
+            ours.add(score, [n])
+            theirs.add(torch.tensor([n]), score, generated_len=1)
+        assert ours.beams == [(s, h.tolist()) for s, h, _ in theirs.beams] and ours.worst == theirs.worst_score
