@@ -29,12 +29,14 @@ NEUTRAL_KEYS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_t
 
 
 def supports(model):
-    """Whether `search` gives this model's `generate` answers: a decoder-only model with
-    eager or SDPA attention whose generation config adds no logits processor."""
-    config = model.config
+    """Whether `search` gives this model's `generate` answers: a decoder-only model with eager or
+    SDPA attention, no sliding-window layers (generate would cache them differently), and a
+    generation config that adds no logits processor."""
+    config = model.config.get_text_config()
     extra = set(model.generation_config.to_diff_dict()) - NEUTRAL_KEYS
+    sliding = getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None)
     return (not config.is_encoder_decoder and getattr(config, "_attn_implementation", None) in ATTENTIONS
-            and not extra)
+            and not sliding and not extra)
 
 
 class Hypotheses:
@@ -80,12 +82,13 @@ def search(model, gen_ids, gen_mask, num_beams, num_beam_groups, diversity_penal
     vocab = logprobs.shape[-1]
     logprobs = logprobs.unsqueeze(1).expand(n_prompts, beams, vocab)
     del out
-    cache.batch_repeat_interleave(beams)
-    # Additive mask over prompt and answer positions, one row per beam: 0 attends, the dtype's min does not.
+    # Additive mask over prompt and answer positions, per question: 0 attends, the dtype's min does not.
     floor = torch.finfo(model.dtype).min
     mask = torch.zeros(n_prompts, 1, 1, prompt_len + max_new_tokens, dtype=model.dtype, device=device)
     mask[:, 0, 0, :prompt_len].masked_fill_(gen_mask == 0, floor)
-    mask = mask.repeat_interleave(beams, dim=0)
+    # The cache holds the beams of unfinished groups only; in_cache: a beam's row there (-1: none).
+    # Every beam starts from its question's prompt row.
+    in_cache = torch.arange(n_prompts * beams, device=device) // beams
 
     live = torch.arange(n_prompts, device=device)  # the questions still in the batch
     scores = torch.full((n_prompts, beams), -1e9, dtype=torch.float, device=device)
@@ -131,14 +134,20 @@ def search(model, gen_ids, gen_mask, num_beams, num_beam_groups, diversity_penal
         if not open_questions.all():  # finished questions leave the batch
             stay = open_questions.nonzero().squeeze(1)
             rows, chosen, live, scores, done = rows[stay], chosen[stay], live[stay], scores[stay], done[stay]
-            kept_rows = (stay.unsqueeze(1) * beams + torch.arange(beams, device=device)).view(-1)
-            tokens, mask = tokens[kept_rows], mask[kept_rows]
-        cache.reorder_cache(rows.view(-1))
+            tokens = tokens[(stay.unsqueeze(1) * beams + torch.arange(beams, device=device)).view(-1)]
+        # Only the beams of unfinished groups go on: a finished group's logits change nothing.
+        active = (~done).repeat_interleave(group, dim=1).view(-1).nonzero().squeeze(1)
+        cache.reorder_cache(in_cache[rows.view(-1)[active]])
+        in_cache = torch.full((len(live) * beams,), -1, dtype=torch.long, device=device)
+        in_cache[active] = torch.arange(len(active), device=device)
+        question = live[active // beams]
         width = prompt_len + step + 1
-        out = model(input_ids=chosen.view(-1, 1), attention_mask=mask[..., :width],
-                    position_ids=(lengths[live] + step).repeat_interleave(beams).unsqueeze(1), past_key_values=cache,
-                    use_cache=True, cache_position=torch.tensor([width - 1], device=device))
-        logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).view(len(live), beams, vocab)
+        out = model(input_ids=chosen.view(-1)[active].unsqueeze(1), attention_mask=mask[question, ..., :width],
+                    position_ids=(lengths[question] + step).unsqueeze(1), past_key_values=cache, use_cache=True,
+                    cache_position=torch.tensor([width - 1], device=device))
+        logprobs = torch.zeros(len(live) * beams, vocab, device=device)
+        logprobs[active] = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+        logprobs = logprobs.view(len(live), beams, vocab)
         del out
 
     # Open beams of unfinished groups join their group's hypotheses after the last step.
