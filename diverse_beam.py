@@ -16,7 +16,7 @@ open beams join them after the last step. The answers are the best hypotheses ov
 ties going to the later one in group order as in transformers.
 """
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 # Attention implementations that accept the additive 4-D mask built here.
 ATTENTIONS = ("eager", "sdpa")
@@ -37,6 +37,32 @@ def supports(model):
     sliding = getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None)
     return (not config.is_encoder_decoder and getattr(config, "_attn_implementation", None) in ATTENTIONS
             and not sliding and not extra)
+
+
+class BeamLayer(DynamicLayer):
+    """A growing key/value cache layer whose beam reordering waits for the next step's keys: the
+    beams' rows are gathered straight into the grown tensor, one copy of the cache per step where
+    reorder-then-append makes two."""
+
+    order = None  # pending: row i of the cache is the stored row order[i]
+
+    def reorder_cache(self, beam_idx):
+        self.order = beam_idx if self.order is None else self.order[beam_idx]
+
+    def update(self, key_states, value_states, cache_kwargs=None):
+        if self.keys is None or self.order is None:
+            return super().update(key_states, value_states, cache_kwargs)
+        self.keys, self.values = self.gather_and_append(self.keys, key_states), self.gather_and_append(self.values,
+                                                                                                        value_states)
+        self.order = None
+        return self.keys, self.values
+
+    def gather_and_append(self, old, new):
+        length = old.shape[-2]
+        grown = new.new_empty(len(self.order), old.shape[1], length + new.shape[-2], old.shape[-1])
+        torch.index_select(old, 0, self.order, out=grown[:, :, :length])
+        grown[:, :, length:] = new
+        return grown
 
 
 class Hypotheses:
@@ -75,7 +101,7 @@ def search(model, gen_ids, gen_mask, num_beams, num_beam_groups, diversity_penal
 
     # The whole prompt once per question (positions from the mask, as generate derives them).
     positions = (gen_mask.long().cumsum(-1) - 1).masked_fill(gen_mask == 0, 1)
-    cache = DynamicCache()
+    cache = Cache(layer_class_to_replicate=BeamLayer)
     out = model(input_ids=gen_ids, attention_mask=gen_mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, cache_position=torch.arange(prompt_len, device=device), **_last_logits_only(model))
     logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
