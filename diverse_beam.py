@@ -3,8 +3,9 @@ transformers' `generate(num_beams=N, num_beam_groups=G, diversity_penalty=p, ear
 (its _group_beam_search with BeamSearchScorer and the Hamming diversity penalty, transformers 4.56)
 at a fraction of the cost: every step's beam bookkeeping is a few tensor operations over the whole
 batch instead of Python loops over questions and candidates, each prompt is encoded once (not once
-per beam), each step's attention mask is built directly from the padding, and a question leaves
-the batch as soon as all its groups are finished.
+per beam), each step's attention mask is built directly from the padding, the beams of a finished
+group leave the forward pass (its logits would change nothing) and a question leaves the batch once
+all its groups are finished, and the beams' key/value cache is reordered and grown in one copy.
 
 Per step, group after group (a group's diversity penalty counts the tokens the earlier groups chose
 at this step, finished groups counting as `pad_token_id`): log-softmax of the next-token logits,
@@ -15,6 +16,8 @@ group-size other candidates continue. A group is finished once it holds group-si
 open beams join them after the last step. The answers are the best hypotheses over all groups,
 ties going to the later one in group order as in transformers.
 """
+import inspect
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -52,8 +55,8 @@ class BeamLayer(DynamicLayer):
     def update(self, key_states, value_states, cache_kwargs=None):
         if self.keys is None or self.order is None:
             return super().update(key_states, value_states, cache_kwargs)
-        self.keys, self.values = self.gather_and_append(self.keys, key_states), self.gather_and_append(self.values,
-                                                                                                        value_states)
+        self.keys = self.gather_and_append(self.keys, key_states)
+        self.values = self.gather_and_append(self.values, value_states)
         self.order = None
         return self.keys, self.values
 
@@ -86,7 +89,7 @@ class Hypotheses:
 
 @torch.no_grad()
 def search(model, gen_ids, gen_mask, num_beams, num_beam_groups, diversity_penalty, max_new_tokens,
-                      num_return_sequences, pad_token_id):
+           num_return_sequences, pad_token_id):
     """The `num_return_sequences` best continuations (lists of generated token ids, EOS excluded,
     best first) of each left-padded prompt in `gen_ids` (mask `gen_mask`)."""
     n_prompts, prompt_len = gen_ids.shape
@@ -96,6 +99,8 @@ def search(model, gen_ids, gen_mask, num_beams, num_beam_groups, diversity_penal
     eos_ids = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), device=device,
                            dtype=torch.long)
     n_candidates = max(2, 1 + len(eos_ids)) * group
+    if pad_token_id is None and len(eos_ids):  # generate's default: finished groups feed EOS
+        pad_token_id = int(eos_ids[0])
     length_penalty = model.generation_config.length_penalty
     lengths = gen_mask.long().sum(1)
 
@@ -195,6 +200,4 @@ def search(model, gen_ids, gen_mask, num_beams, num_beam_groups, diversity_penal
 def _last_logits_only(model):
     """logits_to_keep=1 where the model takes it (generate does the same): no vocabulary projection
     of the prompt's other positions."""
-    import inspect
-
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}

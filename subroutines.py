@@ -77,14 +77,14 @@ def parse_eval_modes(modes):
 def generate_answers(model, tokenizer, gen_ids, gen_mask, decoding=GREEDY, top_k=1):
     """Continuations of left-padded question prompts: a list (one per prompt) of `top_k` strings,
     best first. A prompt longer than the model's positions allow (with the answer's) keeps its end.
-    Beam search runs diverse_beam.search (generate's answers, batched) where the model
-    allows it, else generate itself.
+    Diverse beam search runs diverse_beam.search (generate's answers, batched) where the model
+    allows it, else generate itself (as does plain beam search: one beam group).
     """
     positions = model_positions(model)
     if positions is not None and gen_ids.shape[1] + decoding.max_new_tokens > positions:
         keep = positions - decoding.max_new_tokens
         gen_ids, gen_mask = gen_ids[:, -keep:], gen_mask[:, -keep:]
-    if decoding.method == "beam" and diverse_beam.supports(model):
+    if decoding.method == "beam" and decoding.num_beam_groups > 1 and diverse_beam.supports(model):
         sequences = diverse_beam.search(
             model, gen_ids, gen_mask, decoding.beams_for(top_k), decoding.num_beam_groups,
             decoding.diversity_penalty, decoding.max_new_tokens, top_k, tokenizer.pad_token_id)

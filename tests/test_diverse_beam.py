@@ -110,6 +110,42 @@ def test_trained_tiny_world_model_answers_equal_generate(world, attn):
 
 
 @torch.no_grad()
+def test_evaluate_qa_predictions_are_the_reference_answers_in_question_order(world):
+    """Batches of 3 over 7 questions (the last one partial): each row holds its own question's
+    top-2 answers of the reference's one-question generate call, rows in the questions' order."""
+    model = util.load_causal_lm(world["path"]).eval()
+    tokenizer, examples = world["tokenizer"], world["test"][:7]
+    rows, _ = evaluate_qa(model, tokenizer, examples, world["collator"], "cpu", ("em2",), batch_size=3,
+                          decoding=Decoding(), progress=False)
+    assert [r["question"] for r in rows] == [e.question for e in examples]
+    for row, example in zip(rows, examples):
+        reference = reference_sequences(model, tokenizer(example.question)["input_ids"], 2,
+                                        pad_token_id=tokenizer.eos_token_id)
+        assert row["predictions"] == " || ".join(tokenizer.decode(s, skip_special_tokens=True).strip()
+                                                  for s in reference)
+
+
+@torch.no_grad()
+def test_one_beam_group_is_generate_beam_search(world):
+    """One group is transformers' plain beam search, another algorithm: generate runs it."""
+    model = util.load_causal_lm(world["path"]).eval()
+    batch = world["collator"](world["test"][:4])
+    ours = generate_answers(model, world["tokenizer"], batch["gen_ids"], batch["gen_mask"],
+                            Decoding(num_beam_groups=1, diversity_penalty=0.0), 2)
+    assert ours == direct_generate_answers(model, world["tokenizer"], batch, num_beams=12, num_beam_groups=1,
+                                           top_k=2)
+
+
+def direct_generate_answers(model, tokenizer, batch, num_beams, num_beam_groups, top_k, **kwargs):
+    """generate on the whole left-padded batch, its texts grouped per question."""
+    out = model.generate(input_ids=batch["gen_ids"], attention_mask=batch["gen_mask"], max_new_tokens=16,
+                         num_beams=num_beams, num_beam_groups=num_beam_groups, early_stopping=True,
+                         num_return_sequences=top_k, pad_token_id=tokenizer.pad_token_id, **kwargs)
+    texts = [t.strip() for t in tokenizer.batch_decode(out[:, batch["gen_ids"].shape[1]:], skip_special_tokens=True)]
+    return [texts[i:i + top_k] for i in range(0, len(texts), top_k)]
+
+
+@torch.no_grad()
 def test_a_generation_config_with_other_processors_falls_back_to_generate(world):
     model = util.load_causal_lm(world["path"]).eval()
     batch = world["collator"](world["test"][:4])
@@ -117,12 +153,9 @@ def test_a_generation_config_with_other_processors_falls_back_to_generate(world)
     model.generation_config.repetition_penalty = 3.0
     assert not diverse_beam.supports(model)
     penalised = generate_answers(model, world["tokenizer"], batch["gen_ids"], batch["gen_mask"], Decoding(), 2)
-    direct = model.generate(input_ids=batch["gen_ids"], attention_mask=batch["gen_mask"], max_new_tokens=16,
-                            num_beams=12, num_beam_groups=4, diversity_penalty=10.0, early_stopping=True,
-                            num_return_sequences=2, pad_token_id=world["tokenizer"].pad_token_id)
-    texts = [t.strip() for t in world["tokenizer"].batch_decode(direct[:, batch["gen_ids"].shape[1]:],
-                                                                 skip_special_tokens=True)]
-    assert penalised == [texts[i:i + 2] for i in range(0, len(texts), 2)] and penalised != plain
+    assert penalised != plain
+    assert penalised == direct_generate_answers(model, world["tokenizer"], batch, num_beams=12, num_beam_groups=4,
+                                                top_k=2, diversity_penalty=10.0)
 
 
 def test_hypotheses_keep_what_transformers_beam_hypotheses_keep():
