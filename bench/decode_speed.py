@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from exp_datasets import Example, QACollator  # noqa: E402
 from exp_datasets.tiny_world.model import train_tokenizer  # noqa: E402
 from subroutines import Decoding, generate_answers  # noqa: E402
+from util import usage_errors_exit  # noqa: E402
 
 PEOPLE = ["Anna Berg", "Carl Dorn", "Eva Falk", "Gus Hale", "Ida Kern", "Jon Lund", "Kai Moss", "Lea Nord"]
 TEMPLATES = ["Where did {} open a bakery?", "When did {} win the prize for the book about bread?",
@@ -67,7 +68,7 @@ def world_parts(root, n_questions):
     from exp_datasets.tiny_world.report import dataset_config
 
     if not (root / "base_model").is_dir():
-        raise SystemExit(f"--world {root}: no base_model/ there; build one with python -m exp_datasets.tiny_world")
+        raise util.UsageError(f"--world {root} has no base_model/; build a world with python -m exp_datasets.tiny_world")
     tokenizer = util.load_tokenizer(root / "base_model")
     model = util.load_causal_lm(root / "base_model").eval()
     questions = [example.question for example in load_split(dataset_config(root / "data"), "test")[:n_questions]]
@@ -90,7 +91,8 @@ def main():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if args.world:
-        tokenizer, model, questions = world_parts(args.world, args.questions)
+        with usage_errors_exit():
+            tokenizer, model, questions = world_parts(args.world, args.questions)
     else:
         rng = random.Random(0)
         questions = [rng.choice(TEMPLATES).format(rng.choice(PEOPLE)) for _ in range(args.questions)]
