@@ -176,8 +176,9 @@ def search(model, gen_ids, gen_mask, num_beams, num_beam_groups, diversity_penal
         out = model(input_ids=chosen.view(-1)[active].unsqueeze(1), attention_mask=mask[question, ..., :width],
                     position_ids=(lengths[question] + step).unsqueeze(1), past_key_values=cache, use_cache=True,
                     cache_position=torch.tensor([width - 1], device=device))
-        logprobs = torch.zeros(len(live) * beams, vocab, device=device)
-        logprobs[active] = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+        logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+        if len(active) < len(live) * beams:  # finished groups' rows: any value, their results are dropped
+            logprobs = logprobs.new_zeros(len(live) * beams, vocab).index_copy_(0, active, logprobs)
         logprobs = logprobs.view(len(live), beams, vocab)
         del out
 
