@@ -146,9 +146,14 @@ def evaluate_qa(model, tokenizer, examples, collator, device, eval_modes=("em",)
     decoding.check(top_k)
     was_training = model.training
     model.eval()
+    # Questions of similar length share a batch (less padding to encode and attend over); the rows
+    # come back in the order of `examples`.
+    lengths = [len(ids) for ids in tokenizer([e.question for e in examples])["input_ids"]] if examples else []
+    order = sorted(range(len(examples)), key=lengths.__getitem__)
+    by_length = [examples[i] for i in order]
     rows = []
     for start in tqdm(range(0, len(examples), batch_size), desc=desc, disable=not progress, leave=False):
-        batch = collator(examples[start: start + batch_size])
+        batch = collator(by_length[start: start + batch_size])
         size = len(batch["questions"])
         nll, n_tokens = [None] * size, [None] * size
         if with_nll:
@@ -166,6 +171,7 @@ def evaluate_qa(model, tokenizer, examples, collator, device, eval_modes=("em",)
             rows.append(dict(question=question, answer=answer, golds=" | ".join(golds), prediction=preds[0],
                              predictions=" || ".join(preds), **scores, nll=example_nll, n_answer_tokens=count))
     model.train(was_training)
+    rows = [row for _, row in sorted(zip(order, rows), key=lambda pair: pair[0])]
     return rows, summarize(rows, top_k=top_k, with_nll=with_nll)
 
 

@@ -111,10 +111,13 @@ def test_trained_tiny_world_model_answers_equal_generate(world, attn):
 
 @torch.no_grad()
 def test_evaluate_qa_predictions_are_the_reference_answers_in_question_order(world):
-    """Batches of 3 over 7 questions (the last one partial): each row holds its own question's
-    top-2 answers of the reference's one-question generate call, rows in the questions' order."""
+    """Batches of 3 over 7 questions (the last one partial, batched by length): each row holds its
+    own question's top-2 answers of the reference's one-question generate call, in the questions'
+    order."""
     model = util.load_causal_lm(world["path"]).eval()
     tokenizer, examples = world["tokenizer"], world["test"][:7]
+    lengths = [len(tokenizer(e.question)["input_ids"]) for e in examples]
+    assert lengths != sorted(lengths)  # evaluate_qa batches them in another order
     rows, _ = evaluate_qa(model, tokenizer, examples, world["collator"], "cpu", ("em2",), batch_size=3,
                           decoding=Decoding(), progress=False)
     assert [r["question"] for r in rows] == [e.question for e in examples]
