@@ -4,7 +4,8 @@ top-K returned): the same token sequences, best first, on a trained tiny-world m
 models built so that beams end at EOS at different steps and candidates tie exactly."""
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import (GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoConfig, GPTNeoForCausalLM,
+                          LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM)
 
 import diverse_beam
 import util
@@ -75,6 +76,39 @@ def test_equals_generate_with_early_eos_and_ties(attn, seed):
     # The cases this test is about happened: answers that ended at EOS early and late, or ran to the
     # 16-token limit, and tokens whose logits tie with another token's.
     assert {16} < lengths and min(lengths) < 8 and tied
+
+
+def other_architecture(kind, attn_implementation):
+    """Random small models of the other architectures (their own mask and position code), EOS-prone."""
+    torch.manual_seed(0)
+    common = dict(vocab_size=24, bos_token_id=EOS, eos_token_id=EOS, tie_word_embeddings=False,
+                  attn_implementation=attn_implementation)
+    if kind == "gpt_neo":  # a global and a local (windowed) attention layer
+        model = GPTNeoForCausalLM(GPTNeoConfig(max_position_embeddings=64, hidden_size=32, num_layers=2, num_heads=2,
+                                               attention_types=[[["global", "local"], 1]], window_size=8, **common))
+    elif kind == "gptj":
+        model = GPTJForCausalLM(GPTJConfig(n_positions=64, n_embd=32, n_layer=2, n_head=2, rotary_dim=8, **common))
+    elif kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=64, hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=2, **common))
+    else:
+        model = OPTForCausalLM(OPTConfig(max_position_embeddings=64, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                         num_attention_heads=2, word_embed_proj_dim=32, pad_token_id=1, **common))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)
+        model.lm_head.weight[EOS] *= 1.5
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind, attn", [("gpt_neo", "eager"), ("gptj", "eager"), ("llama", "eager"),
+                                        ("llama", "sdpa"), ("opt", "sdpa")])
+@torch.no_grad()
+def test_equals_generate_on_other_architectures(kind, attn):
+    model = other_architecture(kind, attn)
+    assert diverse_beam.supports(model)
+    for top_k in (1, 3):
+        for prompt, answers in zip(PROMPTS, search(model, PROMPTS, top_k)):
+            assert answers == reference_sequences(model, prompt, top_k), (prompt, top_k)
 
 
 @torch.no_grad()
