@@ -1,7 +1,8 @@
 """diverse_beam.search against transformers' generate called one question at a time with the
 reference's arguments (12 beams in 4 groups, diversity penalty 10, early stopping, 16 new tokens,
-top-K returned): the same token sequences, best first, on a trained tiny-world model and on random
-models built so that beams end at EOS at different steps and candidates tie exactly."""
+top-K returned): the same token sequences, best first, on a trained tiny-world model, on random
+GPT-2s built so that beams end at EOS at different steps and candidates tie exactly, and on random
+GPT-Neo, GPT-J, Llama and OPT models; evaluate_qa's rows, and the cases left to generate."""
 import pytest
 import torch
 from transformers import (GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoConfig, GPTNeoForCausalLM,
