@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-import diverse_beam
 from exp_datasets.collate import model_positions
 from util import (UsageError, answer_nll, exact_match, f1_score, restore_parameters, snapshot_parameters,
                   weighted_lm_loss)
@@ -80,6 +79,8 @@ def generate_answers(model, tokenizer, gen_ids, gen_mask, decoding=GREEDY, top_k
     Diverse beam search runs diverse_beam.search (generate's answers, batched) where the model
     allows it, else generate itself (as does plain beam search: one beam group).
     """
+    import diverse_beam  # transformers loads here, not when an entry point starts
+
     positions = model_positions(model)
     if positions is not None and gen_ids.shape[1] + decoding.max_new_tokens > positions:
         keep = positions - decoding.max_new_tokens
