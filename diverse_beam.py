@@ -33,13 +33,14 @@ NEUTRAL_KEYS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_t
 
 def supports(model):
     """Whether `search` gives this model's `generate` answers: a decoder-only model with eager or
-    SDPA attention, no sliding-window layers (generate would cache them differently), and a
-    generation config that adds no logits processor."""
+    SDPA attention, no sliding-window layers (generate would cache them differently), a forward
+    that takes positions and cache positions, and a generation config that adds no logits processor."""
     config = model.config.get_text_config()
     extra = set(model.generation_config.to_diff_dict()) - NEUTRAL_KEYS
     sliding = getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None)
+    takes = set(inspect.signature(model.forward).parameters)
     return (not config.is_encoder_decoder and getattr(config, "_attn_implementation", None) in ATTENTIONS
-            and not sliding and not extra)
+            and not sliding and {"position_ids", "cache_position"} <= takes and not extra)
 
 
 class BeamLayer(DynamicLayer):

@@ -5,7 +5,7 @@ GPT-2s built so that beams end at EOS at different steps and candidates tie exac
 GPT-Neo, GPT-J, Llama and OPT models; evaluate_qa's rows, and the cases left to generate."""
 import pytest
 import torch
-from transformers import (GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoConfig, GPTNeoForCausalLM,
+from transformers import (BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoConfig, GPTNeoForCausalLM,
                           LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM)
 
 import diverse_beam
@@ -110,6 +110,12 @@ def test_equals_generate_on_other_architectures(kind, attn):
     for top_k in (1, 3):
         for prompt, answers in zip(PROMPTS, search(model, PROMPTS, top_k)):
             assert answers == reference_sequences(model, prompt, top_k), (prompt, top_k)
+
+
+def test_a_model_without_position_inputs_is_left_to_generate():
+    """BLOOM's forward takes neither position_ids nor cache_position (ALiBi positions)."""
+    bloom = BloomForCausalLM(BloomConfig(vocab_size=24, hidden_size=32, n_layer=1, n_head=2))
+    assert not diverse_beam.supports(bloom) and diverse_beam.supports(other_architecture("llama", "sdpa"))
 
 
 @torch.no_grad()
