@@ -68,7 +68,7 @@ def world_parts(root, n_questions):
     from exp_datasets.tiny_world.report import dataset_config
 
     if not (root / "base_model").is_dir():
-        raise util.UsageError(f"--world {root} has no base_model/; build a world with python -m exp_datasets.tiny_world")
+        raise util.UsageError(f"--world {root} has no base_model/; build a world: python -m exp_datasets.tiny_world")
     tokenizer = util.load_tokenizer(root / "base_model")
     model = util.load_causal_lm(root / "base_model").eval()
     questions = [example.question for example in load_split(dataset_config(root / "data"), "test")[:n_questions]]

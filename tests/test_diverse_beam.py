@@ -5,8 +5,8 @@ GPT-2s built so that beams end at EOS at different steps and candidates tie exac
 GPT-Neo, GPT-J, Llama and OPT models; evaluate_qa's rows, and the cases left to generate."""
 import pytest
 import torch
-from transformers import (BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM, GPTNeoConfig, GPTNeoForCausalLM,
-                          LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM)
+from transformers import (BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM,
+                          GPTNeoConfig, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM)
 
 import diverse_beam
 import util
