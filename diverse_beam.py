@@ -64,7 +64,7 @@ class BeamLayer(DynamicLayer):
     def gather_and_append(self, old, new):
         length = old.shape[-2]
         grown = new.new_empty(len(self.order), old.shape[1], length + new.shape[-2], old.shape[-1])
-        torch.index_select(old, 0, self.order, out=grown[:, :, :length])
+        torch.index_select(old, 0, self.order.to(old.device), out=grown[:, :, :length])  # layers may sit on other GPUs
         grown[:, :, length:] = new
         return grown
 
