@@ -110,7 +110,7 @@ def search(model, gen_ids, gen_mask, num_beams, num_beam_groups, diversity_penal
     cache = Cache(layer_class_to_replicate=BeamLayer)
     out = model(input_ids=gen_ids, attention_mask=gen_mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, cache_position=torch.arange(prompt_len, device=device), **_last_logits_only(model))
-    logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+    logprobs = torch.log_softmax(out.logits[:, -1, :].to(device=device, dtype=torch.float32), dim=-1)
     vocab = logprobs.shape[-1]
     logprobs = logprobs.unsqueeze(1).expand(n_prompts, beams, vocab)
     del out
@@ -177,7 +177,7 @@ def search(model, gen_ids, gen_mask, num_beams, num_beam_groups, diversity_penal
         out = model(input_ids=chosen.view(-1)[active].unsqueeze(1), attention_mask=mask[question, ..., :width],
                     position_ids=(lengths[question] + step).unsqueeze(1), past_key_values=cache, use_cache=True,
                     cache_position=torch.tensor([width - 1], device=device))
-        logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+        logprobs = torch.log_softmax(out.logits[:, -1, :].to(device=device, dtype=torch.float32), dim=-1)
         if len(active) < len(live) * beams:  # finished groups' rows: any value, their results are dropped
             logprobs = logprobs.new_zeros(len(live) * beams, vocab).index_copy_(0, active, logprobs)
         logprobs = logprobs.view(len(live), beams, vocab)
