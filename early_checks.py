@@ -50,14 +50,16 @@ def run_job(task, cfg):
         return None
 
 
-# task name -> (check, folder_check), registered by the entry points (run.py, train_qa.py) on import:
-# check(cfg) runs the task's own checks; folder_check(cfg, run_dir) refuses a folder holding another run
+# task name -> (check, folder_check, choice_check), registered by the entry points (run.py, train_qa.py)
+# on import: check(cfg) runs the task's own checks; folder_check(cfg, run_dir) refuses a folder holding
+# another run; choice_check(cfg) checks the chosen options without resolving any value, before the run
+# folder's name is worked out (that may build the tiny world, minutes spent on a run that cannot start)
 TASKS = {}
 QA_TUNE = "qa_tune"  # train_qa.py's configuration has no task_name
 
 
-def register(name, check, folder_check=None):
-    TASKS[name] = (check, folder_check)
+def register(name, check, folder_check=None, choice_check=None):
+    TASKS[name] = (check, folder_check, choice_check)
 
 
 def task_of(cfg):
@@ -81,6 +83,9 @@ def check_run_folder(config):
 
     from run_folder import OPTIONS_FILE
 
+    choice_check = task_of(config)[2]
+    if choice_check is not None:
+        choice_check(config)
     try:
         run_dir = Path(str(config.hydra.run.dir))
     except Exception:  # noqa: BLE001 - a folder named by Hydra's own runtime values: never a finished run's

@@ -261,6 +261,12 @@ def check_train_config(cfg):
     check_config(cfg)
 
 
+def check_train_choice(cfg):
+    from meta_train import check_model_choice
+
+    check_model_choice(cfg)
+
+
 def check_eval_folder(cfg, run_dir):
     """run_folder.check for an evaluation into `run_dir`, before anything is loaded."""
     materialize(cfg, MATERIALIZED)
@@ -330,7 +336,7 @@ def main(cfg: DictConfig):
 
 
 early_checks.register("eval", check_eval_config, check_eval_folder)
-early_checks.register("train", check_train_config, check_train_folder)
+early_checks.register("train", check_train_config, check_train_folder, check_train_choice)
 
 if __name__ == "__main__":
     sys.argv += distributed.follower_overrides()  # torchrun ranks > 0 leave Hydra's outputs to rank 0

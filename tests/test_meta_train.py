@@ -277,3 +277,15 @@ def test_forward_mode_meta_training_runs_and_moves_the_weights(tiny_world_small,
     assert [r["step"] for r in train_rows] == [1, 2]
     assert all(r["grad_norm"] > 0 and torch.isfinite(torch.tensor(r["outer_loss"])) for r in train_rows)
     assert trained_head(tmp_path / "run")["2.weight"].abs().max() > 0, "the zero-initialised output layer moved"
+
+
+def test_cli_refuses_a_weight_model_with_nothing_to_learn_before_building_anything(tmp_path):
+    """The default model is uniform; the run folder's name needs the tiny world, whose first build
+    takes minutes: the refusal comes first, and nothing is built or written."""
+    cache = tmp_path / "cache"
+    result = subprocess.run([sys.executable, "run.py", "task=train", f"hydra.run.dir={tmp_path / 'hydra'}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1", CAMELS_CACHE_DIR=str(cache)))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: model=uniform has nothing to learn; task=train needs model=CaMeLS"]
+    assert not cache.exists() and not (tmp_path / "hydra").exists()

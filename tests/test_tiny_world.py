@@ -223,3 +223,29 @@ def test_bad_recipe_fails_before_work(tmp_path):
     with pytest.raises(UsageError, match="doc_words"):
         tiny_world.build(small_recipe([f"out_dir={tmp_path / 'w'}", "doc_words=[90,60]"]))
     assert not (tmp_path / "w").exists()
+
+
+def test_stream_report_averages_streams_each_adapted_from_the_base_model(tiny_world_small):
+    from exp_datasets import QACollator, load_split, to_documents
+    from exp_datasets.tiny_world.report import stream_adaptation
+
+    tokenizer = load_tokenizer(tiny_world_small.base_model)
+    model = load_causal_lm(tiny_world_small.base_model).eval()
+    collator = QACollator.from_config(tokenizer, tiny_world_small.dataset_cfg)
+    docs = to_documents(load_split(tiny_world_small.dataset_cfg, "test"))
+    first, second = docs[:3], docs[3:6]
+
+    def rows(streams):
+        return stream_adaptation(model, tokenizer, collator, streams, ["oracle"], [3e-2], grad_clip=750.0,
+                                 progress=False)
+
+    alone = [rows([first]), rows([second])]
+    both = rows([first, second])
+    for index, name in enumerate(("none", "oracle")):
+        nll = [alone[0][index]["nll"], alone[1][index]["nll"]]
+        assert both[index]["scheme"] == name
+        # the second stream starts from the base model again: the same result as when run alone
+        assert both[index]["nll"] == pytest.approx(sum(nll) / 2, rel=1e-5)
+        assert both[index]["em_per_stream"] == [alone[0][index]["em"], alone[1][index]["em"]]
+        assert both[index]["n"] == alone[0][index]["n"] + alone[1][index]["n"]
+    assert both[1]["nll"] < both[0]["nll"]  # adapting on answer tokens lowers the answers' NLL

@@ -8,7 +8,7 @@ import torch
 from tqdm import tqdm
 
 from subroutines import evaluate_qa, weighted_train
-from util import answer_nll, restore_parameters, snapshot_parameters
+from util import UsageError, answer_nll, restore_parameters, snapshot_parameters
 from weight_analysis import span_token_mask
 
 NUMBER_OR_CAPITALISED = re.compile(r"\b(?:[A-Z][a-z]+|\d[\d,]*)\b")
@@ -112,20 +112,32 @@ def one_step_uptake(model, tokenizer, collator, documents, unrelated, lrs, progr
     return rows, best
 
 
-def stream_adaptation(model, tokenizer, collator, documents, schemes, lrs, grad_clip, progress=True):
-    """Adam on a stream of documents, one step each (batch 1), then every question of the stream
-    is asked: EM/F1/NLL per (scheme, lr), and before any update (scheme "none")."""
-    examples = [e for d in documents for e in d.examples]
+def stream_adaptation(model, tokenizer, collator, streams, schemes, lrs, grad_clip, progress=True):
+    """Adam on each stream of documents, one step per document (batch 1), then every question of
+    that stream is asked: EM/F1/NLL per (scheme, lr) as means over the streams (each from the base
+    model), with each stream's EM, and before any update (scheme "none")."""
     start = snapshot_parameters(model)
-    rows = [dict(scheme="none", lr=0.0, **qa_scores(model, tokenizer, collator, examples))]
-    bar = tqdm(total=len(schemes) * len(lrs), desc="stream adaptation", disable=not progress, mininterval=2)
+    questions = [[e for d in docs for e in d.examples] for docs in streams]
+
+    def row(scheme, lr, scores):
+        mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("em", "f1", "nll")}
+        return dict(scheme=scheme, lr=lr, **mean, n=sum(s["n"] for s in scores),
+                    em_per_stream=[s["em"] for s in scores])
+
+    rows = [row("none", 0.0, [qa_scores(model, tokenizer, collator, examples) for examples in questions])]
+    bar = tqdm(total=len(schemes) * len(lrs) * len(streams), desc="stream adaptation", disable=not progress,
+               mininterval=2)
     for scheme in schemes:
-        weights = [token_weights(scheme, tokenizer, d.text, answer_spans(d), collator.max_text_len) for d in documents]
+        weights = [[token_weights(scheme, tokenizer, d.text, answer_spans(d), collator.max_text_len) for d in docs]
+                   for docs in streams]
         for lr in lrs:
-            adapt(model, collator, documents, weights, "adam", lr, grad_clip)
-            rows.append(dict(scheme=scheme, lr=lr, **qa_scores(model, tokenizer, collator, examples)))
-            restore_parameters(model, start)
-            bar.update()
+            scores = []
+            for docs, stream_weights, examples in zip(streams, weights, questions):
+                adapt(model, collator, docs, stream_weights, "adam", lr, grad_clip)
+                scores.append(qa_scores(model, tokenizer, collator, examples))
+                restore_parameters(model, start)
+                bar.update()
+            rows.append(row(scheme, lr, scores))
     bar.close()
     return rows
 
@@ -176,11 +188,16 @@ def build_report(cfg, folder, progress=True):
     qa = {name: qa_scores(model, tokenizer, collator, examples, progress) for name, examples in sets.items()}
     test_docs = to_documents(load_split(dataset_cfg, "test"))
     rng.shuffle(test_docs)
-    n_one, n_stream = report_cfg.one_step.n_docs, report_cfg.stream.n_docs
+    n_one, n_stream, n_streams = report_cfg.one_step.n_docs, report_cfg.stream.n_docs, report_cfg.stream.n_streams
+    if n_one + n_stream * n_streams > len(test_docs):
+        raise UsageError(f"report.one_step.n_docs + report.stream.n_docs x report.stream.n_streams = "
+                         f"{n_one + n_stream * n_streams} exceeds the {len(test_docs)} test documents; "
+                         "lower them or raise n_test_docs")
     one_step_rows, one_step_best = one_step_uptake(
         model, tokenizer, collator, test_docs[:n_one], sample(pretrain_qa, report_cfg.one_step.n_unrelated),
         list(report_cfg.one_step.lrs), progress)
-    stream_rows = stream_adaptation(model, tokenizer, collator, test_docs[n_one:n_one + n_stream],
+    streams = [test_docs[n_one + i * n_stream:n_one + (i + 1) * n_stream] for i in range(n_streams)]
+    stream_rows = stream_adaptation(model, tokenizer, collator, streams,
                                     list(report_cfg.stream.schemes), list(report_cfg.stream.lrs),
                                     report_cfg.stream.grad_clip, progress) if n_stream else []
     pretraining = json.loads((folder / "base_model" / "pretraining.json").read_text())
@@ -193,6 +210,7 @@ def build_report(cfg, folder, progress=True):
                   max_test_document_tokens=max(test_lengths),
                   mean_pretraining_document_tokens=pretraining["mean_document_tokens"]),
         qa=qa, one_step=dict(rows=one_step_rows, best=one_step_best), stream=stream_rows,
+        stream_setup=dict(n_docs=n_stream, n_streams=n_streams),
     )
     report["summary"] = summary_line(report)
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -245,8 +263,18 @@ def markdown(report):
         star = " *" if any(b["scheme"] == r["scheme"] and b["lr"] == r["lr"] for b in report["one_step"]["best"]) else ""
         lines.append(f"| {r['scheme']}{star} | {r['lr']:g} | {r['answer_nll_drop']:.3f} | {r['unrelated_nll_rise']:.3f} |")
     if report["stream"]:
+        setup = report["stream_setup"]
+        best = best_stream_rows(report["stream"])
         lines += ["", "## Stream: Adam, one step per document, then every question of the stream", "",
-                  "| scheme | lr | EM | F1 | answer NLL |", "|---|---|---|---|---|"]
+                  f"{setup['n_streams']} disjoint streams of {setup['n_docs']} test documents, each adapted from the "
+                  "base model; means over the streams, and each stream's EM.", "",
+                  "| scheme | lr | EM | F1 | answer NLL | EM per stream |", "|---|---|---|---|---|---|"]
         for r in report["stream"]:
-            lines.append(f"| {r['scheme']} | {r['lr']:g} | {r['em']:.3f} | {r['f1']:.3f} | {r['nll']:.3f} |")
+            per_stream = " ".join(f"{em:.3f}" for em in r["em_per_stream"])
+            lines.append(f"| {r['scheme']} | {r['lr']:g} | {r['em']:.3f} | {r['f1']:.3f} | {r['nll']:.3f} | {per_stream} |")
+        if "oracle" in best and "uniform" in best:
+            gap = 100 * (best["oracle"]["em"] - best["uniform"]["em"])
+            lines += ["", f"Headroom (each scheme at its best lr on these streams): oracle EM "
+                          f"{100 * best['oracle']['em']:.1f}%, uniform {100 * best['uniform']['em']:.1f}%, "
+                          f"gap {gap:.1f} points."]
     return "\n".join(lines) + "\n"
