@@ -247,6 +247,8 @@ class QATuneConfig:
     max_val_questions: Optional[int] = key("positive_int")
     eval_batch_size: int = key("positive_int")
     max_new_tokens: int = key("positive_int")
+    save_resume_state: bool = key()
+    overwrite: bool = key()
     wandb: bool = key()
     wandb_project: str = key()
 

@@ -47,19 +47,12 @@ def epoch_order(examples, batch_order, rng):
 # The training loop
 
 
-def check_model_choice(cfg):
-    """Only a learned weight model can be meta-trained (reads the model's name only, resolving nothing)."""
-    from weight_model import WEIGHT_MODELS
-
-    name = cfg.model.get("name")
-    if name not in WEIGHT_MODELS or not WEIGHT_MODELS[name].learned:
-        raise UsageError(f"model={name} has nothing to learn; task=train needs model=CaMeLS")
-
-
 def check_config(cfg):
     """Every problem the user can fix, found before any work is done: the ranges and choices of the
     schema (configs.TrainConfig), then what it cannot say (registries, files, options that go together)."""
-    check_model_choice(cfg)
+    from weight_model import check_learned
+
+    check_learned(cfg)
     util.check_values(cfg)
     util.base_state_dict(cfg)
     if cfg.reset_base_freq % cfg.update_batch_size:

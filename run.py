@@ -262,9 +262,9 @@ def check_train_config(cfg):
 
 
 def check_train_choice(cfg):
-    from meta_train import check_model_choice
+    from weight_model import check_learned
 
-    check_model_choice(cfg)
+    check_learned(cfg)
 
 
 def check_eval_folder(cfg, run_dir):

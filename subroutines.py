@@ -4,6 +4,7 @@ Answer generation (diverse beam search or greedy), QA scoring (evaluate_qa), the
 (make_optimizer), weighted online adaptation on a document stream (weighted_train), and the QA
 fine-tuning loop (qa_tuning_loop) of light QA tuning (light_tune) and train_qa.py.
 """
+import itertools
 import math
 import random
 import re
@@ -344,7 +345,7 @@ def qa_loss(model, collator, examples, device):
 
 def qa_tuning_loop(model, collator, train_examples, device, optimizer, validate, batch_size=16, grad_acc_steps=1,
                    grad_clip_thresh=750.0, val_steps=16, max_steps=None, max_epochs=None, seed=0, progress=True,
-                   desc="QA tuning"):
+                   desc="QA tuning", start_step=0):
     """Fine-tune `model` on the QA loss of `train_examples` until `validate` says stop.
 
     Batches of `batch_size` pairs come from a fresh shuffle (generator seeded with `seed`) on each
@@ -353,6 +354,10 @@ def qa_tuning_loop(model, collator, train_examples, device, optimizer, validate,
     optimiser steps and after the last step, and returns True to stop. Training ends there, after
     `max_steps` steps or after `max_epochs` passes (None: no limit); a last incomplete group of
     batches still makes a step. The model is left in eval mode. Returns the number of steps.
+
+    start_step > 0 continues a run whose model and optimiser are those after that step's
+    validation: the batches it trained on are drawn again and skipped, so the rest come in the same
+    order, and that validation is not repeated.
     """
     rng = random.Random(seed)
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -366,11 +371,13 @@ def qa_tuning_loop(model, collator, train_examples, device, optimizer, validate,
             for index in range(batches_per_epoch):
                 yield epoch, order[index * batch_size: (index + 1) * batch_size]
 
-    step, epoch, losses, validated = 0, 0, [], True
-    stop = validate(0, 0, None)
-    bar = tqdm(total=max_steps, desc=desc, unit="step", disable=not progress, leave=False)
-    model.train()
+    step, epoch, losses, validated = start_step, 0, [], True
     stream = batches()
+    for epoch, _ in itertools.islice(stream, start_step * grad_acc_steps):
+        pass
+    stop = validate(0, 0, None) if start_step == 0 else False
+    bar = tqdm(total=max_steps, initial=start_step, desc=desc, unit="step", disable=not progress, leave=False)
+    model.train()
     while not stop and (max_steps is None or step < max_steps):
         group = []
         for item in stream:

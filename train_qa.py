@@ -6,11 +6,15 @@ It learns to continue a question with " <answer>" (README: "QA model pretraining
 
 Output folder (hydra.run.dir): outputs/qa_pretraining/<dataset>/<model basename>/<timestamp>/
     .hydra/config.yaml   the composed configuration (overrides.yaml: the command line)
+    run_options.json     the options of the run: a rerun into the folder must have the same ones
     metrics.jsonl        one row per validation (the first is before any training)
     best.json            metric values, step and path of each kept checkpoint
     checkpoints/lowest_nll/, highest_f1/, highest_em/
                          save_pretrained folders (model + tokenizer) that also hold state_dict.pt:
                          use the folder as base_model, or state_dict.pt as base_model_state_dict
+    resume.pt            model, optimiser and progress at the last validation (save_resume_state):
+                         the same command continues an interrupted run from there
+    done.json            written last: the same command then has nothing to do
 """
 import json
 import math
@@ -25,6 +29,7 @@ from tqdm.auto import tqdm
 
 import configs  # noqa: F401 - the config's ${...} resolvers
 import early_checks
+import run_folder
 import util
 from exp_datasets import QACollator, load_split
 from subroutines import Decoding, evaluate_qa, make_optimizer, qa_tuning_loop, question_sample
@@ -32,6 +37,11 @@ from subroutines import Decoding, evaluate_qa, make_optimizer, qa_tuning_loop, q
 # checkpoint name -> (validation metric, direction)
 CRITERIA = {"lowest_nll": ("nll", "min"), "highest_f1": ("f1", "max"), "highest_em": ("em", "max")}
 VAL_MODES = ("em", "ppl")
+RESUME_STATE, DONE = "resume.pt", "done.json"
+OUTPUTS = ("metrics.jsonl", "best.json", "checkpoints", RESUME_STATE, DONE)
+# options that may differ between a run and its continuation (how it runs and logs, not what it learns)
+RESUMABLE_CHANGES = ("device", "torch_threads", "wandb", "wandb_project", "overwrite", "eval_batch_size",
+                     "save_resume_state", "cache_dir")
 
 
 class BestTracker:
@@ -134,6 +144,30 @@ class Trainer:
         self.step = 0
         self.start_time = time.time()
 
+    def save_state(self):
+        """Everything a continuation needs, as of the validation just done, in one atomic file."""
+        state = dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), step=self.step,
+                     best=self.tracker.best, stopper=vars(self.stopper), history=self.history,
+                     torch_rng=torch.get_rng_state(),
+                     cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        with util.atomic_path(self.run_dir / RESUME_STATE) as tmp:
+            torch.save(state, tmp)
+
+    def load_state(self):
+        """Continue from resume.pt; returns the step it was saved at."""
+        state = torch.load(self.run_dir / RESUME_STATE, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.tracker.best = state["best"]
+        vars(self.stopper).update(state["stopper"])
+        self.history = state["history"]
+        self.step = state["step"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.start_time -= self.history[-1]["elapsed_s"]
+        return self.step
+
     def validate(self, step, epoch, train_loss):
         """Score the validation set (greedy, as the reference), keep checkpoints it improves, log it;
         True means stop early."""
@@ -150,23 +184,24 @@ class Trainer:
             save_checkpoints(improved, self.model, self.tokenizer, self.checkpoint_dir)
             util.atomic_write_text(json.dumps(best_report(self.tracker, self.checkpoint_dir), indent=2) + "\n",
                                    self.run_dir / "best.json")
-        with open(self.run_dir / "metrics.jsonl", "a") as log:
-            log.write(json.dumps(row) + "\n")
         if self.logger:
             self.logger.log({k: v for k, v in row.items() if v is not None}, step=step)
         self.history.append(row)
+        stop = self.stopper.update(summary["nll"])
+        if self.cfg.save_resume_state:
+            self.save_state()
+        # rewritten whole, after the resume state: the log never holds a validation a continuation repeats
+        util.atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.run_dir / "metrics.jsonl")
         tqdm.write(f"step {step}: val nll {row['val_nll']:.4f} em {row['val_em']:.3f} f1 {row['val_f1']:.3f}"
                    + (f"  (new {', '.join(improved)})" if improved else ""))
-        return self.stopper.update(summary["nll"])
+        return stop
 
-    def train(self):
+    def train(self, start_step=0):
         cfg = self.cfg
-        # a rerun into the same folder starts a new log instead of appending to the old one
-        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         qa_tuning_loop(self.model, self.collator, self.train_examples, self.device, self.optimizer, self.validate,
                        batch_size=cfg.batch_size, grad_acc_steps=cfg.grad_acc_steps,
                        grad_clip_thresh=cfg.grad_clip_thresh, val_steps=cfg.val_steps, max_steps=cfg.max_steps,
-                       max_epochs=cfg.n_epochs, seed=cfg.seed, desc="QA tuning")
+                       max_epochs=cfg.n_epochs, seed=cfg.seed, desc="QA tuning", start_step=start_step)
         return self.history
 
 
@@ -189,15 +224,34 @@ def load_inputs(cfg, device, dtype):
     return train_examples, val_examples, tokenizer, model.to(device)
 
 
+def run_options(cfg):
+    """The run's options as run_folder records them (the resolved configuration, flattened)."""
+    return run_folder.flatten(OmegaConf.to_container(cfg, resolve=True))
+
+
+def check_folder(cfg, run_dir):
+    """Refuse a folder holding a run with other options, before anything is loaded."""
+    run_folder.check(run_dir, run_options(cfg), RESUMABLE_CHANGES, OUTPUTS, cfg.overwrite)
+
+
 def train_qa(cfg: DictConfig, run_dir):
-    """Run QA pre-tuning as configured, writing into `run_dir`; returns the metric rows."""
+    """Run QA pre-tuning as configured, writing into `run_dir`; returns the metric rows. The same
+    command into the same folder continues an interrupted run from its last validation, or finds it
+    done; other options are refused (overwrite=true replaces the run)."""
     check_config(cfg)
+    run_dir = Path(run_dir)
+    check_folder(cfg, run_dir)
+    if not cfg.overwrite and (run_dir / DONE).is_file():
+        history = json.loads((run_dir / DONE).read_text())["history"]
+        print(f"QA tuning in {run_dir} is complete ({history[-1]['step']} steps); nothing to do")
+        return history
     device = util.pick_device(cfg.device)
     dtype = util.pick_dtype(cfg.dtype)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     util.set_seed(cfg.seed)
     train_examples, val_examples, tokenizer, model = load_inputs(cfg, device, dtype)
+    run_folder.claim(run_dir, run_options(cfg), RESUMABLE_CHANGES, OUTPUTS, cfg.overwrite)  # inputs are good
     print(f"QA tuning {cfg.model} on {cfg.dataset.name}: {len(train_examples)} training and "
           f"{len(val_examples)} validation questions, device {device}; output in {run_dir}")
     logger = None
@@ -208,9 +262,16 @@ def train_qa(cfg: DictConfig, run_dir):
         logger = wandb.init(project=cfg.wandb_project, dir=str(run_dir),
                             config=dict(OmegaConf.to_container(cfg), model=str(cfg.model)))
     trainer = Trainer(cfg, model, tokenizer, train_examples, val_examples, device, run_dir, logger)
-    history = trainer.train()
+    start_step = 0
+    if (run_dir / RESUME_STATE).is_file():
+        start_step = trainer.load_state()
+        print(f"continuing the interrupted run from its validation at step {start_step}")
+    history = trainer.train(start_step)
     if logger:
         logger.finish()
+    (run_dir / RESUME_STATE).unlink(missing_ok=True)
+    util.atomic_write_text(json.dumps(dict(history=history, best=best_report(trainer.tracker, trainer.checkpoint_dir)),
+                                      indent=2) + "\n", run_dir / DONE)
     first, last = history[0], history[-1]
     print(f"validation before: nll {first['val_nll']:.4f} em {first['val_em']:.3f} f1 {first['val_f1']:.3f}; "
           f"after {last['step']} steps: nll {last['val_nll']:.4f} em {last['val_em']:.3f} f1 {last['val_f1']:.3f}")
@@ -224,7 +285,7 @@ def main(cfg: DictConfig):
     early_checks.run_job(train_qa, cfg)
 
 
-early_checks.register(early_checks.QA_TUNE, check_config)
+early_checks.register(early_checks.QA_TUNE, check_config, check_folder)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,13 @@ def register(name):
     return add
 
 
+def check_learned(cfg):
+    """Only a learned weight model can be meta-trained (reads cfg.model.name alone, resolving nothing)."""
+    name = cfg.model.get("name")
+    if name not in WEIGHT_MODELS or not WEIGHT_MODELS[name].learned:
+        raise UsageError(f"model={name} has nothing to learn; task=train needs model=CaMeLS")
+
+
 class WeightModel(nn.Module):
     """Base class: `forward(input_ids, attention_mask)` returns B×T weights, 0 on padding.
 

@@ -147,6 +147,66 @@ def test_early_stopping_ends_a_diverging_run(tiny_world_small, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# The run folder: continuing an interrupted run, a finished run, other options
+
+
+class Killed(Exception):
+    pass
+
+
+def test_an_interrupted_run_continues_to_the_uninterrupted_result(short_run, tiny_world_small, tmp_path, monkeypatch):
+    cfg, full_dir, full_history = short_run
+    validate = train_qa.Trainer.validate
+
+    def killed_after_step_8(self, step, epoch, train_loss):
+        stop = validate(self, step, epoch, train_loss)
+        if step == 8:
+            raise Killed
+        return stop
+
+    monkeypatch.setattr(train_qa.Trainer, "validate", killed_after_step_8)
+    with pytest.raises(Killed):
+        train_qa.train_qa(cfg, tmp_path)
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 4, 8]
+    assert (tmp_path / train_qa.RESUME_STATE).is_file() and not (tmp_path / train_qa.DONE).exists()
+
+    monkeypatch.setattr(train_qa.Trainer, "validate", validate)
+    history = train_qa.train_qa(cfg, tmp_path)
+    timing = ("elapsed_s",)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert strip(history) == strip(full_history)  # same batches, same optimiser state: the same numbers
+    assert strip(read_jsonl(tmp_path / "metrics.jsonl")) == strip(full_history)
+    assert not (tmp_path / train_qa.RESUME_STATE).exists() and (tmp_path / train_qa.DONE).is_file()
+    for name in ("lowest_nll", "highest_f1"):
+        resumed = torch.load(tmp_path / "checkpoints" / name / "state_dict.pt")
+        uninterrupted = torch.load(full_dir / "checkpoints" / name / "state_dict.pt")
+        assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_a_finished_run_has_nothing_to_do_and_other_options_are_refused(short_run, tiny_world_small, capsys):
+    cfg, run_dir, history = short_run
+    files = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    assert train_qa.train_qa(cfg, run_dir) == history
+    assert "nothing to do" in capsys.readouterr().out
+    other = compose_config(run_overrides(tiny_world_small, lr=1e-3, batch_size=8, grad_acc_steps=2,
+                                         val_steps=4, max_steps=12, stop_k="null"))
+    with pytest.raises(util.UsageError, match=r"holds a run with other options \(lr: 0.003 -> 0.001\)"):
+        train_qa.train_qa(other, run_dir)
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == files
+
+
+def test_overwrite_replaces_a_run_with_other_options(tiny_world_small, tmp_path):
+    first = compose_config(run_overrides(tiny_world_small, lr=3e-3, batch_size=8, val_steps=2, max_steps=2))
+    train_qa.train_qa(first, tmp_path)
+    second = compose_config(run_overrides(tiny_world_small, lr=1e-3, batch_size=8, val_steps=1, max_steps=1,
+                                          overwrite="true"))
+    history = train_qa.train_qa(second, tmp_path)
+    assert [r["step"] for r in history] == [0, 1]
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1]
+    assert json.loads((tmp_path / "run_options.json").read_text())["lr"] == 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line
 
 
