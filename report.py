@@ -115,6 +115,7 @@ def read_summary(path):
         raise UsageError(f"{path} has no 'method'; it is not a complete run.py eval summary")
     run = {column: summary.get(column) for column in SETTING_COLUMNS}
     run["method"] = str(summary["method"])
+    run["adapts"] = bool(summary.get("adapts", True))
     run["lr"] = _number(summary.get("lr"), path, "lr", required=True)
     run["seed"] = int(_number(summary.get("seed"), path, "seed", required=True))
     for key in ("em", "f1"):
@@ -184,7 +185,7 @@ def aggregate_runs(runs, metric="f1"):
     for setting, method, lr in order:
         members = sorted(groups[(setting, method, lr)], key=lambda r: r["seed"])
         row = dict(zip(SETTING_COLUMNS, setting))
-        row.update(method=method, lr=lr, n_seeds=len(members),
+        row.update(method=method, lr=lr, adapts=all(r["adapts"] for r in members), n_seeds=len(members),
                    seeds=";".join(str(r["seed"]) for r in members))
         for column in VALUE_COLUMNS:
             row[f"{column}_mean"], row[f"{column}_std"] = _mean_std([r[column] for r in members])
@@ -349,6 +350,13 @@ def render_paired(paired, setting_row, metric):
             "and their questions.\n\n" + _markdown_table(header, lines))
 
 
+def lr_text(row):
+    """A run's learning rate as tables show it; "–" where the method never adapts (the floor)."""
+    adapts = row.get("adapts", True)
+    never = isinstance(adapts, (bool, np.bool_)) and not adapts  # missing (NaN) counts as adapting
+    return "–" if never else f"{row['lr']:g}"
+
+
 def render_markdown(table, best, metric, paired=None):
     """results.md: per setting the full method × lr table, the best-per-method table, and the
     paired comparison with the best baseline."""
@@ -363,7 +371,7 @@ def render_markdown(table, best, metric, paired=None):
         header = ["Method", "LR"] + [METRIC_LABELS[c] for c in columns] + ["Seeds"]
         lines = []
         for _, row in group.iterrows():
-            lr = f"{row['lr']:g}"
+            lr = lr_text(row)
             lines.append([row["method"], f"**{lr}**" if row["best"] else lr]
                          + [_format_value(c, row[f"{c}_mean"], row[f"{c}_std"]) for c in columns]
                          + [str(row["n_seeds"])])
@@ -376,7 +384,7 @@ def render_markdown(table, best, metric, paired=None):
             best_header.append(f"{label} on validation")
         best_lines = []
         for _, row in best_here.iterrows():
-            lr = "" if math.isnan(row["lr"]) else f"{row['lr']:g}"
+            lr = "" if math.isnan(row["lr"]) else lr_text(row)
             line = ([row["method"], lr]
                     + [_format_value(c, row[f"{c}_mean"], row[f"{c}_std"]) for c in best_columns]
                     + [str(row["n_seeds"])])
@@ -404,7 +412,7 @@ def render_chart_png(best):
                              figsize=(max(4.0, 1.3 * plotted["method"].nunique() + 1.5),
                                       3.6 * max(1, len(settings))))
     for ax, (_, group) in zip(axes[:, 0], settings):
-        names = [f"{m}\nlr={lr:g}" for m, lr in zip(group["method"], group["lr"])]
+        names = [f"{row['method']}\nlr={lr_text(row)}" for _, row in group.iterrows()]
         means = 100 * group["f1_mean"].to_numpy(dtype=float)
         stds = 100 * group["f1_std"].to_numpy(dtype=float)
         bars = ax.bar(names, means, yerr=np.nan_to_num(stds), capsize=4, color="#4c72b0")

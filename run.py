@@ -197,7 +197,8 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     metrics["adaptation"] = dict(adaptation, wall_time_s=time.time() - adapt_started)
     diverged = adaptation["diverged"]
     if diverged:
-        summary = run_summary(cfg, method, texts, questions, None, None, None, started, run_dir, diverged=True)
+        summary = run_summary(cfg, method, weight_model.adapts, texts, questions, None, None, None, started, run_dir,
+                              diverged=True)
         write_outputs(cfg, run_dir, [], None, summary, metrics)
         raise UsageError(f"adaptation diverged at document {diverged['document']} of {len(texts)} "
                          f"({diverged['value']}); lr={cfg.lr} is too large for optimizer={cfg.optimizer}: lower lr. "
@@ -215,7 +216,7 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     metrics["curve"] = curve
 
     diverged = not all(math.isfinite(final[k]) for k in ("em", "f1", "nll") if final[k] is not None)
-    summary = run_summary(cfg, method, texts, questions, final, metric_subset(init_summary), unrelated_summary,
+    summary = run_summary(cfg, method, weight_model.adapts, texts, questions, final, metric_subset(init_summary), unrelated_summary,
                           started, run_dir, diverged)
     write_outputs(cfg, run_dir, rows, final, summary, metrics)
     if diverged:
@@ -231,11 +232,12 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     return summary
 
 
-def run_summary(cfg, method, texts, questions, final, init, unrelated, started, run_dir, diverged):
-    """summary.json's dict; a diverged run has no metrics (null), only `diverged: true`."""
+def run_summary(cfg, method, adapts, texts, questions, final, init, unrelated, started, run_dir, diverged):
+    """summary.json's dict; a diverged run has no metrics (null), only `diverged: true`. `adapts`:
+    false for the no-adaptation floor, whose lr is never used."""
     final = {} if diverged or final is None else final
     return {
-        "method": method, "lr": float(cfg.lr), "seed": int(cfg.seed), "dataset": str(cfg.dataset.name),
+        "method": method, "adapts": bool(adapts), "lr": float(cfg.lr), "seed": int(cfg.seed), "dataset": str(cfg.dataset.name),
         "split": str(cfg.test_path) if cfg.test_path else str(cfg.split), "base_model": str(cfg.base_model),
         "downsample_to": int(cfg.downsample_to), "optimizer": str(cfg.optimizer), "n_epochs": int(cfg.n_epochs),
         "n_documents": len(texts), "n_questions": len(questions),

@@ -113,6 +113,16 @@ def test_markdown_shows_percent_with_one_decimal_and_bold_best(test_tree, tmp_pa
     assert (tmp_path / "out" / "results.md").read_text() == markdown
 
 
+def test_the_no_adaptation_floor_shows_no_learning_rate(tmp_path):
+    root = tmp_path / "runs"
+    write_tree(root, {("uniform", 1e-4): [(0.1, 0.2, 2.0)]})
+    write_run(root / "none" / "0", "none", 3e-4, 1, 0.05, 0.1, 2.5, adapts=False)
+    table = report.aggregate([root], "f1")
+    markdown = report.write_report(table, report.best_lrs(table, "f1"), tmp_path / "out", "f1")
+    assert "| none | **–** | 5.0 | 10.0 |" in markdown and "| none | – | 5.0 | 10.0 |" in markdown
+    assert "| uniform | **0.0001** |" in markdown  # summaries without `adapts` (older runs) adapt
+
+
 def test_select_from_picks_on_validation_and_reports_test(test_tree, tmp_path):
     # On validation uniform is best at 2.5e-5 (test would say 1e-4); CaMeLS has no run at its
     # validation lr in the test tree; TFIDF has no validation runs at all.
