@@ -464,7 +464,10 @@ def recover_dir(path):
     path = Path(path)
     old = path.with_name(f".{path.name}.old")
     if old.exists() and not path.exists():
-        os.replace(old, path)
+        try:
+            os.replace(old, path)
+        except FileNotFoundError:  # another process (a torchrun rank checking too) put it back first
+            pass
     shutil.rmtree(old, ignore_errors=True)
 
 

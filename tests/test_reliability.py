@@ -236,6 +236,22 @@ def test_checkpoint_save_tolerates_leftovers_of_an_interrupted_save(tmp_path):
     assert (target / "a").read_text() == "2"
 
 
+def test_two_processes_recovering_one_checkpoint_folder_both_succeed(tmp_path, monkeypatch):
+    target = tmp_path / "checkpoints" / "last"
+    with util.atomic_dir(target) as folder:
+        (folder / "a").write_text("1")
+    os.replace(target, tmp_path / "checkpoints" / ".last.old")  # killed between the two renames
+    real_replace = os.replace
+
+    def beaten_to_it(source, destination):
+        real_replace(source, destination)  # the other rank puts the folder back first ...
+        real_replace(source, destination)  # ... so this process's own rename finds nothing
+
+    monkeypatch.setattr(util.os, "replace", beaten_to_it)
+    util.recover_dir(target)
+    assert (target / "a").read_text() == "1" and not (tmp_path / "checkpoints" / ".last.old").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation resume
 
