@@ -3,18 +3,16 @@
     python report.py PATH [PATH ...] [--out DIR] [--metric f1|em|nll] [--select-from DIR]
 
 Every `summary.json` under the PATHs is one run. Runs are grouped by *setting* — dataset, split
-(or test_path), base model, downsample_to, optimizer, n_epochs — and inside a setting by
-(method, lr); the seeds of a group are averaged (mean ± sample std, ddof=1; the std is blank for
-a single seed). A tree that mixes datasets, splits or base models therefore gives one table per
-setting rather than an average across incomparable runs. Two run folders with the same setting,
-method, lr and seed are refused (one would silently count twice): narrow the PATH to one of them.
+(or test_path), base model, downsample_to, optimizer, n_epochs: one table each, never an average
+of incomparable runs — and inside a setting by (method, lr), whose seeds are averaged (mean ±
+sample std, ddof=1; blank for one seed). Two runs with the same setting, method, lr and seed are
+refused (one would count twice): narrow the PATH to one of them.
 
 Each method's best lr is the one with the highest mean --metric (lowest for nll). With
 `--select-from VAL_DIR` the best lr is chosen on the runs under VAL_DIR (a validation sweep) and
-the numbers are reported from the PATH runs (test), so the choice never looks at test. A test
-setting is matched to the validation runs of the same dataset, base model, optimizer and n_epochs
-(split and downsample_to may differ); a method without validation runs, or whose chosen lr has no
-test runs, keeps a row in the best table with a note saying so.
+the numbers are reported from the PATH runs (test), so the choice never looks at test; a test
+setting takes the validation runs of its dataset, base model, optimizer and n_epochs. A method
+without validation runs, or without test runs at its chosen lr, keeps a row with a note.
 
 Outputs (in --out, default PATH/report for the first PATH, each file written atomically):
   results.md   full table (EM/F1 × 100, one decimal; best lr in bold) + best-per-method table;
@@ -267,13 +265,9 @@ def _select_from_validation(group, selection, metric):
         return empty_row
     val_settings = candidates.groupby(SETTING_COLUMNS, dropna=False, sort=False)
     if val_settings.ngroups > 1:
-        shown = "; ".join(
-            ", ".join(f"{c}={v}" for c, v in zip(SETTING_COLUMNS, key)) for key in val_settings.groups
-        )
-        raise UsageError(
-            f"validation runs of method {first['method']} come from {val_settings.ngroups} "
-            f"settings ({shown}); narrow --select-from to one of them"
-        )
+        shown = "; ".join(", ".join(f"{c}={v}" for c, v in zip(SETTING_COLUMNS, key)) for key in val_settings.groups)
+        raise UsageError(f"validation runs of method {first['method']} come from {val_settings.ngroups} "
+                         f"settings ({shown}); narrow --select-from to one of them")
     winner = _pick_lr(candidates, metric, "validation ")
     # Sweeps written as 2.5e-5 and 0.000025 parse to the same float, but a computed lr may not
     at_lr = group[np.isclose(group["lr"], winner["lr"], rtol=1e-9, atol=0)]
@@ -287,10 +281,7 @@ def _select_from_validation(group, selection, metric):
 
 
 def _is_chosen(table, best):
-    chosen = set()
-    for _, row in best.iterrows():
-        if row["n_seeds"]:
-            chosen.add(_row_key(row))
+    chosen = {_row_key(row) for _, row in best.iterrows() if row["n_seeds"]}
     return [_row_key(row) in chosen for _, row in table.iterrows()]
 
 
@@ -351,10 +342,8 @@ def render_paired(paired, setting_row, metric):
 
 
 def lr_text(row):
-    """A run's learning rate as tables show it; "–" where the method never adapts (the floor)."""
-    adapts = row.get("adapts", True)
-    never = isinstance(adapts, (bool, np.bool_)) and not adapts  # missing (NaN) counts as adapting
-    return "–" if never else f"{row['lr']:g}"
+    """The lr as tables show it; "–" for a method that never adapts (a missing `adapts` adapts)."""
+    return "–" if any(row.get("adapts") is no for no in (False, np.False_)) else f"{row['lr']:g}"
 
 
 def render_markdown(table, best, metric, paired=None):
