@@ -343,7 +343,8 @@ def render_paired(paired, setting_row, metric):
 
 def lr_text(row):
     """The lr as tables show it; "–" for a method that never adapts (a missing `adapts` adapts)."""
-    return "–" if any(row.get("adapts") is no for no in (False, np.False_)) else f"{row['lr']:g}"
+    adapts = row.get("adapts")
+    return "–" if isinstance(adapts, (bool, np.bool_)) and not adapts else f"{row['lr']:g}"
 
 
 def render_markdown(table, best, metric, paired=None):

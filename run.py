@@ -38,7 +38,7 @@ from exp_datasets import SPLITS, QACollator, load_split, make_stream
 from subroutines import (Decoding, check_optimizer, evaluate_qa, light_tune, parse_eval_modes, question_sample,
                          weighted_train)
 from util import UsageError
-from weight_model import WEIGHT_MODELS, build_weight_model, load_weight_model
+from weight_model import WEIGHT_MODELS, build_weight_model, check_learned, load_weight_model
 
 log = logging.getLogger(__name__)
 EVAL_STATE = "eval_state.pt"
@@ -216,8 +216,8 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     metrics["curve"] = curve
 
     diverged = not all(math.isfinite(final[k]) for k in ("em", "f1", "nll") if final[k] is not None)
-    summary = run_summary(cfg, method, weight_model.adapts, texts, questions, final, metric_subset(init_summary), unrelated_summary,
-                          started, run_dir, diverged)
+    summary = run_summary(cfg, method, weight_model.adapts, texts, questions, final, metric_subset(init_summary),
+                          unrelated_summary, started, run_dir, diverged)
     write_outputs(cfg, run_dir, rows, final, summary, metrics)
     if diverged:
         raise UsageError(f"the adapted model's scores are not finite: the run diverged; lower lr={cfg.lr}. "
@@ -237,7 +237,8 @@ def run_summary(cfg, method, adapts, texts, questions, final, init, unrelated, s
     false for the no-adaptation floor, whose lr is never used."""
     final = {} if diverged or final is None else final
     return {
-        "method": method, "adapts": bool(adapts), "lr": float(cfg.lr), "seed": int(cfg.seed), "dataset": str(cfg.dataset.name),
+        "method": method, "adapts": bool(adapts), "lr": float(cfg.lr), "seed": int(cfg.seed),
+        "dataset": str(cfg.dataset.name),
         "split": str(cfg.test_path) if cfg.test_path else str(cfg.split), "base_model": str(cfg.base_model),
         "downsample_to": int(cfg.downsample_to), "optimizer": str(cfg.optimizer), "n_epochs": int(cfg.n_epochs),
         "n_documents": len(texts), "n_questions": len(questions),
@@ -261,12 +262,6 @@ def check_train_config(cfg):
     from meta_train import check_config
 
     check_config(cfg)
-
-
-def check_train_choice(cfg):
-    from weight_model import check_learned
-
-    check_learned(cfg)
 
 
 def check_eval_folder(cfg, run_dir):
@@ -338,7 +333,7 @@ def main(cfg: DictConfig):
 
 
 early_checks.register("eval", check_eval_config, check_eval_folder)
-early_checks.register("train", check_train_config, check_train_folder, check_train_choice)
+early_checks.register("train", check_train_config, check_train_folder, check_learned)
 
 if __name__ == "__main__":
     sys.argv += distributed.follower_overrides()  # torchrun ranks > 0 leave Hydra's outputs to rank 0

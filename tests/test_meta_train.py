@@ -287,5 +287,6 @@ def test_cli_refuses_a_weight_model_with_nothing_to_learn_before_building_anythi
                             cwd=REPO, capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, HF_HUB_OFFLINE="1", CAMELS_CACHE_DIR=str(cache)))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: model=uniform has nothing to learn; task=train needs model=CaMeLS"]
+    expected = "error: model=uniform has nothing to learn; task=train needs model=CaMeLS"
+    assert result.stderr.strip().splitlines() == [expected]
     assert not cache.exists() and not (tmp_path / "hydra").exists()

@@ -222,6 +222,8 @@ def test_bad_recipe_fails_before_work(tmp_path):
         tiny_world.build(small_recipe([f"out_dir={tmp_path / 'w'}", "qa_val_fraction=1.0"]))
     with pytest.raises(UsageError, match="doc_words"):
         tiny_world.build(small_recipe([f"out_dir={tmp_path / 'w'}", "doc_words=[90,60]"]))
+    with pytest.raises(UsageError, match="n_test_docs=14"):  # 2 + 5 x 3 documents for the report
+        tiny_world.build(small_recipe([f"out_dir={tmp_path / 'w'}", "report.stream.n_docs=5"]))
     assert not (tmp_path / "w").exists()
 
 

@@ -128,6 +128,11 @@ def check_recipe(cfg):
         raise UsageError("facts_per_doc allows at most 4 facts (the smallest entity kind has 4 attributes)")
     if cfg.fact_mentions[1] > 4:
         raise UsageError("fact_mentions allows at most 4 statements of a fact (each attribute has 4 wordings)")
+    report_docs = cfg.report.one_step.n_docs + cfg.report.stream.n_docs * cfg.report.stream.n_streams
+    if report_docs > cfg.n_test_docs:
+        raise UsageError(f"the report reads report.one_step.n_docs + report.stream.n_docs x report.stream.n_streams = "
+                         f"{report_docs} test documents, more than n_test_docs={cfg.n_test_docs}; lower them or "
+                         "raise n_test_docs")
     if cfg.model.n_embd % cfg.model.n_head:
         raise UsageError(f"model.n_embd={cfg.model.n_embd} must be a multiple of model.n_head={cfg.model.n_head}")
 

@@ -8,7 +8,7 @@ import torch
 from tqdm import tqdm
 
 from subroutines import evaluate_qa, weighted_train
-from util import UsageError, answer_nll, restore_parameters, snapshot_parameters
+from util import answer_nll, restore_parameters, snapshot_parameters
 from weight_analysis import span_token_mask
 
 NUMBER_OR_CAPITALISED = re.compile(r"\b(?:[A-Z][a-z]+|\d[\d,]*)\b")
@@ -189,10 +189,6 @@ def build_report(cfg, folder, progress=True):
     test_docs = to_documents(load_split(dataset_cfg, "test"))
     rng.shuffle(test_docs)
     n_one, n_stream, n_streams = report_cfg.one_step.n_docs, report_cfg.stream.n_docs, report_cfg.stream.n_streams
-    if n_one + n_stream * n_streams > len(test_docs):
-        raise UsageError(f"report.one_step.n_docs + report.stream.n_docs x report.stream.n_streams = "
-                         f"{n_one + n_stream * n_streams} exceeds the {len(test_docs)} test documents; "
-                         "lower them or raise n_test_docs")
     one_step_rows, one_step_best = one_step_uptake(
         model, tokenizer, collator, test_docs[:n_one], sample(pretrain_qa, report_cfg.one_step.n_unrelated),
         list(report_cfg.one_step.lrs), progress)
