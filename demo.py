@@ -1,7 +1,7 @@
 """The paper's experiment in miniature, in one command (`make demo`).
 
 Runs, through the same commands a user types (settings in conf/demo.yaml, `key=value` overrides):
-  0. python -m exp_datasets.tiny_world               build the tiny world (skipped when current); a variant
+  0. python -m tiny_world               build the tiny world (skipped when current); a variant
                                                       recipe into its own folder, which every later step reads
   1. python train_qa.py                               QA-tune the tiny base model
   2. python run.py task=train model=CaMeLS            meta-train a CaMeLS weight model, while
@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
-import configs  # noqa: F401 - the config's ${...} resolvers
-import util
-from util import REPO_ROOT, UsageError
+from plumbing import errors, files, loading, schemas  # noqa: F401 - schemas: demo_schema and the resolvers
+from plumbing.environment import REPO_ROOT
+from plumbing.errors import UsageError
 
 
 class Pipeline:
@@ -101,7 +102,7 @@ class Pipeline:
     def _run(self, name, command, quiet):
         """One step; returns its name when it failed."""
         started = time.time()
-        util.atomic_write_text(json.dumps(command), self.started / name)
+        files.atomic_write_text(json.dumps(command), self.started / name)
         if quiet:
             log_path = self.logs / f"{name}.log"
             with open(log_path, "w") as log:
@@ -117,8 +118,8 @@ class Pipeline:
             return name
         with self._lock:
             self.timings[name] = seconds
-            util.atomic_write_text(json.dumps(self.timings, indent=1), self.timings_path)
-            util.atomic_write_text(json.dumps(command), self.done / name)
+            files.atomic_write_text(json.dumps(self.timings, indent=1), self.timings_path)
+            files.atomic_write_text(json.dumps(command), self.done / name)
         if quiet:
             print(f"[demo] {name}: finished in {seconds:.0f}s", flush=True)
         return None
@@ -204,8 +205,10 @@ def best_lrs(cfg, pipeline, methods):
 
 def world_overrides(cfg):
     """The world's folder (its own for a variant recipe), and the options that point every later
-    step at its files, so that no step resolves, or builds, the default world."""
-    root = configs.tiny_world_folder(list(cfg.tiny_world_overrides))
+    step at its files."""
+    import tiny_world
+
+    root = tiny_world.output_root(tiny_world.load_recipe(list(cfg.tiny_world_overrides)))
     return root, [f"dataset.data_dir={root / 'data'}"]
 
 
@@ -235,7 +238,7 @@ def run_demo(cfg):
     started = time.time()
     environment = record_environment(pipeline)
 
-    pipeline.step("tiny_world", ["-m", "exp_datasets.tiny_world", *cfg.tiny_world_overrides, f"out_dir={world_root}"])
+    pipeline.step("tiny_world", ["-m", "tiny_world", *cfg.tiny_world_overrides, f"out_dir={world_root}"])
     pipeline.step("qa_tune", ["train_qa.py", f"dataset={cfg.dataset}", f"model={world_root / 'base_model'}",
                               *cfg.world_overrides, *cfg.qa_tune_overrides, f"hydra.run.dir={qa_dir}"], qa_dir)
 
@@ -257,11 +260,11 @@ def run_demo(cfg):
                              "--metric", cfg.selection_metric, "--out", str(report_dir),
                              "--baselines", ",".join(cfg.baselines), "--bootstrap", str(cfg.bootstrap_resamples)],
                   report_dir)
-    util.atomic_write_text(json.dumps(environment, indent=1) + "\n", report_dir / "environment.json")
+    files.atomic_write_text(json.dumps(environment, indent=1) + "\n", report_dir / "environment.json")
     describe_weightings(cfg, report_dir)
     minutes = (time.time() - started) / 60
     closing = closing_sentences(cfg, pipeline, report_dir, world_root, qa_dir)
-    util.atomic_write_text(closing + "\n", report_dir / "summary.md")
+    files.atomic_write_text(closing + "\n", report_dir / "summary.md")
     print(f"\n[demo] finished in {minutes:.1f} min (step times in {pipeline.timings_path}); table, chart and "
           f"weight heat-maps in {report_dir}\n\n{closing}")
     return report_dir
@@ -300,7 +303,7 @@ def record_environment(pipeline):
                        torch_threads_per_step=1 if pipeline.thread_overrides else torch.get_num_threads(),
                        parallel_jobs=pipeline.parallel_jobs, cuda=torch.cuda.is_available())
     pipeline.out.mkdir(parents=True, exist_ok=True)
-    util.atomic_write_text(json.dumps(environment, indent=1) + "\n", pipeline.out / "environment.json")
+    files.atomic_write_text(json.dumps(environment, indent=1) + "\n", pipeline.out / "environment.json")
     return environment
 
 
@@ -345,12 +348,13 @@ def describe_weightings(cfg, report_dir):
     documents with the answers to their questions marked (weights_<name>.html/.png)."""
     from hydra import compose, initialize_config_dir
 
-    import run
+    import evaluation
     from exp_datasets import QACollator, load_split, make_stream
-    from weight_analysis import answer_mass, document_batch, render_document_weights
+    from weight_analysis import answer_mass, render_document_weights
+    from exp_datasets.answer_spans import document_batch
     from weight_model import WEIGHT_MODELS
 
-    tokenizer = util.load_tokenizer(cfg.base_model)
+    tokenizer = loading.load_tokenizer(cfg.base_model)
     lines = ["| weighting | weight on answer tokens | answer tokens |", "|---|---|---|"]
     drawn = set()
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
@@ -365,7 +369,7 @@ def describe_weightings(cfg, report_dir):
                 continue
             drawn.add(name)
             stream = make_stream(load_split(run_cfg.dataset, "test"), cfg.test_downsample_to, cfg.test_seeds[0])
-            weight_model = run.load_weight_model_for_eval(run_cfg, tokenizer, stream)
+            weight_model = evaluation.load_weight_model_for_eval(run_cfg, tokenizer, stream)
             collator = QACollator.from_config(tokenizer, run_cfg.dataset)
             weigh = lambda batch: weight_model(batch["text_ids"], batch["text_mask"])  # noqa: E731
             totals = [0.0, 0.0, 0, 0]
@@ -382,24 +386,16 @@ def describe_weightings(cfg, report_dir):
     text = (f"Share of each weighting's total weight on the answer tokens of the {len(stream)} documents of "
             f"the first test stream (seed {cfg.test_seeds[0]}), beside those tokens' share of all tokens.\n\n"
             + "\n".join(lines) + "\n")
-    util.atomic_write_text(text, report_dir / "answer_mass.md")
+    files.atomic_write_text(text, report_dir / "answer_mass.md")
     print("\n" + text, flush=True)
 
 
-def main(argv):
-    defaults = OmegaConf.load(REPO_ROOT / "conf" / "demo.yaml")
-    OmegaConf.set_struct(defaults, True)  # a mistyped option is an error, not silently unused
-    try:
-        if not all("=" in option for option in argv):
-            raise ValueError("an option without =")
-        cfg = OmegaConf.merge(defaults, OmegaConf.from_dotlist(argv))
-    except Exception as err:  # noqa: BLE001 - OmegaConf raises several kinds for a bad key=value
-        problem = str(err).splitlines()[0]
-        raise UsageError(f"bad option in {' '.join(argv)} ({problem}); the demo takes key=value pairs "
-                         "whose keys are those of conf/demo.yaml") from None
-    OmegaConf.set_struct(cfg, False)
-    run_demo(cfg)
+@hydra.main(version_base=None, config_path="conf", config_name="demo")
+def main(cfg: DictConfig):
+    OmegaConf.set_struct(cfg, False)  # run_demo records what it derives (base_model, world_overrides) in cfg
+    with errors.usage_errors_exit():
+        run_demo(cfg)
 
 
 if __name__ == "__main__":
-    util.run_cli(lambda: main(sys.argv[1:]))
+    errors.run_cli(main)

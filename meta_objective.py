@@ -19,10 +19,10 @@ import torch
 import torch.utils.checkpoint
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from util import UsageError, answer_nll, kl_locality, weighted_lm_loss
+from plumbing.errors import UsageError
+from plumbing.schemas import INNER_BACKENDS
+from util import answer_nll, kl_locality, weighted_lm_loss
 
-INNER_BACKENDS = ("higher", "torch_func", "forward")
-AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class MetaSettings:
         """The base model's forward passes after the start of the inner loop run under this."""
         if self.inner_autocast is None:
             return nullcontext()
-        return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[self.inner_autocast])
+        return torch.autocast(device_type=device.type, dtype=getattr(torch, self.inner_autocast))
 
 
 def check_meta_options(cfg):

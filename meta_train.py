@@ -13,20 +13,21 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-import distributed
-import util
+from plumbing import distributed, environment, files, loading, run_folder, schemas
+import subroutines
 from exp_datasets import QACollator, group_shuffle, load_split, load_web_text
 from meta_objective import MetaSettings, accumulate_meta_gradient, check_meta_options, outer_loss
-from util import UsageError
-from weight_analysis import answer_mass, make_batch, render_document_weights
+from plumbing.errors import UsageError
+from weight_analysis import answer_mass, render_document_weights
+from exp_datasets.answer_spans import make_batch
 
 RESUME_FILE = "trainer_state.pt"
-# options a continuation of a run may change: where it stops, logging, hardware
-RESUMABLE_CHANGES = ("max_outer_steps", "n_epochs", "progress", "wandb", "wandb_project", "device", "torch_threads",
-                     "output_dir", "resume_from", "overwrite", "cache_dir", "dist_timeout_min")
-# what a meta-training run writes into its folder (removed by overwrite=true)
-OUTPUTS = ("metrics.jsonl", "summary.json", "checkpoints", "samples", "config.yaml", "config_resumed_at_step_*.yaml")
-BATCH_ORDERS = ("rows", "documents")
+RUN_FOLDER = run_folder.RunProtocol(
+    outputs=("metrics.jsonl", "summary.json", "checkpoints", "samples", "config.yaml", "config_resumed_at_step_*.yaml"),
+    resumable=("max_outer_steps", "n_epochs", "progress", "wandb", "wandb_project", "device", "torch_threads",
+               "output_dir", "resume_from", "overwrite", "cache_dir", "dist_timeout_min"),
+    state=f"checkpoints/last/{RESUME_FILE}",
+)
 
 
 def batched(items, size):
@@ -49,12 +50,12 @@ def epoch_order(examples, batch_order, rng):
 
 def check_config(cfg):
     """Every problem the user can fix, found before any work is done: the ranges and choices of the
-    schema (configs.TrainConfig), then what it cannot say (registries, files, options that go together)."""
+    schema (schemas.TrainConfig), then what it cannot say (registries, files, options that go together)."""
     from weight_model import check_learned
 
     check_learned(cfg)
-    util.check_values(cfg)
-    util.base_state_dict(cfg)
+    schemas.check_values(cfg)
+    loading.base_state_dict(cfg)
     if cfg.reset_base_freq % cfg.update_batch_size:
         raise UsageError(f"reset_base_freq={cfg.reset_base_freq} must be a multiple of "
                          f"update_batch_size={cfg.update_batch_size}")
@@ -64,11 +65,11 @@ def check_config(cfg):
         raise UsageError("web_text_loc=true needs web_text_csv=/path/to/openwebtext.csv "
                          f"(dataset={cfg.dataset.name} names none), or set web_text_loc=false")
     if cfg.resume_from:
-        util.recover_dir(Path(cfg.resume_from) / "checkpoints" / "last")
+        files.recover_dir(Path(cfg.resume_from) / "checkpoints" / "last")
     if cfg.resume_from and not (Path(cfg.resume_from) / "checkpoints" / "last" / RESUME_FILE).is_file():
         raise UsageError(f"resume_from={cfg.resume_from} holds no checkpoints/last/{RESUME_FILE}; "
                          "point it at the folder of a task=train run that validated at least once")
-    util.check_wandb(cfg)
+    environment.check_wandb(cfg)
 
 
 def web_text_path(cfg):
@@ -101,7 +102,7 @@ class MetaTrainer:
         self.out_dir = Path(out_dir)
         self.collator = QACollator.from_config(tokenizer, cfg.dataset, models=[base_model, weight_model])
         self.settings = dataclasses.replace(MetaSettings.from_config(cfg), max_text_len=self.collator.max_text_len)
-        self.start_state = util.snapshot_parameters(base_model)
+        self.start_state = subroutines.snapshot_parameters(base_model)
         self.trainable = [p for p in weight_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.trainable, lr=float(cfg.outer_lr))
         self.train_examples = train_examples
@@ -127,12 +128,12 @@ class MetaTrainer:
 
     # -- base model state ---------------------------------------------------------------------
     def reset_base(self):
-        util.restore_parameters(self.base_model, self.start_state)
+        subroutines.restore_parameters(self.base_model, self.start_state)
         self.docs_since_reset = 0
 
     def advance_base(self, updated, n_docs):
         """Carry the updated weights to the next batch; back to the start every reset_base_freq docs."""
-        util.restore_parameters(self.base_model, updated)
+        subroutines.restore_parameters(self.base_model, updated)
         self.docs_since_reset += n_docs
         if self.docs_since_reset >= self.cfg.reset_base_freq:
             self.reset_base()
@@ -170,7 +171,7 @@ class MetaTrainer:
     def validate(self):
         """The training procedure on the validation batches without second-order gradients, from
         the starting base weights; the training base-model state is restored afterwards."""
-        training_state, docs_since_reset = util.snapshot_parameters(self.base_model), self.docs_since_reset
+        training_state, docs_since_reset = subroutines.snapshot_parameters(self.base_model), self.docs_since_reset
         was_training = self.weight_model.training
         self.weight_model.eval()
         self.reset_base()
@@ -188,7 +189,7 @@ class MetaTrainer:
             batch_mass = answer_mass(weights, batch)
             if batch_mass:
                 mass = [a + b for a, b in zip(mass, batch_mass)]
-        util.restore_parameters(self.base_model, training_state)
+        subroutines.restore_parameters(self.base_model, training_state)
         self.docs_since_reset = docs_since_reset
         self.weight_model.train(was_training)
         result = {key: value / len(self.val_batches) for key, value in sums.items()}
@@ -203,7 +204,7 @@ class MetaTrainer:
     def log(self, row):
         row = {k: (round(v, 8) if isinstance(v, float) else v) for k, v in row.items()}
         with open(self.metrics_path, "a") as handle:
-            handle.write(util.strict_json(row) + "\n")
+            handle.write(files.strict_json(row) + "\n")
         if self.wandb_run is not None:
             split = row["split"]
             self.wandb_run.log({f"{split}/{k}": v for k, v in row.items() if k not in ("split", "step")},
@@ -211,7 +212,7 @@ class MetaTrainer:
 
     @distributed.main_only
     def save_checkpoint(self, name, info):
-        with util.atomic_dir(self.out_dir / "checkpoints" / name) as folder:
+        with files.atomic_dir(self.out_dir / "checkpoints" / name) as folder:
             self.weight_model.save(folder)
             (folder / "training_state.json").write_text(json.dumps(info, indent=1))
 
@@ -259,17 +260,16 @@ class MetaTrainer:
     def save_last(self, val):
         """checkpoints/last/: the weight model, plus everything needed to continue the run from
         this optimiser step exactly (taken only between optimiser steps, with no pending gradients)."""
-        own = dict(base_params=util.snapshot_parameters(self.base_model, "cpu"),
-                   docs_since_reset=self.docs_since_reset, torch_rng_state=torch.get_rng_state())
+        own = dict(base_params=subroutines.snapshot_parameters(self.base_model, "cpu"),
+                   docs_since_reset=self.docs_since_reset, rng=environment.rng_state())
         ranks = distributed.all_gather_objects(own)  # under torchrun each rank carries its own base model
         if not distributed.is_main():
             return
         state = dict(step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
                      epoch_rng_state=self.epoch_rng_state, loc_rng_state=self.loc_rng.getstate(),
                      best_val=self.best_val, val_start=self.val_start, optimizer=self.optimizer.state_dict(), **own,
-                     cuda_rng_states=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                      ranks=ranks if len(ranks) > 1 else None)
-        with util.atomic_dir(self.out_dir / "checkpoints" / "last") as folder:
+        with files.atomic_dir(self.out_dir / "checkpoints" / "last") as folder:
             self.weight_model.save(folder)
             (folder / "training_state.json").write_text(json.dumps(dict(step=self.step, epoch=self.epoch, val=val),
                                                                    indent=1))
@@ -278,21 +278,19 @@ class MetaTrainer:
     def resume(self, folder):
         from weight_model import load_weight_model
 
-        state = util.load_tensors(Path(folder) / RESUME_FILE, "meta-training state")
+        state = files.load_tensors(Path(folder) / RESUME_FILE, "meta-training state")
         self.weight_model.load_state_dict(load_weight_model(folder).state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
-        util.restore_parameters(self.base_model, state["base_params"])
+        subroutines.restore_parameters(self.base_model, state["base_params"])
         for key in ("step", "epoch", "batch_in_epoch", "epoch_rng_state", "docs_since_reset", "best_val", "val_start"):
             setattr(self, key, state[key])
         self.loc_rng.setstate(state["loc_rng_state"])
-        torch.set_rng_state(state["torch_rng_state"])
+        environment.restore_rng_state(state["rng"])
         own = distributed.own_state(state.get("ranks"), self.cfg.resume_from)
         if own:
-            util.restore_parameters(self.base_model, own["base_params"])
+            subroutines.restore_parameters(self.base_model, own["base_params"])
             self.docs_since_reset = own["docs_since_reset"]
-            torch.set_rng_state(own["torch_rng_state"])
-        if state["cuda_rng_states"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng_states"])
+            environment.restore_rng_state(own["rng"])
         self.truncate_metrics()
 
     @distributed.main_only
@@ -303,7 +301,7 @@ class MetaTrainer:
             return
         rows = [line for line in self.metrics_path.read_text().splitlines(keepends=True)
                 if line.strip() and json.loads(line)["step"] <= self.step]
-        util.atomic_write_text("".join(rows), self.metrics_path)
+        files.atomic_write_text("".join(rows), self.metrics_path)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self):
@@ -391,17 +389,15 @@ class MetaTrainer:
         summary = dict(steps=self.step, epochs=self.epoch, wall_s=time.time() - started, val_start=self.val_start,
                        val_end=last_val, best_val_total=self.best_val, output_dir=str(self.out_dir))
         if distributed.is_main():
-            util.atomic_write_text(util.strict_json(summary, indent=1), self.out_dir / "summary.json")
+            files.atomic_write_text(files.strict_json(summary, indent=1), self.out_dir / "summary.json")
         return summary
 
 
-def run_options(cfg):
-    """What run_folder compares between a meta-training run and its continuation."""
-    from omegaconf import OmegaConf
-
-    import run_folder
-
-    return run_folder.flatten(OmegaConf.to_container(cfg, resolve=True))
+def check_folder(cfg, run_dir):
+    """Refuse a run folder holding a meta-training run with other options (output_dir and resume_from
+    name their own folder, checked when the run claims it)."""
+    if not cfg.resume_from and not cfg.get("output_dir"):
+        RUN_FOLDER.check(run_dir, cfg)
 
 
 def claim_run_folder(cfg, out_dir):
@@ -409,25 +405,23 @@ def claim_run_folder(cfg, out_dir):
     (resume), False for a fresh start; a run with other options there is refused (run_folder.claim)."""
     from omegaconf import OmegaConf
 
-    import run_folder
-
     if cfg.resume_from and cfg.get("overwrite"):
         raise UsageError("resume_from and overwrite=true contradict each other; give one")
-    options = run_options(cfg)
+    options = RUN_FOLDER.options(cfg)
     if cfg.resume_from and run_folder.recorded_options(out_dir) is None and (out_dir / "config.yaml").is_file():
         # a run from before options were recorded: its config.yaml holds them
         recorded = run_folder.flatten(OmegaConf.to_container(OmegaConf.load(out_dir / "config.yaml")))
-        util.atomic_write_text(json.dumps(recorded), out_dir / run_folder.OPTIONS_FILE)
-    util.recover_dir(out_dir / "checkpoints" / "last")
-    old = run_folder.claim(out_dir, options, RESUMABLE_CHANGES, OUTPUTS, overwrite=bool(cfg.get("overwrite")))
+        files.atomic_write_text(json.dumps(recorded), out_dir / run_folder.OPTIONS_FILE)
+    files.recover_dir(out_dir / "checkpoints" / "last")
+    old = RUN_FOLDER.claim(out_dir, cfg)
     if old is None:
         return False
     same_end = all(old.get(k) == options.get(k) for k in ("max_outer_steps", "n_epochs"))
     if same_end and (out_dir / "summary.json").is_file():
         return "complete"
-    if (out_dir / "checkpoints" / "last" / RESUME_FILE).is_file():
+    if (out_dir / RUN_FOLDER.state).is_file():
         return True
-    run_folder.remove_outputs(out_dir, OUTPUTS)  # stopped before its first checkpoint: start again
+    RUN_FOLDER.remove_outputs(out_dir)  # stopped before its first checkpoint: start again
     return False
 
 
@@ -444,8 +438,8 @@ def train(cfg):
     check_config(cfg)
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
-    device = distributed.init(util.pick_device(cfg.device), cfg.dist_timeout_min)
-    dtype = util.pick_dtype(cfg.dtype)
+    device = distributed.init(environment.pick_device(cfg.device), cfg.dist_timeout_min)
+    dtype = environment.pick_dtype(cfg.dtype)
     out_dir = distributed.broadcast_object(output_dir(cfg))  # rank 0's folder, claimed by rank 0
     resume = distributed.broadcast_object(claim_run_folder(cfg, out_dir) if distributed.is_main() else None)
     if resume == "complete":
@@ -453,14 +447,14 @@ def train(cfg):
         if distributed.is_main():
             print(f"meta-training in {out_dir} is already complete ({summary['steps']} outer steps); nothing to do")
         return summary
-    util.set_seed(cfg.seed)
+    environment.set_seed(cfg.seed)
     train_examples = load_split(cfg.dataset, "train")
     val_examples = load_split(cfg.dataset, "val")
     web_texts = load_web_text(web_text_path(cfg)) if cfg.web_text_loc else []
     val_web_texts = load_web_text(cfg.web_text_val_csv) if cfg.web_text_loc and cfg.web_text_val_csv else None
-    tokenizer = util.load_tokenizer(cfg.tokenizer_name or cfg.base_model)
+    tokenizer = loading.load_tokenizer(cfg.tokenizer_name or cfg.base_model)
     # second-order gradients through SDPA attention are not implemented on every device
-    base_model = util.load_causal_lm(cfg.base_model, util.base_state_dict(cfg), attn_implementation="eager",
+    base_model = loading.load_causal_lm(cfg.base_model, loading.base_state_dict(cfg), attn_implementation="eager",
                                      torch_dtype=dtype).to(device)
     # dropout as the reference: on in the inner loop and for the "before" logits (meta_objective
     # switches it off for the losses after the update); meta_dropout=false: off throughout
@@ -476,12 +470,9 @@ def train(cfg):
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         config_name = f"config_resumed_at_step_{trainer.step}.yaml" if resume else "config.yaml"
-        util.atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out_dir / config_name)
-    if cfg.get("wandb") and distributed.is_main():
-        import wandb
-
-        trainer.wandb_run = wandb.init(project=cfg.wandb_project, dir=str(out_dir),
-                                       config=OmegaConf.to_container(cfg, resolve=True))
+        files.atomic_write_text(OmegaConf.to_yaml(cfg, resolve=True), out_dir / config_name)
+    if distributed.is_main():
+        trainer.wandb_run = environment.start_wandb(cfg, out_dir)
     try:
         summary = trainer.fit()
     finally:

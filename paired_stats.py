@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from util import UsageError
+from plumbing.errors import UsageError
 
 SUMMARY_ROW = "<summary>"
 CONFIDENCE = 0.95

@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from paired_stats import paired_table
-from util import UsageError, atomic_path, atomic_write_text, run_cli
+from plumbing.errors import UsageError, run_cli
+from plumbing.files import atomic_path, atomic_write_text
 
 SUMMARY_NAME = "summary.json"
 SETTING_COLUMNS = ["dataset", "split", "base_model", "downsample_to", "optimizer", "n_epochs"]

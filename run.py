@@ -1,340 +1,47 @@
-"""The CaMeLS entry point: `task=train` meta-trains a weight model, `task=eval` evaluates it.
-
-Hydra, configs in conf/. task=train runs meta_train.py; task=eval runs online adaptation and QA
-scoring (README: "Online adaptation evaluation"):
+"""The CaMeLS entry point (Hydra, configs in conf/): `task=train` meta-trains a weight model
+(meta_train.py), `task=eval` adapts a base model on a stream of documents and scores its answers
+(evaluation.py).
 
     python run.py task=eval model=uniform|ssm|TFIDF|CaMeLS|oracle|none [weight_model_path=...] dataset=... \
         base_model=... [base_model_state_dict=...] lr=... [downsample_to=k seed=s qa_lt_final=true]
+    python run.py task=train model=CaMeLS dataset=... base_model=... [base_model_state_dict=...]
     python run.py -m task=eval model=ssm lr=1e-4,2.5e-5 ...      (one run folder per job)
     python run.py -m ... hydra/launcher=joblib hydra.launcher.n_jobs=4   (jobs in parallel; also
         submitit_local, submitit_slurm, slurm_gpu: conf/hydra/launcher/)
     torchrun --nproc_per_node=N run.py task=train ...            (data-parallel meta-training)
-
-Each evaluation run folder (outputs/eval/<dataset>/<method>-<stream>-.../<base>/<time>/) holds:
-    config.yaml    the resolved configuration (Hydra's unresolved copies are in .hydra/)
-    results.csv    one row per question, then summary rows (EM, mean F1, max F1, mean NLL)
-    summary.json   the run's numbers in the schema report.py reads
-    metrics.json   details: adaptation loss/steps/time, unrelated-QA before adapting,
-                   light-tuning validations, the eval_every_k curve
 """
-import json
-import logging
-import math
+
 import sys
-import time
-from pathlib import Path
 
 import hydra
-import pandas as pd
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-import distributed
-import early_checks
-import run_folder
-import util
-from configs import method_name, stream_name
-from exp_datasets import SPLITS, QACollator, load_split, make_stream
-from subroutines import (Decoding, check_optimizer, evaluate_qa, light_tune, parse_eval_modes, question_sample,
-                         weighted_train)
-from util import UsageError
-from weight_model import WEIGHT_MODELS, build_weight_model, check_learned, load_weight_model
+import evaluation
+import meta_train
+import tiny_world
+from plumbing import checks, distributed, errors, files
 
-log = logging.getLogger(__name__)
-EVAL_STATE = "eval_state.pt"
-# options a rerun of an evaluation may change and still continue or reuse it
-RESUMABLE_CHANGES = ("progress", "wandb", "wandb_project", "device", "torch_threads", "overwrite", "cache_dir",
-                     "save_state_every")
-# what an evaluation run writes into its folder (removed by overwrite=true)
-OUTPUTS = ("summary.json", "results.csv", "metrics.json", "config.yaml", EVAL_STATE)
+TASKS = {"eval": evaluation.check_config, "train": meta_train.check_config}
 
 
-# ---------------------------------------------------------------------------------------------
-# Checks that run before anything is loaded
-
-
-def check_eval_config(cfg):
-    """What the schema (configs.EvalConfig) cannot say: registries, files, options that go together."""
-    util.check_values(cfg)
-    Decoding.from_config(cfg).check(parse_eval_modes(cfg.eval)[0])
-    name = cfg.model.get("name")
-    if name not in WEIGHT_MODELS:
-        raise UsageError(f"model={name} is unknown; choose one of {', '.join(WEIGHT_MODELS)}")
-    if WEIGHT_MODELS[name].learned and not cfg.weight_model_path:
-        raise UsageError(f"model={name} needs weight_model_path=/path/to/checkpoint (a folder or .pt from task=train)")
-    if cfg.test_path and not Path(cfg.test_path).is_file():
-        raise UsageError(f"test_path {cfg.test_path} does not exist; point it at a CSV of the dataset's format")
-    util.base_state_dict(cfg)
-    check_optimizer(cfg.optimizer)
-    if distributed.env_world_size() > 1:
-        raise UsageError("task=eval runs in one process; start it with python, not torchrun")
-    util.check_wandb(cfg)
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def dataset_texts(dataset_cfg, stream_texts):
-    """Every document the dataset config reaches (all splits) plus the stream's: TF-IDF's corpus."""
-    texts = list(stream_texts)
-    for split in SPLITS:
-        try:
-            texts += [example.text for example in load_split(dataset_cfg, split)]
-        except UsageError:  # a split whose files this config does not have is not part of the corpus
-            continue
-    return texts
-
-
-def load_weight_model_for_eval(cfg, tokenizer, stream):
-    """The weight model that weighs `stream` (a list of Documents): loaded from weight_model_path,
-    or built from its config (TF-IDF fits on the dataset's texts, the oracle reads the stream's answers)."""
-    if cfg.weight_model_path and not WEIGHT_MODELS[cfg.model.name].learned:
-        # one sweep may cover model=uniform,ssm,TFIDF,CaMeLS with the CaMeLS checkpoint given once
-        log.info(f"model={cfg.model.name} has no parameters: weight_model_path is not used")
-        cfg.weight_model_path = None
-    if cfg.weight_model_path:
-        weight_model = load_weight_model(cfg.weight_model_path, tokenizer, cfg.model)
-        cfg.model.pretrained_model = weight_model.options["pretrained_model"]  # record the real body
-        return weight_model
-    texts = [document.text for document in stream]
-    return build_weight_model(cfg.model, tokenizer, documents=lambda: dataset_texts(cfg.dataset, texts), stream=stream)
-
-
-def metric_subset(summary):
-    return None if summary is None else {k: summary[k] for k in ("em", "f1", "em_at_k", "f1_at_k", "nll")}
-
-
-def results_frame(rows, summary):
-    """Per-question rows, then one summary row per metric (its value in that metric's column)."""
-    columns = ["question", "answer", "golds", "prediction", "predictions", "f1s", "f1", "max_f1", "em", "em_at_k",
-               "f1_at_k", "nll", "n_answer_tokens"]
-    frame = pd.DataFrame(rows, columns=columns)
-    labels = {"em": "EM", "f1": "mean F1", "max_f1": "max F1", "em_at_k": "EM top-K (any)",
-              "f1_at_k": "mean F1 top-K (mean over K)", "nll": "mean NLL (over answer tokens)"}
-    extra = [{"question": "<summary>", "answer": label, key: summary[key]}
-             for key, label in labels.items() if summary[key] is not None]
-    return pd.concat([frame, pd.DataFrame(extra, columns=columns)], ignore_index=True)
-
-
-def evaluate(cfg: DictConfig, run_dir: Path):
-    """One online-adaptation run as configured; writes the run folder and returns summary.json's dict."""
-    started = time.time()
-    check_eval_config(cfg)
-    materialize(cfg, MATERIALIZED)
-    old = run_folder.claim(run_dir, run_options(cfg), RESUMABLE_CHANGES, OUTPUTS, overwrite=bool(cfg.get("overwrite")))
-    if old is not None and (run_dir / "summary.json").is_file():
-        summary = json.loads((run_dir / "summary.json").read_text())
-        if summary.get("diverged"):
-            raise UsageError(f"{run_dir} holds this evaluation, which diverged; lower lr={cfg.lr}, or pass "
-                             "overwrite=true to run it again")
-        log.info(f"{run_dir} holds this evaluation already complete; nothing to do")
-        return summary
-    state_path = run_dir / EVAL_STATE
-    resume_state = util.load_tensors(state_path, "evaluation state") if old is not None and state_path.is_file() else None
-    if cfg.torch_threads:
-        torch.set_num_threads(int(cfg.torch_threads))
-    device = util.pick_device(cfg.device)
-    dtype = util.pick_dtype(cfg.dtype)
-    util.set_seed(cfg.seed)
-    eval_modes = list(cfg.eval)
-    progress = bool(cfg.progress)
-
-    tokenizer = util.load_tokenizer(cfg.tokenizer_name or cfg.base_model)
-    base_model = util.load_causal_lm(cfg.base_model, util.base_state_dict(cfg), torch_dtype=dtype)
-    stream = make_stream(load_split(cfg.dataset, cfg.split, cfg.test_path), cfg.downsample_to, cfg.seed)
-    texts = [document.text for document in stream]
-    questions = [example for document in stream for example in document.examples]
-    weight_model = load_weight_model_for_eval(cfg, tokenizer, stream)
-    collator = QACollator.from_config(tokenizer, cfg.dataset, models=[base_model, weight_model],
-                                      answer_match=cfg.answer_match)
-    decoding = Decoding.from_config(cfg)
-    unrelated = None
-    if cfg.unrelated_qa_eval:
-        unrelated = question_sample(load_split(cfg.dataset, cfg.unrelated_split), cfg.unrelated_questions, cfg.seed)
-    if cfg.qa_lt_final:
-        lt_train = load_split(cfg.dataset, "qa_train")
-        lt_val = question_sample(load_split(cfg.dataset, "qa_val"), cfg.lt_val_questions, cfg.seed)
-    if cfg.grad_checkpointing:
-        base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base_model.config.use_cache = False
-    base_model.to(device)
-    weight_model.to(device)
-    method = cfg.method_label or method_name(cfg.model.name, cfg.qa_lt_final)
-    log.info(f"{method} on {cfg.dataset.name}/{stream_name(cfg.split, cfg.test_path)}: {len(texts)} documents, "
-             f"{len(questions)} questions, base {cfg.base_model}, lr {cfg.lr}, device {device}; output {run_dir}")
-
-    def score(examples, desc):
-        return evaluate_qa(base_model, tokenizer, examples, collator, device, eval_modes, cfg.eval_batch_size,
-                           decoding, desc=desc, progress=progress)
-
-    if resume_state is not None:  # the scores before adapting and along the stream so far were saved with it
-        metrics, init_summary, curve = resume_state["metrics"], resume_state["init"], resume_state["curve"]
-        log.info(f"resuming the stream after document {resume_state['documents_seen']} from {state_path}")
-    else:
-        metrics = {}
-        init_summary = score(questions, "QA before")[1] if cfg.eval_init else None
-        if unrelated is not None and cfg.eval_init:
-            metrics["unrelated_init"] = metric_subset(score(unrelated, "unrelated QA before")[1])
-        curve = []
-
-    def save_state(state):
-        util.atomic_torch_save(dict(state, metrics=metrics, init=init_summary, curve=curve), state_path)
-
-    def record(n_documents):
-        curve.append(dict(n_documents=n_documents, **score(questions, f"QA after {n_documents} docs")[1]))
-        log.info(f"after {n_documents} documents: {curve[-1]}")
-
-    adapt_started = time.time()
-    if weight_model.adapts:
-        adaptation = weighted_train(base_model, weight_model, texts, collator, device, optimizer=cfg.optimizer,
-                                    lr=cfg.lr, batch_size=cfg.batch_size, grad_acc_steps=cfg.grad_acc_steps,
-                                    grad_clip_thresh=cfg.grad_clip_thresh, n_epochs=cfg.n_epochs, progress=progress,
-                                    every_k_documents=cfg.eval_every_k, callback=record, resume_state=resume_state,
-                                    save_state=save_state, save_every_documents=cfg.save_state_every)
-    else:  # the no-adaptation floor: the base model as it is
-        adaptation = dict(n_steps=0, n_batches=0, mean_loss=None, diverged=None)
-    metrics["adaptation"] = dict(adaptation, wall_time_s=time.time() - adapt_started)
-    diverged = adaptation["diverged"]
-    if diverged:
-        summary = run_summary(cfg, method, weight_model.adapts, texts, questions, None, None, None, started, run_dir,
-                              diverged=True)
-        write_outputs(cfg, run_dir, [], None, summary, metrics)
-        raise UsageError(f"adaptation diverged at document {diverged['document']} of {len(texts)} "
-                         f"({diverged['value']}); lr={cfg.lr} is too large for optimizer={cfg.optimizer}: lower lr. "
-                         f"{run_dir / 'summary.json'} marks the run diverged")
-    if cfg.qa_lt_final:
-        metrics["light_tuning"] = light_tune(
-            base_model, tokenizer, lt_train, lt_val, collator, device, lr=cfg.lt_lr, batch_size=cfg.lt_batch_size,
-            val_steps=cfg.lt_val_steps, patience=cfg.lt_patience, stopping_metric=cfg.lt_stopping_metric,
-            max_epochs=cfg.lt_epochs, optimizer=cfg.lt_optimizer, grad_acc_steps=cfg.lt_grad_acc_steps,
-            grad_clip_thresh=cfg.lt_grad_clip_thresh, eval_batch_size=cfg.eval_batch_size,
-            decoding=Decoding(method="greedy", max_new_tokens=cfg.max_new_tokens,
-                              first_line=cfg.answer_first_line), seed=cfg.seed, progress=progress)
-    rows, final = score(questions, "QA after")
-    unrelated_summary = metric_subset(score(unrelated, "unrelated QA after")[1]) if unrelated is not None else None
-    metrics["curve"] = curve
-
-    diverged = not all(math.isfinite(final[k]) for k in ("em", "f1", "nll") if final[k] is not None)
-    summary = run_summary(cfg, method, weight_model.adapts, texts, questions, final, metric_subset(init_summary),
-                          unrelated_summary, started, run_dir, diverged)
-    write_outputs(cfg, run_dir, rows, final, summary, metrics)
-    if diverged:
-        raise UsageError(f"the adapted model's scores are not finite: the run diverged; lower lr={cfg.lr}. "
-                         f"{run_dir / 'summary.json'} marks it diverged")
-    log.info("summary: " + util.strict_json({k: summary[k] for k in ("em", "f1", "max_f1", "nll", "init", "wall_time_s")}))
-    if cfg.wandb:
-        import wandb
-
-        run = wandb.init(project=cfg.wandb_project, dir=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True))
-        run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        run.finish()
-    return summary
-
-
-def run_summary(cfg, method, adapts, texts, questions, final, init, unrelated, started, run_dir, diverged):
-    """summary.json's dict; a diverged run has no metrics (null), only `diverged: true`. `adapts`:
-    false for the no-adaptation floor, whose lr is never used."""
-    final = {} if diverged or final is None else final
-    return {
-        "method": method, "adapts": bool(adapts), "lr": float(cfg.lr), "seed": int(cfg.seed),
-        "dataset": str(cfg.dataset.name),
-        "split": str(cfg.test_path) if cfg.test_path else str(cfg.split), "base_model": str(cfg.base_model),
-        "downsample_to": int(cfg.downsample_to), "optimizer": str(cfg.optimizer), "n_epochs": int(cfg.n_epochs),
-        "n_documents": len(texts), "n_questions": len(questions),
-        "em": final.get("em"), "f1": final.get("f1"), "max_f1": final.get("max_f1"), "top_k": final.get("top_k"),
-        "em_at_k": final.get("em_at_k"), "f1_at_k": final.get("f1_at_k"), "nll": final.get("nll"),
-        "decoding": str(cfg.decoding), "init": init, "unrelated": None if diverged else unrelated,
-        "diverged": bool(diverged),
-        "wall_time_s": time.time() - started, "run_dir": str(run_dir),
-    }
-
-
-MATERIALIZED = ["base_model", "tokenizer_name", "dataset.data_dir"]
-
-
-def run_options(cfg):
-    """What run_folder compares between an evaluation and a rerun into its folder."""
-    return run_folder.flatten(recorded_config(cfg))
-
-
-def check_train_config(cfg):
-    from meta_train import check_config
-
-    check_config(cfg)
-
-
-def check_eval_folder(cfg, run_dir):
-    """run_folder.check for an evaluation into `run_dir`, before anything is loaded."""
-    materialize(cfg, MATERIALIZED)
-    run_folder.check(run_dir, run_options(cfg), RESUMABLE_CHANGES, OUTPUTS, bool(cfg.get("overwrite")))
-
-
-def check_train_folder(cfg, run_dir):
-    """run_folder.check for meta-training into `run_dir` (output_dir and resume_from name their own)."""
-    import meta_train
-
-    if not cfg.resume_from and not cfg.get("output_dir"):
-        run_folder.check(run_dir, meta_train.run_options(cfg), meta_train.RESUMABLE_CHANGES, meta_train.OUTPUTS,
-                         bool(cfg.get("overwrite")))
-
-
-def materialize(cfg, keys):
-    """Replace interpolations this run reads by their values, so config.yaml records them."""
-    for key in keys:
-        if OmegaConf.select(cfg, key) is not None:
-            OmegaConf.update(cfg, key, OmegaConf.select(cfg, key))
-
-
-def recorded_config(cfg):
-    """The configuration resolved, except ${tiny_world:...} interpolations the run never read:
-    resolving one would build the default tiny world just to write its path down."""
-    def walk(node, raw):
-        if isinstance(raw, dict):
-            return {k: raw[k] if isinstance(raw[k], str) and "${tiny_world:" in raw[k] else walk(node[k], raw[k])
-                    for k in raw}
-        if isinstance(raw, list):
-            return [walk(n, r) for n, r in zip(node, raw)]
-        return node
-
-    return walk(cfg, OmegaConf.to_container(cfg, resolve=False))
-
-
-def write_outputs(cfg, run_dir, rows, final, summary, metrics):
-    """The run's files, summary.json last (it marks the run complete); the resume state goes."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    util.atomic_write_text(OmegaConf.to_yaml(recorded_config(cfg)), run_dir / "config.yaml")
-    if final is not None:
-        with util.atomic_path(run_dir / "results.csv") as tmp:
-            results_frame(rows, final).to_csv(tmp, index=False)
-    util.atomic_write_text(util.strict_json(metrics, indent=2), run_dir / "metrics.json")
-    util.atomic_write_text(util.strict_json(summary, indent=2), run_dir / "summary.json")
-    (run_dir / EVAL_STATE).unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def run_task(cfg, run_dir):
+def run_task(cfg: DictConfig, run_dir) -> dict:
+    TASKS[cfg.task_name](cfg)  # options are checked before anything is built or loaded
+    tiny_world.ensure_built_for(cfg)
     if cfg.task_name == "train":
-        from meta_train import train
-
-        return train(cfg)
-    if cfg.task_name == "eval":
-        summary = evaluate(cfg, run_dir)
-        print(util.strict_json({k: summary[k] for k in ("method", "lr", "em", "f1", "nll", "wall_time_s", "run_dir")}))
-        return summary
-    raise UsageError(f"task={cfg.task_name} is unknown; use task=train or task=eval")
+        return meta_train.train(cfg)
+    summary = evaluation.evaluate(cfg, run_dir)
+    print(files.strict_json({k: summary[k] for k in ("method", "lr", "em", "f1", "nll", "wall_time_s", "run_dir")}))
+    return summary
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig):
-    return early_checks.run_job(run_task, cfg)
+    return checks.run_job(run_task, cfg)
 
 
-early_checks.register("eval", check_eval_config, check_eval_folder)
-early_checks.register("train", check_train_config, check_train_folder, check_learned)
+checks.register("eval", evaluation.check_config, evaluation.check_folder)
+checks.register("train", meta_train.check_config, meta_train.check_folder)
 
 if __name__ == "__main__":
     sys.argv += distributed.follower_overrides()  # torchrun ranks > 0 leave Hydra's outputs to rank 0
-    util.run_cli(main)
+    errors.run_cli(main)

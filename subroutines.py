@@ -9,15 +9,17 @@ import math
 import random
 import re
 from dataclasses import dataclass
+from typing import List, Optional
 
 import torch
 from tqdm.auto import tqdm
 
 from exp_datasets.collate import model_positions
-from util import (UsageError, answer_nll, exact_match, f1_score, restore_parameters, snapshot_parameters,
-                  weighted_lm_loss)
+from plumbing.environment import restore_rng_state, rng_state
+from plumbing.errors import UsageError
+from plumbing.schemas import DECODINGS, LT_METRICS, OPTIMIZERS
+from util import answer_nll, exact_match, f1_score, weighted_lm_loss
 
-DECODINGS = ("beam", "greedy")
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,6 @@ def summarize(rows, top_k=1, with_nll=False):
 # ---------------------------------------------------------------------------------------------
 # Online adaptation: fine-tune the base model on a stream of documents with per-token weights
 
-OPTIMIZERS = ("adam", "sgd", "adafactor", "adam8bit")
 
 
 def check_optimizer(name):
@@ -232,19 +233,38 @@ def make_optimizer(name, parameters, lr):
     raise UsageError(f"optimizer={name} is unknown; use one of {', '.join(OPTIMIZERS)}")
 
 
-def weighted_train(base_model, weight_model, texts, collator, device, optimizer="adam", lr=1e-4,
-                   batch_size=1, grad_acc_steps=1, grad_clip_thresh=750.0, n_epochs=1, progress=True,
-                   every_k_documents=None, callback=None, resume_state=None, save_state=None,
-                   save_every_documents=None):
+@dataclass(frozen=True)
+class AdaptationSettings:
+    """How the base model is fine-tuned on a stream (conf/task/eval.yaml's keys of the same names)."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    batch_size: int = 1
+    grad_acc_steps: int = 1
+    grad_clip_thresh: float = 750.0
+    n_epochs: int = 1
+    every_k_documents: Optional[int] = None  # run the callback after every k documents
+    save_every_documents: Optional[int] = None  # documents between saves of the resumable state
+
+    @classmethod
+    def from_config(cls, cfg) -> "AdaptationSettings":
+        return cls(optimizer=cfg.optimizer, lr=cfg.lr, batch_size=cfg.batch_size, grad_acc_steps=cfg.grad_acc_steps,
+                   grad_clip_thresh=cfg.grad_clip_thresh, n_epochs=cfg.n_epochs,
+                   every_k_documents=cfg.get("eval_every_k"), save_every_documents=cfg.get("save_state_every"))
+
+
+def weighted_train(base_model, weight_model, texts: List[str], collator, device,
+                   settings: AdaptationSettings = AdaptationSettings(), progress: bool = True,
+                   callback=None, resume_state=None, save_state=None) -> dict:
     """Fine-tune `base_model` in place on `texts` in order with util.weighted_lm_loss, the token
     weights coming from the frozen `weight_model` (computed without gradients).
 
-    Documents are batched `batch_size` at a time and truncated to the collator's max_text_len;
-    gradients are accumulated over `grad_acc_steps` batches, clipped to `grad_clip_thresh` and
-    applied. With `every_k_documents` and `callback`, callback(n_documents_seen) runs after every
+    Documents are batched `settings.batch_size` at a time and truncated to the collator's max_text_len;
+    gradients are accumulated over `settings.grad_acc_steps` batches, clipped to `settings.grad_clip_thresh` and
+    applied. With `settings.every_k_documents` and `callback`, callback(n_documents_seen) runs after every
     k documents (and is the caller's place to evaluate along the stream).
 
-    With `save_state` and `save_every_documents`, save_state(state) receives everything needed to
+    With `save_state` and `settings.save_every_documents`, save_state(state) receives everything needed to
     continue exactly (model, optimiser, position, random state) after an optimiser step once at least
     that many documents have passed since the last save; passing such a state as `resume_state`
     continues from it. The stream stops at the first non-finite loss or gradient.
@@ -253,7 +273,7 @@ def weighted_train(base_model, weight_model, texts, collator, device, optimizer=
     the non-finite value at which the stream stopped.
     """
     parameters = [p for p in base_model.parameters() if p.requires_grad]
-    opt = make_optimizer(optimizer, parameters, lr)
+    opt = make_optimizer(settings.optimizer, parameters, settings.lr)
     weight_model.eval()
     base_model.train()
     opt.zero_grad(set_to_none=True)
@@ -264,20 +284,20 @@ def weighted_train(base_model, weight_model, texts, collator, device, optimizer=
         n_steps, n_batches, total_loss, documents_seen = (resume_state[k] for k in
                                                           ("n_steps", "n_batches", "total_loss", "documents_seen"))
         saved_at = documents_seen
-        set_rng_state(resume_state["rng"])
-    batches = [texts[i: i + batch_size] for i in range(0, len(texts), batch_size)]
+        restore_rng_state(resume_state["rng"])
+    batches = [texts[i: i + settings.batch_size] for i in range(0, len(texts), settings.batch_size)]
     diverged = None
 
     def apply_step():
-        norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip_thresh)
+        norm = torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip_thresh)
         if not torch.isfinite(norm):
             return norm.item()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return None
 
-    bar = tqdm(total=len(batches) * n_epochs, initial=n_batches, desc="adapting", disable=not progress, leave=False)
-    schedule = [batch for _ in range(n_epochs) for batch in batches]
+    bar = tqdm(total=len(batches) * settings.n_epochs, initial=n_batches, desc="adapting", disable=not progress, leave=False)
+    schedule = [batch for _ in range(settings.n_epochs) for batch in batches]
     for batch_texts in schedule[n_batches:]:
         ids, mask = collator.encode_texts(batch_texts)
         ids, mask = ids.to(device), mask.to(device)
@@ -289,10 +309,10 @@ def weighted_train(base_model, weight_model, texts, collator, device, optimizer=
         if not math.isfinite(loss_value):
             diverged = dict(document=documents_seen + 1, value=f"loss {loss_value}")
             break
-        (loss / grad_acc_steps).backward()
+        (loss / settings.grad_acc_steps).backward()
         n_batches += 1
         total_loss += loss_value
-        if n_batches % grad_acc_steps == 0:
+        if n_batches % settings.grad_acc_steps == 0:
             bad_norm = apply_step()
             if bad_norm is not None:
                 diverged = dict(document=documents_seen + len(batch_texts), value=f"gradient norm {bad_norm}")
@@ -301,15 +321,16 @@ def weighted_train(base_model, weight_model, texts, collator, device, optimizer=
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
         previous, documents_seen = documents_seen, documents_seen + len(batch_texts)
-        if callback and every_k_documents and documents_seen // every_k_documents > previous // every_k_documents:
+        every_k = settings.every_k_documents
+        if callback and every_k and documents_seen // every_k > previous // every_k:
             callback(documents_seen)
-        if (save_state and save_every_documents and n_batches % grad_acc_steps == 0 and n_batches < len(schedule)
-                and documents_seen - saved_at >= save_every_documents):
+        if (save_state and settings.save_every_documents and n_batches % settings.grad_acc_steps == 0 and n_batches < len(schedule)
+                and documents_seen - saved_at >= settings.save_every_documents):
             save_state(dict(model=base_model.state_dict(), optimizer=opt.state_dict(), n_steps=n_steps,
                             n_batches=n_batches, total_loss=total_loss, documents_seen=documents_seen,
-                            rng=get_rng_state()))
+                            rng=rng_state()))
             saved_at = documents_seen
-    if diverged is None and n_batches % grad_acc_steps:  # the stream's last, incomplete accumulation still counts
+    if diverged is None and n_batches % settings.grad_acc_steps:  # the stream's last, incomplete accumulation still counts
         bad_norm = apply_step()
         if bad_norm is not None:
             diverged = dict(document=documents_seen, value=f"gradient norm {bad_norm}")
@@ -321,15 +342,27 @@ def weighted_train(base_model, weight_model, texts, collator, device, optimizer=
     return dict(n_steps=n_steps, n_batches=n_batches, mean_loss=total_loss / max(n_batches, 1), diverged=diverged)
 
 
-def get_rng_state():
-    return dict(torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
 
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+# ---------------------------------------------------------------------------------------------
+# Parameter snapshots: take the model's weights, try something, put them back
+
+
+def snapshot_parameters(model, device=None):
+    """Copies of the model's parameters, in the order of model.parameters(), on `device` (default:
+    where each one is; "cpu" keeps a big model's copy off the accelerator)."""
+    return [p.detach().clone() if device is None else p.detach().to(device, copy=True) for p in model.parameters()]
+
+
+@torch.no_grad()
+def restore_parameters(model, values):
+    """Copy `values` (a snapshot_parameters list, or tensors of the same shapes in the same order)
+    into the model's parameters in place."""
+    parameters = list(model.parameters())
+    if len(parameters) != len(values):
+        raise ValueError(f"{len(values)} values for {len(parameters)} parameters")
+    for p, value in zip(parameters, values):
+        p.copy_(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,7 +442,6 @@ def qa_tuning_loop(model, collator, train_examples, device, optimizer, validate,
     return step
 
 
-LT_METRICS = ("em", "f1", "max_f1", "nll")
 
 
 def reference_stop(history, metric, patience):
@@ -436,34 +468,61 @@ def question_sample(examples, limit, seed):
     return [examples[i] for i in keep]
 
 
-def light_tune(model, tokenizer, train_examples, val_examples, collator, device, lr=2.5e-5, batch_size=16,
-               val_steps=16, patience=3, stopping_metric="max_f1", max_epochs=None, optimizer="adam",
-               grad_acc_steps=1, grad_clip_thresh=750.0, eval_batch_size=16, decoding=GREEDY, seed=0,
-               progress=True):
+@dataclass(frozen=True)
+class LightTuneSettings:
+    """Light QA tuning after adaptation (conf/task/eval.yaml's lt_* keys)."""
+
+    lr: float = 2.5e-5
+    batch_size: int = 16
+    val_steps: int = 16
+    patience: int = 3
+    stopping_metric: str = "max_f1"
+    max_epochs: Optional[int] = None
+    optimizer: str = "adam"
+    grad_acc_steps: int = 1
+    grad_clip_thresh: float = 750.0
+    eval_batch_size: int = 16
+    decoding: Decoding = GREEDY
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> "LightTuneSettings":
+        return cls(lr=cfg.lt_lr, batch_size=cfg.lt_batch_size, val_steps=cfg.lt_val_steps, patience=cfg.lt_patience,
+                   stopping_metric=cfg.lt_stopping_metric, max_epochs=cfg.lt_epochs, optimizer=cfg.lt_optimizer,
+                   grad_acc_steps=cfg.lt_grad_acc_steps, grad_clip_thresh=cfg.lt_grad_clip_thresh,
+                   eval_batch_size=cfg.eval_batch_size, seed=cfg.seed,
+                   decoding=Decoding(method="greedy", max_new_tokens=cfg.max_new_tokens,
+                                     first_line=cfg.answer_first_line))
+
+
+def light_tune(model, tokenizer, train_examples, val_examples, collator, device,
+               settings: LightTuneSettings = LightTuneSettings(), progress: bool = True) -> List[dict]:
     """Light QA tuning (the reference's early-stopped QA tuning after adaptation): `optimizer` on
-    the QA loss of `train_examples`, validating on `val_examples` (greedy top-1 and answer NLL,
+    the QA loss of `train_examples` (`settings`), validating on `val_examples` (greedy top-1 and answer NLL,
     as the reference) before training and every `val_steps` steps, until `reference_stop`; then
     the state of the best validation under `stopping_metric` (strictly better counts) is restored.
 
     Returns the validations: [{"step", "em", "f1", "max_f1", "nll", ...}, ...].
     """
+    stopping_metric = settings.stopping_metric
     if stopping_metric not in LT_METRICS:
         raise UsageError(f"lt_stopping_metric={stopping_metric} is unknown; use one of {', '.join(LT_METRICS)}")
     sign = -1.0 if stopping_metric == "nll" else 1.0
     history, best = [], dict(score=-math.inf, state=None)
 
     def validate(step, epoch, train_loss):
-        _, summary = evaluate_qa(model, tokenizer, val_examples, collator, device, ("em", "ppl"), eval_batch_size,
-                                 decoding, desc="light-tune val", progress=progress)
+        _, summary = evaluate_qa(model, tokenizer, val_examples, collator, device, ("em", "ppl"),
+                                 settings.eval_batch_size, settings.decoding, desc="light-tune val", progress=progress)
         history.append(dict(step=step, train_loss=train_loss, **summary))
         if sign * summary[stopping_metric] > best["score"]:
             best.update(score=sign * summary[stopping_metric], state=snapshot_parameters(model, "cpu"))
-        return reference_stop(history, stopping_metric, patience)
+        return reference_stop(history, stopping_metric, settings.patience)
 
-    opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr)
-    qa_tuning_loop(model, collator, train_examples, device, opt, validate, batch_size=batch_size,
-                   grad_acc_steps=grad_acc_steps, grad_clip_thresh=grad_clip_thresh, val_steps=val_steps,
-                   max_epochs=max_epochs, seed=seed, progress=progress, desc="light-tuning")
+    opt = make_optimizer(settings.optimizer, [p for p in model.parameters() if p.requires_grad], settings.lr)
+    qa_tuning_loop(model, collator, train_examples, device, opt, validate, batch_size=settings.batch_size,
+                   grad_acc_steps=settings.grad_acc_steps, grad_clip_thresh=settings.grad_clip_thresh,
+                   val_steps=settings.val_steps, max_epochs=settings.max_epochs, seed=settings.seed, progress=progress,
+                   desc="light-tuning")
     restore_parameters(model, best["state"])
     model.eval()
     return history

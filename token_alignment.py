@@ -5,7 +5,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from util import UsageError
+from plumbing.errors import UsageError
 
 
 def bytes_to_unicode():

@@ -24,13 +24,11 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-import configs  # noqa: F401 - the config's ${...} resolvers
-import early_checks
-import run_folder
-import util
+import tiny_world
+from plumbing import checks, environment, errors, files, loading, run_folder, schemas
 from exp_datasets import QACollator, load_split
 from subroutines import Decoding, evaluate_qa, make_optimizer, qa_tuning_loop, question_sample
 
@@ -38,10 +36,12 @@ from subroutines import Decoding, evaluate_qa, make_optimizer, qa_tuning_loop, q
 CRITERIA = {"lowest_nll": ("nll", "min"), "highest_f1": ("f1", "max"), "highest_em": ("em", "max")}
 VAL_MODES = ("em", "ppl")
 RESUME_STATE, DONE = "resume.pt", "done.json"
-OUTPUTS = ("metrics.jsonl", "best.json", "checkpoints", RESUME_STATE, DONE)
-# options that may differ between a run and its continuation (how it runs and logs, not what it learns)
-RESUMABLE_CHANGES = ("device", "torch_threads", "wandb", "wandb_project", "overwrite", "eval_batch_size",
-                     "save_resume_state", "cache_dir")
+RUN_FOLDER = run_folder.RunProtocol(
+    outputs=("metrics.jsonl", "best.json", "checkpoints", RESUME_STATE, DONE),
+    resumable=("device", "torch_threads", "wandb", "wandb_project", "overwrite", "eval_batch_size",
+               "save_resume_state", "cache_dir"),
+    state=RESUME_STATE,
+)
 
 
 class BestTracker:
@@ -87,11 +87,11 @@ class EarlyStopping:
 
 def check_config(cfg):
     """Reject bad knobs with one line before any data or model is loaded: the ranges and choices of
-    the schema (configs.QATuneConfig), and the state dict's file."""
-    util.check_values(cfg)
+    the schema (schemas.QATuneConfig), and the state dict's file."""
+    schemas.check_values(cfg)
     if cfg.load_state_dict_path:
-        util.existing_state_dict(cfg.load_state_dict_path, "load_state_dict_path")
-    util.check_wandb(cfg)
+        loading.existing_state_dict(cfg.load_state_dict_path, "load_state_dict_path")
+    environment.check_wandb(cfg)
 
 
 def save_checkpoints(names, model, tokenizer, checkpoint_dir):
@@ -101,12 +101,12 @@ def save_checkpoints(names, model, tokenizer, checkpoint_dir):
     links are not possible), which saves minutes and gigabytes for big models.
     """
     first, *others = names
-    with util.atomic_dir(checkpoint_dir / first) as tmp:
+    with files.atomic_dir(checkpoint_dir / first) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         torch.save(model.state_dict(), tmp / "state_dict.pt")
     for name in others:
-        with util.atomic_dir(checkpoint_dir / name) as tmp:
+        with files.atomic_dir(checkpoint_dir / name) as tmp:
             shutil.copytree(checkpoint_dir / first, tmp, copy_function=link_or_copy, dirs_exist_ok=True)
 
 
@@ -148,23 +148,19 @@ class Trainer:
         """Everything a continuation needs, as of the validation just done, in one atomic file."""
         state = dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), step=self.step,
                      best=self.tracker.best, stopper=vars(self.stopper), history=self.history,
-                     torch_rng=torch.get_rng_state(),
-                     cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-        with util.atomic_path(self.run_dir / RESUME_STATE) as tmp:
-            torch.save(state, tmp)
+                     rng=environment.rng_state())
+        files.atomic_torch_save(state, self.run_dir / RESUME_STATE)
 
     def load_state(self):
         """Continue from resume.pt; returns the step it was saved at."""
-        state = torch.load(self.run_dir / RESUME_STATE, map_location=self.device, weights_only=False)
+        state = files.load_tensors(self.run_dir / RESUME_STATE, "QA-tuning resume state")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tracker.best = state["best"]
         vars(self.stopper).update(state["stopper"])
         self.history = state["history"]
         self.step = state["step"]
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        environment.restore_rng_state(state["rng"])
         self.start_time -= self.history[-1]["elapsed_s"]
         return self.step
 
@@ -182,7 +178,7 @@ class Trainer:
         improved = self.tracker.update(summary, step, epoch)
         if improved:
             save_checkpoints(improved, self.model, self.tokenizer, self.checkpoint_dir)
-            util.atomic_write_text(json.dumps(best_report(self.tracker, self.checkpoint_dir), indent=2) + "\n",
+            files.atomic_write_text(json.dumps(best_report(self.tracker, self.checkpoint_dir), indent=2) + "\n",
                                    self.run_dir / "best.json")
         if self.logger:
             self.logger.log({k: v for k, v in row.items() if v is not None}, step=step)
@@ -191,7 +187,7 @@ class Trainer:
         if self.cfg.save_resume_state:
             self.save_state()
         # rewritten whole, after the resume state: the log never holds a validation a continuation repeats
-        util.atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.run_dir / "metrics.jsonl")
+        files.atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.run_dir / "metrics.jsonl")
         tqdm.write(f"step {step}: val nll {row['val_nll']:.4f} em {row['val_em']:.3f} f1 {row['val_f1']:.3f}"
                    + (f"  (new {', '.join(improved)})" if improved else ""))
         return stop
@@ -209,29 +205,24 @@ def load_inputs(cfg, device, dtype):
     """Data, tokenizer and model, each failing with one line (UsageError) when it cannot be had."""
     train_examples = load_split(cfg.dataset, "qa_train")
     val_examples = question_sample(load_split(cfg.dataset, "qa_val"), cfg.max_val_questions, cfg.seed)
-    model = util.load_causal_lm(cfg.model, cfg.load_state_dict_path, torch_dtype=dtype)
-    tokenizer = util.load_tokenizer(cfg.tokenizer_name or cfg.model)
+    model = loading.load_causal_lm(cfg.model, cfg.load_state_dict_path, torch_dtype=dtype)
+    tokenizer = loading.load_tokenizer(cfg.tokenizer_name or cfg.model)
     vocab_size = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab_size:
-        raise util.UsageError(f"tokenizer {cfg.tokenizer_name or cfg.model} has {len(tokenizer)} tokens but the "
+        raise errors.UsageError(f"tokenizer {cfg.tokenizer_name or cfg.model} has {len(tokenizer)} tokens but the "
                               f"model embeds only {vocab_size}; set tokenizer_name to the model's own tokenizer")
     if cfg.grad_checkpointing:
         if not model.supports_gradient_checkpointing:
-            raise util.UsageError(f"{type(model).__name__} does not support gradient checkpointing; "
+            raise errors.UsageError(f"{type(model).__name__} does not support gradient checkpointing; "
                                   "set grad_checkpointing=false")
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return train_examples, val_examples, tokenizer, model.to(device)
 
 
-def run_options(cfg):
-    """The run's options as run_folder records them (the resolved configuration, flattened)."""
-    return run_folder.flatten(OmegaConf.to_container(cfg, resolve=True))
-
-
 def check_folder(cfg, run_dir):
     """Refuse a folder holding a run with other options, before anything is loaded."""
-    run_folder.check(run_dir, run_options(cfg), RESUMABLE_CHANGES, OUTPUTS, cfg.overwrite)
+    RUN_FOLDER.check(run_dir, cfg)
 
 
 def train_qa(cfg: DictConfig, run_dir):
@@ -241,26 +232,21 @@ def train_qa(cfg: DictConfig, run_dir):
     check_config(cfg)
     run_dir = Path(run_dir)
     check_folder(cfg, run_dir)
+    tiny_world.ensure_built_for(cfg)
     if not cfg.overwrite and (run_dir / DONE).is_file():
         history = json.loads((run_dir / DONE).read_text())["history"]
         print(f"QA tuning in {run_dir} is complete ({history[-1]['step']} steps); nothing to do")
         return history
-    device = util.pick_device(cfg.device)
-    dtype = util.pick_dtype(cfg.dtype)
+    device = environment.pick_device(cfg.device)
+    dtype = environment.pick_dtype(cfg.dtype)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    util.set_seed(cfg.seed)
+    environment.set_seed(cfg.seed)
     train_examples, val_examples, tokenizer, model = load_inputs(cfg, device, dtype)
-    run_folder.claim(run_dir, run_options(cfg), RESUMABLE_CHANGES, OUTPUTS, cfg.overwrite)  # inputs are good
+    RUN_FOLDER.claim(run_dir, cfg)  # the inputs loaded: the folder becomes this run's
     print(f"QA tuning {cfg.model} on {cfg.dataset.name}: {len(train_examples)} training and "
           f"{len(val_examples)} validation questions, device {device}; output in {run_dir}")
-    logger = None
-    if cfg.wandb:
-        import wandb
-
-        # unresolved: resolving every key could build the tiny world for a path this run never reads
-        logger = wandb.init(project=cfg.wandb_project, dir=str(run_dir),
-                            config=dict(OmegaConf.to_container(cfg), model=str(cfg.model)))
+    logger = environment.start_wandb(cfg, run_dir)
     trainer = Trainer(cfg, model, tokenizer, train_examples, val_examples, device, run_dir, logger)
     start_step = 0
     if (run_dir / RESUME_STATE).is_file():
@@ -270,7 +256,7 @@ def train_qa(cfg: DictConfig, run_dir):
     if logger:
         logger.finish()
     (run_dir / RESUME_STATE).unlink(missing_ok=True)
-    util.atomic_write_text(json.dumps(dict(history=history, best=best_report(trainer.tracker, trainer.checkpoint_dir)),
+    files.atomic_write_text(json.dumps(dict(history=history, best=best_report(trainer.tracker, trainer.checkpoint_dir)),
                                       indent=2) + "\n", run_dir / DONE)
     first, last = history[0], history[-1]
     print(f"validation before: nll {first['val_nll']:.4f} em {first['val_em']:.3f} f1 {first['val_f1']:.3f}; "
@@ -282,11 +268,11 @@ def train_qa(cfg: DictConfig, run_dir):
 
 @hydra.main(version_base=None, config_path="qa_conf", config_name="config")
 def main(cfg: DictConfig):
-    early_checks.run_job(train_qa, cfg)
+    checks.run_job(train_qa, cfg)
 
 
-early_checks.register(early_checks.QA_TUNE, check_config, check_folder)
+checks.register(checks.QA_TUNE, check_config, check_folder)
 
 
 if __name__ == "__main__":
-    util.run_cli(main)
+    errors.run_cli(main)

@@ -15,7 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from token_alignment import decode_with_offsets
-from util import UsageError, atomic_dir, atomic_torch_save, check_finite, check_state_dict_fits, first_line, load_tensors
+from plumbing.errors import UsageError, first_line
+from plumbing.files import atomic_dir, atomic_torch_save, load_tensors
+from plumbing.loading import check_finite, check_state_dict_fits
 
 WEIGHT_MODELS = {}
 
@@ -427,13 +429,13 @@ class NoAdaptation(WeightModel):
 @register("oracle")
 class Oracle(TextWeightModel):
     """The ceiling: weight only on the tokens of the answers to a document's questions
-    (weight_analysis.answer_char_spans), which no real method can know. It weighs only the
+    (answer_spans.answer_char_spans), which no real method can know. It weighs only the
     documents of the `stream` it was built from; with `normalize`, each document's weights have
     the mass of uniform weights (mean 1 over its real tokens), so only where the weight goes differs."""
 
     def __init__(self, tokenizer, stream, normalize=True):
         super().__init__(tokenizer)
-        from weight_analysis import answer_char_spans
+        from exp_datasets.answer_spans import answer_char_spans
 
         self.normalize = bool(normalize)
         self.spans = {}

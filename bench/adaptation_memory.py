@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from subroutines import OPTIMIZERS, check_optimizer, weighted_train  # noqa: E402
+from plumbing.schemas import OPTIMIZERS  # noqa: E402
+from subroutines import AdaptationSettings, check_optimizer, weighted_train  # noqa: E402
 from weight_model import Uniform  # noqa: E402
 
 # Published shapes (n_layer, n_embd, n_head, vocab, context); GPT-J adds rotary dims and a parallel block
@@ -94,7 +95,7 @@ def measure(shape, dtype, optimizer, batch_size, seq_len, grad_checkpointing, de
 
     started = time.time()
     weighted_train(model, Uniform(), ["document"] * batch_size * steps, RandomDocuments(), device,
-                   optimizer=optimizer, lr=1e-5, batch_size=batch_size, progress=False)
+                   AdaptationSettings(optimizer=optimizer, lr=1e-5, batch_size=batch_size), progress=False)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)

@@ -27,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exp_datasets import Example, QACollator  # noqa: E402
-from exp_datasets.tiny_world.model import train_tokenizer  # noqa: E402
+from tiny_world.model import train_tokenizer  # noqa: E402
 from subroutines import Decoding, generate_answers  # noqa: E402
-from util import usage_errors_exit  # noqa: E402
+from plumbing.errors import usage_errors_exit  # noqa: E402
 
 PEOPLE = ["Anna Berg", "Carl Dorn", "Eva Falk", "Gus Hale", "Ida Kern", "Jon Lund", "Kai Moss", "Lea Nord"]
 TEMPLATES = ["Where did {} open a bakery?", "When did {} win the prize for the book about bread?",
@@ -63,14 +63,14 @@ def batched(model, tokenizer, questions, decoding, top_k, batch_size):
 
 def world_parts(root, n_questions):
     """The tokenizer, trained base model and first test questions of a built tiny world."""
-    import util
+    from plumbing import errors, loading
     from exp_datasets import load_split
-    from exp_datasets.tiny_world.report import dataset_config
+    from tiny_world.sanity_report import dataset_config
 
     if not (root / "base_model").is_dir():
-        raise util.UsageError(f"--world {root} has no base_model/; build a world: python -m exp_datasets.tiny_world")
-    tokenizer = util.load_tokenizer(root / "base_model")
-    model = util.load_causal_lm(root / "base_model").eval()
+        raise errors.UsageError(f"--world {root} has no base_model/; build a world: python -m tiny_world")
+    tokenizer = loading.load_tokenizer(root / "base_model")
+    model = loading.load_causal_lm(root / "base_model").eval()
     questions = [example.question for example in load_split(dataset_config(root / "data"), "test")[:n_questions]]
     return tokenizer, model, questions
 

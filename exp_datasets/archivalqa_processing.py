@@ -25,7 +25,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from util import REPO_ROOT, UsageError, atomic_path, atomic_write_text, first_line, run_cli
+from plumbing.environment import REPO_ROOT
+from plumbing.errors import UsageError, first_line, run_cli
+from plumbing.files import atomic_path, atomic_write_text
 
 DATASET_CONFIG = REPO_ROOT / "conf" / "dataset" / "archivalqa.yaml"
 # Inclusive publication-year ranges of the splits (the published setup)

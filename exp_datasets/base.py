@@ -5,11 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from util import UsageError, first_line
+from plumbing.errors import UsageError, first_line
 
 
 # what a prediction is scored against: every gold alternative, or the shortest (the reference)
-ANSWER_MATCHES = ("all", "shortest")
 
 
 @dataclass

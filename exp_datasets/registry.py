@@ -9,10 +9,10 @@ import random
 import zlib
 from pathlib import Path
 
-from util import UsageError
+from plumbing.errors import UsageError
+from plumbing.schemas import SPLITS
 from .base import Example, capitalize_first, check_texts, clean_answers, group_shuffle, read_csv, shortest_answer
 
-SPLITS = ("qa_train", "qa_val", "train", "val", "test")
 DATASETS = {}
 
 

@@ -1,14 +1,38 @@
-"""Shared fixtures: `tiny_world_small`, a seconds-sized tiny world (data CSVs and a tiny base
-model) built once per test session into a temporary folder, and `torch_threads`, the one owner of
-torch's thread count. Importing `configs` registers the config resolvers, as every entry point does."""
+"""Shared test helpers: `tiny_world_small`, a seconds-sized tiny world (data CSVs and a tiny base
+model) built once per test session into a temporary folder; `torch_threads`, the one owner of torch's
+thread count; `compose` (a config as an entry point composes it) and `run_script` (an entry point in a
+subprocess, offline). Importing plumbing.schemas registers the config resolvers, as every entry point does."""
+
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 
-import configs  # noqa: F401 - the ${...} resolvers of conf/ and qa_conf/
+from plumbing import schemas  # noqa: F401 - registers the schemas and resolvers
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+
+
+def compose(config_dir, overrides=(), config_name="config"):
+    """The configuration `config_dir`/`config_name`.yaml composed with `overrides`, as Hydra composes it."""
+    with initialize_config_dir(config_dir=str(REPO / config_dir), version_base=None):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def run_script(*args, cwd=REPO, timeout=600, env=None):
+    """`python <args>` from the repository (e.g. run_script("run.py", "task=eval", ...)), offline, its
+    output captured."""
+    script = [str(REPO / args[0]) if args[0].endswith(".py") else args[0], *args[1:]]
+    return subprocess.run([sys.executable, *script], cwd=cwd, env=env or OFFLINE_ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
 
 # Micro models gain nothing from a second thread, which only adds synchronisation that costs dearly
 # on a busy machine; every test starts with this many (CAMELS_TEST_THREADS changes it).
@@ -37,7 +61,7 @@ class TinyWorld:
     @property
     def dataset_cfg(self):
         """conf/dataset/tiny_world.yaml pointed at this world's CSVs."""
-        from exp_datasets.tiny_world.report import dataset_config
+        from tiny_world.sanity_report import dataset_config
 
         return dataset_config(self.data_dir)
 
@@ -52,7 +76,7 @@ def torch_threads():
 
 @pytest.fixture(scope="session")
 def tiny_world_small(tmp_path_factory):
-    from exp_datasets import tiny_world
+    import tiny_world
 
     overrides = SMALL_WORLD + [f"out_dir={tmp_path_factory.mktemp('tiny_world') / 'world'}"]
     root = tiny_world.build(tiny_world.load_recipe(overrides))

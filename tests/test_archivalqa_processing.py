@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from exp_datasets import load_split
 from exp_datasets import archivalqa_processing as aqp
-from util import REPO_ROOT, UsageError, run_cli
+from plumbing.environment import REPO_ROOT
+from plumbing.errors import UsageError, run_cli
 
 NOTEBOOK = REPO_ROOT / "ArchivalQA_processing.ipynb"
 

@@ -1,14 +1,15 @@
-"""The config schemas (configs.py): every config composes into its schema with nothing left unset,
-Hydra rejects mistyped values and unknown keys with one line, and util.check_values enforces the
+"""The config schemas (schemas.py): every config composes into its schema with nothing left unset,
+Hydra rejects mistyped values and unknown keys with one line, and schemas.check_values enforces the
 ranges and choices the schemas declare without resolving anything else."""
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-import configs
-import util
-from util import REPO_ROOT, UsageError
+from plumbing import schemas
+from plumbing import errors
+from plumbing.environment import REPO_ROOT
+from plumbing.errors import UsageError
 
 DATASETS = sorted(p.stem for p in (REPO_ROOT / "conf" / "dataset").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (REPO_ROOT / "conf" / "model").glob("*.yaml"))
@@ -22,7 +23,7 @@ def no_tiny_world_build():
 
     OmegaConf.register_new_resolver("tiny_world", no_build, replace=True)
     yield
-    configs.register_resolvers()
+    schemas.register_resolvers()
 
 
 def unset_keys(cfg, prefix=""):
@@ -41,15 +42,15 @@ def composed(conf_dir, overrides):
         return compose("config", overrides=overrides)
 
 
-@pytest.mark.parametrize("task,schema", [("eval", configs.EvalConfig), ("train", configs.TrainConfig)])
+@pytest.mark.parametrize("task,schema", [("eval", schemas.EvalConfig), ("train", schemas.TrainConfig)])
 def test_every_run_config_composes_into_its_schemas_with_nothing_unset(task, schema):
     # meta-training learns a weight model: only CaMeLS (the tiny world's tuning sets CaMeLS options)
     for dataset in DATASETS:
         for model in MODELS if task == "eval" else ["CaMeLS"]:
             cfg = composed("conf", [f"task={task}", f"dataset={dataset}", f"model={model}"])
             assert OmegaConf.get_type(cfg) is schema
-            assert OmegaConf.get_type(cfg.dataset) is configs.DATASET_SCHEMAS[dataset]
-            assert OmegaConf.get_type(cfg.model) is configs.MODEL_SCHEMAS[cfg.model.name]
+            assert OmegaConf.get_type(cfg.dataset) is schemas.DATASET_SCHEMAS[dataset]
+            assert OmegaConf.get_type(cfg.model) is schemas.MODEL_SCHEMAS[cfg.model.name]
             assert unset_keys(cfg) == [], (task, dataset, model)
 
 
@@ -57,8 +58,8 @@ def test_qa_tuning_reads_the_same_dataset_configs():
     assert (REPO_ROOT / "qa_conf" / "dataset").resolve() == (REPO_ROOT / "conf" / "dataset").resolve()
     for dataset in DATASETS:
         cfg = composed("qa_conf", [f"dataset={dataset}", "model=gpt2-xl"])
-        assert OmegaConf.get_type(cfg) is configs.QATuneConfig and cfg.model == "gpt2-xl"
-        assert OmegaConf.get_type(cfg.dataset) is configs.DATASET_SCHEMAS[dataset]
+        assert OmegaConf.get_type(cfg) is schemas.QATuneConfig and cfg.model == "gpt2-xl"
+        assert OmegaConf.get_type(cfg.dataset) is schemas.DATASET_SCHEMAS[dataset]
         assert unset_keys(cfg) == [], dataset
 
 
@@ -75,7 +76,7 @@ def test_qa_tuning_reads_the_same_dataset_configs():
 def test_mistyped_values_and_unknown_keys_are_one_line_composition_errors(conf_dir, overrides, message):
     with pytest.raises(HydraException) as raised:
         composed(conf_dir, overrides)
-    line = util.composition_error(raised.value)
+    line = errors.composition_error(raised.value)
     assert message in line and "\n" not in line
 
 
@@ -94,11 +95,11 @@ def test_mistyped_values_and_unknown_keys_are_one_line_composition_errors(conf_d
 ])
 def test_check_values_enforces_the_declared_ranges_and_choices(overrides, message):
     with pytest.raises(UsageError) as raised:
-        util.check_values(composed("conf", overrides))
+        schemas.check_values(composed("conf", overrides))
     assert message in str(raised.value)
 
 
 def test_check_values_passes_defaults_and_nulls_and_resolves_nothing_else():
     for overrides in (["task=eval", "eval_every_k=null", "downsample_to=-1"], ["task=train", "model=CaMeLS"]):
-        util.check_values(composed("conf", overrides))
-    util.check_values(composed("qa_conf", ["max_steps=null"]))
+        schemas.check_values(composed("conf", overrides))
+    schemas.check_values(composed("qa_conf", ["max_steps=null"]))

@@ -12,7 +12,8 @@ from transformers import GPT2TokenizerFast
 from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 
 from exp_datasets import Example, QACollator, group_shuffle, load_split, load_web_text, make_stream
-from util import REPO_ROOT, UsageError
+from plumbing.environment import REPO_ROOT
+from plumbing.errors import UsageError
 
 
 def dataset_cfg(name, **overrides):

@@ -1,9 +1,6 @@
 """The demo end to end on the seconds-sized tiny world: every step through the user-facing
 commands, each method's lr chosen on validation, the report, the heat-maps, and resuming."""
 import json
-import os
-import subprocess
-import sys
 from collections import defaultdict
 
 import pandas as pd
@@ -12,7 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 import demo
-from util import REPO_ROOT, UsageError
+from conftest import compose, run_script
+from plumbing.errors import UsageError
 
 # every test here runs demo.py or its steps as subprocesses
 pytestmark = pytest.mark.slow
@@ -24,7 +22,9 @@ def demo_config(world, out_dir, **changes):
     """The miniature demo on a variant recipe (the seconds-sized world), built by the demo itself
     into the cache folder: no option below points at the world's files, the demo must."""
     recipe = [o for o in world.overrides if not o.startswith("out_dir=")]
-    cfg = OmegaConf.merge(OmegaConf.load(REPO_ROOT / "conf" / "demo.yaml"), {
+    cfg = compose("conf", config_name="demo")
+    OmegaConf.set_struct(cfg, False)  # as demo.main leaves it for run_demo
+    cfg = OmegaConf.merge(cfg, {
         "out_dir": str(out_dir),
         "tiny_world_overrides": recipe,
         "qa_tune_overrides": ["device=cpu", "max_steps=4", "val_steps=2", "max_val_questions=8", "max_new_tokens=4"],
@@ -167,10 +167,8 @@ def test_failed_step_stops_the_demo_with_one_line_and_is_rerun(tiny_world_small,
 
 @pytest.mark.parametrize("option", ["lr=1e-3", "test_seeds"])
 def test_mistyped_option_is_a_one_line_error(tmp_path, option):
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "demo.py"), option, f"out_dir={tmp_path / 'demo'}"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    result = run_script("demo.py", option, f"out_dir={tmp_path / 'demo'}", cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "conf/demo.yaml" in lines[0] and option.split("=")[0] in lines[0]
+    assert len(lines) == 1 and option.split("=")[0] in lines[0], lines
     assert not (tmp_path / "demo").exists()

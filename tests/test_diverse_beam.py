@@ -9,7 +9,7 @@ from transformers import (BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadM
                           GPTNeoConfig, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM)
 
 import diverse_beam
-import util
+from plumbing import loading
 from exp_datasets import QACollator, load_split
 from subroutines import Decoding, evaluate_qa, generate_answers
 
@@ -129,7 +129,7 @@ def test_more_beams_for_a_large_k():
 
 @pytest.fixture(scope="module")
 def world(tiny_world_small):
-    tokenizer = util.load_tokenizer(tiny_world_small.base_model)
+    tokenizer = loading.load_tokenizer(tiny_world_small.base_model)
     collator = QACollator.from_config(tokenizer, tiny_world_small.dataset_cfg)
     return dict(tokenizer=tokenizer, collator=collator,
                 test=load_split(tiny_world_small.dataset_cfg, "test"), path=tiny_world_small.base_model)
@@ -138,7 +138,7 @@ def world(tiny_world_small):
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @torch.no_grad()
 def test_trained_tiny_world_model_answers_equal_generate(world, attn):
-    model = util.load_causal_lm(world["path"], attn_implementation=attn).eval()
+    model = loading.load_causal_lm(world["path"], attn_implementation=attn).eval()
     assert diverse_beam.supports(model) and model.generation_config.eos_token_id == world["tokenizer"].eos_token_id
     examples = world["test"][:10]
     batch = world["collator"](examples)
@@ -155,7 +155,7 @@ def test_evaluate_qa_predictions_are_the_reference_answers_in_question_order(wor
     """Batches of 3 over 7 questions (the last one partial, batched by length): each row holds its
     own question's top-2 answers of the reference's one-question generate call, in the questions'
     order."""
-    model = util.load_causal_lm(world["path"]).eval()
+    model = loading.load_causal_lm(world["path"]).eval()
     tokenizer, examples = world["tokenizer"], world["test"][:7]
     lengths = [len(tokenizer(e.question)["input_ids"]) for e in examples]
     assert lengths != sorted(lengths)  # evaluate_qa batches them in another order
@@ -172,7 +172,7 @@ def test_evaluate_qa_predictions_are_the_reference_answers_in_question_order(wor
 @torch.no_grad()
 def test_one_beam_group_is_generate_beam_search(world):
     """One group is transformers' plain beam search, another algorithm: generate runs it."""
-    model = util.load_causal_lm(world["path"]).eval()
+    model = loading.load_causal_lm(world["path"]).eval()
     batch = world["collator"](world["test"][:4])
     ours = generate_answers(model, world["tokenizer"], batch["gen_ids"], batch["gen_mask"],
                             Decoding(num_beam_groups=1, diversity_penalty=0.0), 2)
@@ -191,7 +191,7 @@ def direct_generate_answers(model, tokenizer, batch, num_beams, num_beam_groups,
 
 @torch.no_grad()
 def test_a_generation_config_with_other_processors_falls_back_to_generate(world):
-    model = util.load_causal_lm(world["path"]).eval()
+    model = loading.load_causal_lm(world["path"]).eval()
     batch = world["collator"](world["test"][:4])
     plain = generate_answers(model, world["tokenizer"], batch["gen_ids"], batch["gen_mask"], Decoding(), 2)
     model.generation_config.repetition_penalty = 3.0

@@ -16,11 +16,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import run
+import evaluation
 import util
+from plumbing import errors, loading
 import weight_model as W
 from exp_datasets import QACollator, load_split
-from subroutines import Decoding, evaluate_qa, light_tune, weighted_train
+from subroutines import AdaptationSettings, Decoding, LightTuneSettings, evaluate_qa, light_tune, weighted_train
 
 REPO = Path(__file__).resolve().parent.parent
 OFFLINE_ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
@@ -37,8 +38,8 @@ def world(tiny_world_small):
 
 @pytest.fixture(scope="module")
 def world_parts(world):
-    tokenizer = util.load_tokenizer(world.base_model)
-    model = util.load_causal_lm(world.base_model).double().eval()
+    tokenizer = loading.load_tokenizer(world.base_model)
+    model = loading.load_causal_lm(world.base_model).double().eval()
     dataset_cfg = compose_config(world, []).dataset
     return SimpleNamespace(tokenizer=tokenizer, model=model, dataset=dataset_cfg,
                            collator=QACollator.from_config(tokenizer, dataset_cfg),
@@ -140,15 +141,15 @@ def test_weighted_train_is_accumulated_sgd_on_the_weighted_loss(world_parts):
     expected = [p.detach() - 0.5 * g for p, g in zip(reference.parameters(), grads)]
 
     model = without_dropout(parts.model)
-    stats = weighted_train(model, PositionWeights(), texts, parts.collator, "cpu", optimizer="sgd", lr=0.5,
-                           batch_size=1, grad_acc_steps=2, grad_clip_thresh=1e9, progress=False)
+    settings = AdaptationSettings(optimizer="sgd", lr=0.5, batch_size=1, grad_acc_steps=2, grad_clip_thresh=1e9)
+    stats = weighted_train(model, PositionWeights(), texts, parts.collator, "cpu", settings, progress=False)
     assert stats["n_steps"] == 1 and stats["n_batches"] == 2
     for new, want in zip(model.parameters(), expected):
         assert torch.allclose(new, want, atol=1e-10)
     # clipping: one document, a tiny threshold, so the SGD step has exactly lr x threshold norm
     model = without_dropout(parts.model)
-    weighted_train(model, PositionWeights(), texts[:1], parts.collator, "cpu", optimizer="sgd", lr=0.5,
-                   grad_clip_thresh=1e-3, progress=False)
+    weighted_train(model, PositionWeights(), texts[:1], parts.collator, "cpu",
+                   AdaptationSettings(optimizer="sgd", lr=0.5, grad_clip_thresh=1e-3), progress=False)
     step = torch.cat([(new - old).flatten() for new, old in zip(model.parameters(), parts.model.parameters())])
     assert step.norm().item() == pytest.approx(0.5 * 1e-3, rel=1e-5)
 
@@ -171,9 +172,9 @@ def test_light_tune_restores_the_best_validation(world_parts):
     model = copy.deepcopy(parts.model)
     train = load_split(parts.dataset, "qa_train")
     val = load_split(parts.dataset, "qa_val")[:6]
-    history = light_tune(model, parts.tokenizer, train, val, parts.collator, "cpu", lr=0.05, batch_size=4,
-                         val_steps=1, patience=2, stopping_metric="nll", max_epochs=3, decoding=GREEDY4,
-                         progress=False)
+    settings = LightTuneSettings(lr=0.05, batch_size=4, val_steps=1, patience=2, stopping_metric="nll", max_epochs=3,
+                                 decoding=GREEDY4)
+    history = light_tune(model, parts.tokenizer, train, val, parts.collator, "cpu", settings, progress=False)
     nlls = [h["nll"] for h in history]
     best = min(range(len(nlls)), key=nlls.__getitem__)
     assert history[0]["step"] == 0 and [h["step"] for h in history] == list(range(len(history)))
@@ -192,7 +193,7 @@ def test_light_tune_restores_the_best_validation(world_parts):
 def test_uniform_adaptation_lowers_answer_nll(world, tmp_path):
     cfg = compose_config(world, ["model=uniform", "lr=1e-3", "eval=[em,ppl]", "eval_init=true", "downsample_to=4",
                                  "unrelated_qa_eval=true", "unrelated_questions=4"])
-    summary = run.evaluate(cfg, tmp_path)
+    summary = evaluation.evaluate(cfg, tmp_path)
     assert set(summary) == SUMMARY_KEYS
     assert summary["nll"] < summary["init"]["nll"]
     assert summary["method"] == "uniform" and summary["split"] == "test" and summary["n_questions"] > 0
@@ -214,10 +215,10 @@ def test_camels_and_tfidf_runs(world, world_parts, tmp_path):
     cfg = compose_config(world, ["model=CaMeLS", f"weight_model_path={tmp_path / 'wm'}", "eval=[ppl]",
                                  "downsample_to=2", "qa_lt_final=true", "lt_val_steps=1", "lt_patience=1",
                                  "lt_val_questions=4", "lt_stopping_metric=nll", "lt_epochs=1"])
-    summary = run.evaluate(cfg, tmp_path / "camels")
+    summary = evaluation.evaluate(cfg, tmp_path / "camels")
     assert summary["method"] == "CaMeLS+qa_tune" and summary["n_documents"] == 2 and summary["em"] is None
     cfg = compose_config(world, ["model=TFIDF", "eval=[ppl]", "downsample_to=3", "eval_every_k=2"])
-    summary = run.evaluate(cfg, tmp_path / "tfidf")
+    summary = evaluation.evaluate(cfg, tmp_path / "tfidf")
     assert summary["method"] == "TFIDF" and summary["nll"] > 0
     curve = json.loads((tmp_path / "tfidf" / "metrics.json").read_text())["curve"]
     assert [point["n_documents"] for point in curve] == [2]
@@ -227,11 +228,11 @@ def test_floor_and_ceiling_runs(world, tmp_path):
     """model=none answers with the base model as it is (its score equals the before-adaptation
     score); model=oracle adapts on the answer tokens of the evaluated stream."""
     common = ["eval=[em,ppl]", "eval_init=true", "downsample_to=3", "lr=1e-3"]
-    floor = run.evaluate(compose_config(world, ["model=none", *common]), tmp_path / "none")
+    floor = evaluation.evaluate(compose_config(world, ["model=none", *common]), tmp_path / "none")
     assert floor["method"] == "none" and floor["nll"] == floor["init"]["nll"] and floor["em"] == floor["init"]["em"]
     assert floor["adapts"] is False
     assert json.loads((tmp_path / "none" / "metrics.json").read_text())["adaptation"]["n_steps"] == 0
-    ceiling = run.evaluate(compose_config(world, ["model=oracle", *common]), tmp_path / "oracle")
+    ceiling = evaluation.evaluate(compose_config(world, ["model=oracle", *common]), tmp_path / "oracle")
     assert ceiling["method"] == "oracle" and ceiling["adapts"] is True
     assert ceiling["init"]["nll"] == floor["init"]["nll"]
     assert ceiling["nll"] < ceiling["init"]["nll"]
@@ -265,10 +266,10 @@ def test_bad_inputs_fail_with_one_line_before_training(world, world_parts, tmp_p
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(run, "weighted_train", no_training)
+    monkeypatch.setattr(evaluation, "weighted_train", no_training)
     for name, (overrides, message) in bad_input_cases(world, tmp_path, world_parts.tokenizer).items():
-        with pytest.raises(util.UsageError) as caught:
-            run.evaluate(compose_config(world, overrides), tmp_path / name)
+        with pytest.raises(errors.UsageError) as caught:
+            evaluation.evaluate(compose_config(world, overrides), tmp_path / name)
         assert message in str(caught.value) and "\n" not in str(caught.value), name
         assert not (tmp_path / name / "summary.json").exists()
 
@@ -299,7 +300,7 @@ def test_cli_sweep_makes_one_folder_per_job_and_bad_input_exits_2(world, tmp_pat
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "weight_model_path" in lines[0]
 
-    # a value of the wrong type for its schema (configs.py) is one line from Hydra's composition
+    # a value of the wrong type for its schema (schemas.py) is one line from Hydra's composition
     result = run_cli("task=eval", "model=uniform", "lr=1e-3x", *common, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: lr=1e-3x is invalid; it must be a number"]

@@ -15,11 +15,12 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import subroutines
 import util
+from plumbing import errors, loading
 from exp_datasets import Example, QACollator, load_split
 from meta_train import batched, epoch_order
 from meta_objective import MetaSettings, outer_loss
 from subroutines import Decoding, generate_answers, reference_stop, score_predictions, summarize
-from weight_analysis import make_batch
+from exp_datasets.answer_spans import make_batch
 from weight_model import build_weight_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def parts(tiny_world_small):
-    tokenizer = util.load_tokenizer(tiny_world_small.base_model)
-    model = util.load_causal_lm(tiny_world_small.base_model, attn_implementation="eager").double().eval()
+    tokenizer = loading.load_tokenizer(tiny_world_small.base_model)
+    model = loading.load_causal_lm(tiny_world_small.base_model, attn_implementation="eager").double().eval()
     dataset_cfg = tiny_world_small.dataset_cfg
     return dict(tokenizer=tokenizer, model=model, dataset=dataset_cfg,
                 collator=QACollator.from_config(tokenizer, dataset_cfg), test=load_split(dataset_cfg, "test"))
@@ -72,7 +73,7 @@ def test_top1_of_a_top_k_search_is_the_top1_search(parts):
 def test_beams_grow_for_large_k_and_greedy_refuses_top_k():
     assert Decoding().beams_for(4) == 12 and Decoding().beams_for(11) == 12
     assert Decoding().beams_for(12) == 16 and Decoding().beams_for(13) == 16
-    with pytest.raises(util.UsageError, match="needs decoding=beam"):
+    with pytest.raises(errors.UsageError, match="needs decoding=beam"):
         Decoding(method="greedy").check(4)
 
 
@@ -151,8 +152,9 @@ def test_light_tune_runs_past_epochs_validates_on_schedule_and_restores_the_best
     monkeypatch.setattr(subroutines, "evaluate_qa", fake_evaluate)
     model = copy.deepcopy(parts["model"])
     train = load_split(parts["dataset"], "qa_train")[:5]
-    history = subroutines.light_tune(model, parts["tokenizer"], train, train, parts["collator"], "cpu", lr=1e-2,
-                                     batch_size=2, val_steps=2, patience=3, progress=False)
+    settings = subroutines.LightTuneSettings(lr=1e-2, batch_size=2, val_steps=2, patience=3)
+    history = subroutines.light_tune(model, parts["tokenizer"], train, train, parts["collator"], "cpu", settings,
+                                     progress=False)
     # validations at 0, 2, ..., 10 steps; 6 validations over 10 steps = 3.3 passes of 3 batches; the
     # sixth (0.2) makes the best of the last three (0.25) worse than the best before (0.3)
     assert [h["step"] for h in history] == [0, 2, 4, 6, 8, 10]
@@ -256,7 +258,6 @@ def test_a_5000_token_document_is_cut_to_a_256_position_model(parts, caplog):
 
 
 def compose_conf(config_dir, overrides):
-    import configs  # noqa: F401 - the schemas and resolvers
     with initialize_config_dir(config_dir=str(REPO / config_dir), version_base=None):
         return compose("config", overrides=overrides)
 

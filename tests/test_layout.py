@@ -1,17 +1,21 @@
-"""The layout of the code: imports point one way (no cycle, imports inside functions included), only
-the config layer and the builder itself reach the tiny-world builder, and source files stay short."""
-import ast
-from pathlib import Path
+"""The layout of the code: imports point one way (no cycle, imports inside functions included), the
+plumbing package imports nothing of the method, and only the entry points reach the tiny-world builder
+(through its explicit build call)."""
 
-REPO = Path(__file__).resolve().parents[1]
-# the config resolver ${tiny_world:...} builds the default world on first use
-MAY_IMPORT_TINY_WORLD = {"configs"}
-TINY_WORLD = "exp_datasets.tiny_world"
+import ast
+
+from conftest import REPO
+
+ENTRY_POINTS = {"run", "train_qa", "demo"}
+PLUMBING = "plumbing"
+TINY_WORLD = "tiny_world"
 
 
 def project_modules():
-    """Dotted name -> path of every module of the project (tests excluded)."""
-    paths = [p for p in REPO.glob("*.py")] + list((REPO / "exp_datasets").rglob("*.py"))
+    """Dotted name -> path of every module of the project (tests and benchmarks excluded)."""
+    paths = list(REPO.glob("*.py"))
+    for package in ("exp_datasets", PLUMBING, TINY_WORLD):
+        paths += list((REPO / package).rglob("*.py"))
     modules = {}
     for path in paths:
         parts = list(path.relative_to(REPO).with_suffix("").parts)
@@ -52,11 +56,15 @@ def import_graph():
     return {name: imported_modules(name, path, modules) for name, path in modules.items()}
 
 
+def in_package(name, package):
+    return name == package or name.startswith(package + ".")
+
+
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
-    assert "meta_train" in graph["run"]  # imported inside run.main only
-    assert "exp_datasets.tiny_world" in graph["configs"]  # inside the resolver
-    assert {"exp_datasets.tiny_world.report", "exp_datasets.tiny_world.world"} <= graph["exp_datasets.tiny_world"]
+    assert "tiny_world" in graph["demo"]  # imported inside demo.world_overrides only
+    assert {"tiny_world.sanity_report", "tiny_world.world", "tiny_world.model"} <= graph["tiny_world"]
+    assert {"plumbing.errors", "plumbing.files"} <= graph["plumbing.loading"]
 
 
 def test_no_import_cycle_among_the_project_modules():
@@ -76,14 +84,15 @@ def test_no_import_cycle_among_the_project_modules():
             visit(name, [name])
 
 
-def test_only_the_config_layer_reaches_the_tiny_world_builder():
+def test_plumbing_imports_nothing_of_the_method():
+    graph = import_graph()
+    outside = {(name, target) for name, targets in graph.items() if in_package(name, PLUMBING)
+               for target in targets if not in_package(target, PLUMBING)}
+    assert outside == set()
+
+
+def test_only_the_entry_points_reach_the_tiny_world_builder():
     graph = import_graph()
     reaching = {name for name, targets in graph.items()
-                if not name.startswith(TINY_WORLD) and any(t.startswith(TINY_WORLD) for t in targets)}
-    assert reaching == MAY_IMPORT_TINY_WORLD
-
-
-def test_no_source_file_over_500_lines():
-    sources = list(project_modules().values()) + list((REPO / "tests").glob("*.py"))
-    long = {str(path.relative_to(REPO)): n for path in sources if (n := len(path.read_text().splitlines())) > 500}
-    assert long == {}
+                if not in_package(name, TINY_WORLD) and any(in_package(t, TINY_WORLD) for t in targets)}
+    assert reaching <= ENTRY_POINTS and {"run", "train_qa"} <= reaching

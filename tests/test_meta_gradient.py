@@ -333,7 +333,7 @@ def test_forward_estimate_through_a_trainable_sdpa_body(tiny_world_small):
     from omegaconf import OmegaConf
 
     from meta_objective import forward_meta_gradient
-    from util import load_causal_lm, load_tokenizer
+    from plumbing.loading import load_causal_lm, load_tokenizer
     from weight_model import build_weight_model
 
     path = tiny_world_small.base_model

@@ -15,9 +15,10 @@ from hydra import compose, initialize_config_dir
 
 import meta_train
 import weight_analysis
-import util
+from plumbing import loading
+from exp_datasets import answer_spans
 from exp_datasets import QACollator, load_split
-from util import UsageError
+from plumbing.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,8 +85,8 @@ def make_trainer(world, out_dir, *overrides):
 
     cfg = train_config(world, out_dir, *overrides)
     meta_train.check_config(cfg)
-    tokenizer = util.load_tokenizer(cfg.base_model)
-    base_model = util.load_causal_lm(cfg.base_model, attn_implementation="eager").eval()
+    tokenizer = loading.load_tokenizer(cfg.base_model)
+    base_model = loading.load_causal_lm(cfg.base_model, attn_implementation="eager").eval()
     weight_model = build_weight_model(cfg.model, tokenizer)
     return meta_train.MetaTrainer(cfg, base_model, weight_model, tokenizer, load_split(cfg.dataset, "train"),
                                   load_split(cfg.dataset, "val"), ["An unrelated text about the sea."], out_dir,
@@ -122,10 +123,10 @@ def test_base_model_carried_then_reset_and_restored_after_validation(tiny_world_
 
 
 def test_answer_token_mask_covers_the_answer(tiny_world_small):
-    tokenizer = util.load_tokenizer(tiny_world_small.base_model)
+    tokenizer = loading.load_tokenizer(tiny_world_small.base_model)
     examples = load_split(tiny_world_small.dataset_cfg, "val")[:8]
     collator = QACollator(tokenizer, max_text_len=256)
-    batch = weight_analysis.make_batch(collator, examples, torch.device("cpu"))
+    batch = answer_spans.make_batch(collator, examples, torch.device("cpu"))
     assert batch["has_span"].all()
     for row, example in enumerate(examples):
         start, end = int(example.extra["answer_start"]), int(example.extra["answer_end"])
@@ -140,7 +141,7 @@ def test_answer_token_mask_covers_the_answer(tiny_world_small):
 
 
 def test_render_weights_escapes_text_and_writes_png(tiny_world_small, tmp_path):
-    tokenizer = util.load_tokenizer(tiny_world_small.base_model)
+    tokenizer = loading.load_tokenizer(tiny_world_small.base_model)
     texts = ["a <b>bold</b> & 'quoted' claim", "short"]
     ids, mask = QACollator(tokenizer).encode_texts(texts)
     weights = torch.rand(ids.shape) * mask
@@ -182,7 +183,7 @@ def test_short_meta_training_learns_to_weight_answers(tiny_world_small, tmp_path
         f"step_{s:06d}.{ext}" for s in (0, 6, 12) for ext in ("html", "png")]
 
     # the last checkpoint is the trained weight model, loadable by task=eval
-    tokenizer = util.load_tokenizer(cfg.base_model)
+    tokenizer = loading.load_tokenizer(cfg.base_model)
     loaded = load_weight_model(tmp_path / "checkpoints" / "last", tokenizer)
     ids, mask = QACollator(tokenizer).encode_texts(["The harbour of Tarnford was rebuilt."])
     weights = loaded(ids, mask)

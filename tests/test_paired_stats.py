@@ -8,7 +8,7 @@ import pytest
 
 import paired_stats
 import report
-from util import UsageError
+from plumbing.errors import UsageError
 
 
 def test_constant_differences_give_a_point_interval():

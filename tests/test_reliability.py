@@ -15,17 +15,17 @@ import torch
 
 import demo
 import meta_train
-import run
+import evaluation
 import train_qa
-import util
+from plumbing import errors, files, loading
 import weight_model as W
 from exp_datasets import QACollator, load_split
-from subroutines import weighted_train
+from subroutines import AdaptationSettings, weighted_train
 from test_eval import compose_config as eval_config
 from test_meta_train import train_config
 from test_train_qa import compose_config as qa_config
 from test_train_qa import run_overrides as qa_overrides
-from util import UsageError
+from plumbing.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
@@ -52,7 +52,7 @@ def camels_folder(tiny_world_small, tmp_path_factory):
     """A saved (untrained) CaMeLS weight model on the small world's body."""
     cfg = eval_config(tiny_world_small, ["model=CaMeLS", f"model.pretrained_model={tiny_world_small.base_model}"])
     folder = tmp_path_factory.mktemp("wm") / "camels"
-    W.build_weight_model(cfg.model, util.load_tokenizer(tiny_world_small.base_model)).save(folder)
+    W.build_weight_model(cfg.model, loading.load_tokenizer(tiny_world_small.base_model)).save(folder)
     return folder
 
 
@@ -74,9 +74,9 @@ def test_pickled_object_as_weight_model_never_runs(tiny_world_small, tmp_path):
     marker = tmp_path / "marker"
     torch.save({"state_dict": WritesAFile(marker)}, tmp_path / "evil.pt")
     cfg = eval_config(tiny_world_small, ["model=CaMeLS", f"weight_model_path={tmp_path / 'evil.pt'}"])
-    message = one_line_error(run.evaluate, cfg, tmp_path / "run")
+    message = one_line_error(evaluation.evaluate, cfg, tmp_path / "run")
     assert "re-save" in message and "torch.save(model.state_dict()" in message
-    message = one_line_error(util.load_causal_lm, tiny_world_small.base_model, tmp_path / "evil.pt")
+    message = one_line_error(loading.load_causal_lm, tiny_world_small.base_model, tmp_path / "evil.pt")
     assert "re-save" in message
     assert not marker.exists(), "the file's code ran"
 
@@ -84,14 +84,14 @@ def test_pickled_object_as_weight_model_never_runs(tiny_world_small, tmp_path):
 def test_empty_csv_as_test_path(tiny_world_small, tmp_path):
     (tmp_path / "empty.csv").write_bytes(b"")
     cfg = eval_config(tiny_world_small, [f"test_path={tmp_path / 'empty.csv'}"])
-    assert "is empty" in one_line_error(run.evaluate, cfg, tmp_path / "run")
+    assert "is empty" in one_line_error(evaluation.evaluate, cfg, tmp_path / "run")
 
 
 def test_non_utf8_csv_in_evaluation_and_qa_tuning(tiny_world_small, tmp_path):
     rows = "text,question,answers\nCafé Nord opened in 1990.,When did Café Nord open?,1990\n"
     (tmp_path / "cp1252.csv").write_bytes(rows.encode("cp1252"))
     cfg = eval_config(tiny_world_small, [f"test_path={tmp_path / 'cp1252.csv'}"])
-    message = one_line_error(run.evaluate, cfg, tmp_path / "run")
+    message = one_line_error(evaluation.evaluate, cfg, tmp_path / "run")
     assert "is not UTF-8" in message and "0xe9" in message and "iconv" in message
     data = tmp_path / "data"
     shutil.copytree(tiny_world_small.data_dir, data)
@@ -102,17 +102,17 @@ def test_non_utf8_csv_in_evaluation_and_qa_tuning(tiny_world_small, tmp_path):
 
 def test_corrupt_state_dict_for_evaluation_and_qa_tuning(tiny_world_small, tmp_path):
     corrupt = tmp_path / "corrupt.pt"
-    torch.save(util.load_causal_lm(tiny_world_small.base_model).state_dict(), corrupt)
+    torch.save(loading.load_causal_lm(tiny_world_small.base_model).state_dict(), corrupt)
     corrupt.write_bytes(corrupt.read_bytes()[: corrupt.stat().st_size // 2])  # a cut-off download
     cfg = eval_config(tiny_world_small, [f"base_model_state_dict={corrupt}"])
-    assert "not a readable torch file" in one_line_error(run.evaluate, cfg, tmp_path / "run")
+    assert "not a readable torch file" in one_line_error(evaluation.evaluate, cfg, tmp_path / "run")
     qa_cfg = qa_config(qa_overrides(tiny_world_small, load_state_dict_path=str(corrupt)))
     assert "not a readable torch file" in one_line_error(train_qa.train_qa, qa_cfg, tmp_path / "qa")
 
 
 def test_language_model_folder_as_weight_model_path(tiny_world_small, tmp_path):
     cfg = eval_config(tiny_world_small, ["model=CaMeLS", f"weight_model_path={tiny_world_small.base_model}"])
-    message = one_line_error(run.evaluate, cfg, tmp_path / "run")
+    message = one_line_error(evaluation.evaluate, cfg, tmp_path / "run")
     assert "is not a CaMeLS weight model folder" in message
 
 
@@ -122,7 +122,7 @@ def test_truncated_safetensors_in_a_camels_folder(tiny_world_small, camels_folde
     weights = folder / W.WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:5000])
     cfg = eval_config(tiny_world_small, ["model=CaMeLS", f"weight_model_path={folder}"])
-    assert "is damaged" in one_line_error(run.evaluate, cfg, tmp_path / "run")
+    assert "is damaged" in one_line_error(evaluation.evaluate, cfg, tmp_path / "run")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_nan_meta_training_keeps_the_last_good_checkpoint(tiny_world_small, tmp_
 
 def test_diverged_evaluation_is_marked_and_nan_models_are_refused(tiny_world_small, camels_folder, tmp_path):
     cfg = eval_config(tiny_world_small, ["lr=1e6", "optimizer=sgd", "eval=[em,ppl]", "downsample_to=3"])
-    message = one_line_error(run.evaluate, cfg, tmp_path / "run")
+    message = one_line_error(evaluation.evaluate, cfg, tmp_path / "run")
     assert "diverged" in message and "lower lr" in message
     summary = strict_load(tmp_path / "run" / "summary.json")
     assert summary["diverged"] is True and summary["nll"] is None and summary["em"] is None
@@ -173,13 +173,13 @@ def test_diverged_evaluation_is_marked_and_nan_models_are_refused(tiny_world_sma
         model.head[2].weight.fill_(float("nan"))
     model.save(nan_folder)
     cfg = eval_config(tiny_world_small, ["model=CaMeLS", f"weight_model_path={nan_folder}"])
-    assert "non-finite" in one_line_error(run.evaluate, cfg, tmp_path / "nan_wm_run")
+    assert "non-finite" in one_line_error(evaluation.evaluate, cfg, tmp_path / "nan_wm_run")
 
-    state = util.load_causal_lm(tiny_world_small.base_model).state_dict()
+    state = loading.load_causal_lm(tiny_world_small.base_model).state_dict()
     state["transformer.wte.weight"][0, 0] = float("inf")
     torch.save(state, tmp_path / "inf.pt")
     cfg = eval_config(tiny_world_small, [f"base_model_state_dict={tmp_path / 'inf.pt'}"])
-    assert "non-finite" in one_line_error(run.evaluate, cfg, tmp_path / "inf_run")
+    assert "non-finite" in one_line_error(evaluation.evaluate, cfg, tmp_path / "inf_run")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,13 +189,13 @@ def test_diverged_evaluation_is_marked_and_nan_models_are_refused(tiny_world_sma
 def test_rerun_into_a_finished_run_folder(tiny_world_small, tmp_path):
     folder = tmp_path / "eval"
     options = ["eval=[ppl]", "downsample_to=2", "lr=1e-3"]
-    first = run.evaluate(eval_config(tiny_world_small, options), folder)
+    first = evaluation.evaluate(eval_config(tiny_world_small, options), folder)
     stamp = (folder / "summary.json").stat().st_mtime_ns
-    assert run.evaluate(eval_config(tiny_world_small, [*options, "progress=true"]), folder) == first
+    assert evaluation.evaluate(eval_config(tiny_world_small, [*options, "progress=true"]), folder) == first
     assert (folder / "summary.json").stat().st_mtime_ns == stamp, "already complete: nothing is rewritten"
-    message = one_line_error(run.evaluate, eval_config(tiny_world_small, [*options[:-1], "lr=1e-4"]), folder)
+    message = one_line_error(evaluation.evaluate, eval_config(tiny_world_small, [*options[:-1], "lr=1e-4"]), folder)
     assert "lr: 0.001 -> 0.0001" in message and "overwrite=true" in message and "resume" in message
-    replaced = run.evaluate(eval_config(tiny_world_small, [*options[:-1], "lr=1e-4", "overwrite=true"]), folder)
+    replaced = evaluation.evaluate(eval_config(tiny_world_small, [*options[:-1], "lr=1e-4", "overwrite=true"]), folder)
     assert replaced["lr"] == 1e-4 and strict_load(folder / "summary.json")["lr"] == 1e-4
 
     knobs = ["max_outer_steps=1", "val_steps=1", *META_KNOBS]
@@ -224,21 +224,21 @@ def test_resume_of_meta_training_refuses_changed_options(tiny_world_small, tmp_p
 
 def test_checkpoint_save_tolerates_leftovers_of_an_interrupted_save(tmp_path):
     target = tmp_path / "checkpoints" / "last"
-    with util.atomic_dir(target) as folder:
+    with files.atomic_dir(target) as folder:
         (folder / "a").write_text("1")
     (tmp_path / "checkpoints" / ".last.old" / "x").mkdir(parents=True)  # left by a save killed at its end
-    with util.atomic_dir(target) as folder:
+    with files.atomic_dir(target) as folder:
         (folder / "a").write_text("2")
     assert (target / "a").read_text() == "2" and not (tmp_path / "checkpoints" / ".last.old").exists()
     # killed between the two renames: the previous folder is put back before anything reads it
     os.replace(target, tmp_path / "checkpoints" / ".last.old")
-    util.recover_dir(target)
+    files.recover_dir(target)
     assert (target / "a").read_text() == "2"
 
 
 def test_two_processes_recovering_one_checkpoint_folder_both_succeed(tmp_path, monkeypatch):
     target = tmp_path / "checkpoints" / "last"
-    with util.atomic_dir(target) as folder:
+    with files.atomic_dir(target) as folder:
         (folder / "a").write_text("1")
     os.replace(target, tmp_path / "checkpoints" / ".last.old")  # killed between the two renames
     real_replace = os.replace
@@ -247,8 +247,8 @@ def test_two_processes_recovering_one_checkpoint_folder_both_succeed(tmp_path, m
         real_replace(source, destination)  # the other rank puts the folder back first ...
         real_replace(source, destination)  # ... so this process's own rename finds nothing
 
-    monkeypatch.setattr(util.os, "replace", beaten_to_it)
-    util.recover_dir(target)
+    monkeypatch.setattr(files.os, "replace", beaten_to_it)
+    files.recover_dir(target)
     assert (target / "a").read_text() == "1" and not (tmp_path / "checkpoints" / ".last.old").exists()
 
 
@@ -257,27 +257,28 @@ def test_two_processes_recovering_one_checkpoint_folder_both_succeed(tmp_path, m
 
 
 def test_stream_resumed_from_a_saved_state_ends_exactly_like_an_uninterrupted_one(tiny_world_small):
-    tokenizer = util.load_tokenizer(tiny_world_small.base_model)
-    start = util.load_causal_lm(tiny_world_small.base_model)  # dropout on: the random state matters
+    tokenizer = loading.load_tokenizer(tiny_world_small.base_model)
+    start = loading.load_causal_lm(tiny_world_small.base_model)  # dropout on: the random state matters
     collator = QACollator(tokenizer, max_text_len=64)
     texts = [e.text for e in load_split(tiny_world_small.dataset_cfg, "test")][:7]
     uniform = W.build_weight_model({"name": "uniform"}, tokenizer)
-    options = dict(optimizer="adam", lr=1e-3, batch_size=2, grad_acc_steps=2, n_epochs=2, progress=False)
+    settings = dict(optimizer="adam", lr=1e-3, batch_size=2, grad_acc_steps=2, n_epochs=2)
 
     def fresh():
-        model = util.load_causal_lm(tiny_world_small.base_model)
+        model = loading.load_causal_lm(tiny_world_small.base_model)
         model.load_state_dict(start.state_dict())
         return model
 
     states = []
     torch.manual_seed(0)
     whole = fresh()
-    stats = weighted_train(whole, uniform, texts, collator, "cpu", save_every_documents=3,
-                           save_state=lambda s: states.append(json_free_copy(s)), **options)
+    stats = weighted_train(whole, uniform, texts, collator, "cpu", AdaptationSettings(**settings, save_every_documents=3),
+                           progress=False, save_state=lambda s: states.append(json_free_copy(s)))
     assert [s["documents_seen"] for s in states] == [4, 7, 11]  # after optimiser steps only, never at the end
     torch.manual_seed(123)  # the saved random state, not this one, drives the rest of the stream
     resumed = fresh()
-    again = weighted_train(resumed, uniform, texts, collator, "cpu", resume_state=states[1], **options)
+    again = weighted_train(resumed, uniform, texts, collator, "cpu", AdaptationSettings(**settings), progress=False,
+                           resume_state=states[1])
     assert again == stats
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
 
@@ -322,10 +323,10 @@ def test_killed_evaluation_resumes_to_the_same_summary(tiny_world_small, tmp_pat
             "eval_init=true", "eval_every_k=50"]
     whole = run_py(*args, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
-    state = tmp_path / "part" / run.EVAL_STATE
+    state = tmp_path / "part" / evaluation.EVAL_STATE
     assert kill_when([*args, f"hydra.run.dir={tmp_path / 'part'}"], tmp_path, state.exists), "finished before the kill"
     assert not (tmp_path / "part" / "summary.json").exists()
-    position = util.load_tensors(state, "state")["documents_seen"]
+    position = files.load_tensors(state, "state")["documents_seen"]
     resumed = run_py(*args, f"hydra.run.dir={tmp_path / 'part'}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming the stream after document {position}" in resumed.stdout + resumed.stderr
@@ -452,5 +453,5 @@ def test_tokenizer_folder_whose_name_looks_like_a_model_type_is_a_usage_error(tm
     ImportError for an empty folder; that is a wrong path, not a crash."""
     folder = tmp_path / "failed_run"
     folder.mkdir()
-    with pytest.raises(util.UsageError, match="cannot load a tokenizer from"):
-        util.load_tokenizer(folder)
+    with pytest.raises(errors.UsageError, match="cannot load a tokenizer from"):
+        loading.load_tokenizer(folder)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import report
-from util import UsageError
+from plumbing.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 import meta_train
 import report
-from util import UsageError
+from plumbing.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
@@ -223,13 +223,13 @@ def eval_config(world, *overrides):
 
 @pytest.mark.parametrize("optimizer", ["adafactor", "adam8bit"])
 def test_bf16_adaptation_with_a_light_optimizer_and_checkpointing_learns(tiny_world_small, tmp_path, optimizer):
-    import run
+    import evaluation
 
     if optimizer == "adam8bit":
         pytest.importorskip("bitsandbytes")
     cfg = eval_config(tiny_world_small, "dtype=bfloat16", f"optimizer={optimizer}", "grad_checkpointing=true",
                       "lr=3e-3")
-    summary = run.evaluate(cfg, tmp_path)
+    summary = evaluation.evaluate(cfg, tmp_path)
     assert summary["optimizer"] == optimizer
     assert summary["nll"] < summary["init"]["nll"] - 0.05, "adapting on the documents lowers their answers' NLL"
 
@@ -237,12 +237,12 @@ def test_bf16_adaptation_with_a_light_optimizer_and_checkpointing_learns(tiny_wo
 def test_adam8bit_without_bitsandbytes_fails_before_work(tiny_world_small, tmp_path, monkeypatch):
     import importlib.util
 
-    import run
+    import evaluation
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
     cfg = eval_config(tiny_world_small, "optimizer=adam8bit")
     with pytest.raises(UsageError, match="optimizer=adam8bit needs the bitsandbytes package; pip install"):
-        run.evaluate(cfg, tmp_path / "run")
+        evaluation.evaluate(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()

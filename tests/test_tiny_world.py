@@ -8,10 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from exp_datasets import load_split, load_web_text, make_stream, tiny_world
-from exp_datasets.tiny_world import world
-from exp_datasets.tiny_world.report import token_weights
-from util import REPO_ROOT, UsageError, load_causal_lm, load_tokenizer
+import tiny_world
+from exp_datasets import load_split, load_web_text, make_stream
+from tiny_world import world
+from tiny_world.sanity_report import token_weights
+from plumbing.environment import REPO_ROOT
+from plumbing.errors import UsageError
+from plumbing.loading import load_causal_lm, load_tokenizer
 
 STREAM_FILES = ("train.csv", "val.csv", "test.csv", "qa_train.csv", "qa_val.csv", "pretrain_qa.csv")
 
@@ -167,13 +170,16 @@ def test_evaluation_code_changes_refresh_only_the_report(tmp_path, monkeypatch):
     recipe = small_recipe()
     before = tiny_world.stage_hashes(recipe)
     with open(tmp_path / "util.py", "a") as handle:
-        handle.write("\n# changed\n")
+        handle.write("\n# a comment, and the same code reformatted, rebuild nothing\n")
+    assert tiny_world.stage_hashes(recipe) == before
+    with open(tmp_path / "util.py", "a") as handle:
+        handle.write("CHANGED = 1\n")
     after = tiny_world.stage_hashes(recipe)
     assert (after["data"], after["model"]) == (before["data"], before["model"]) and after["report"] != before["report"]
 
 
 def test_interrupted_build_leaves_the_previous_build(tiny_world_small, tmp_path, monkeypatch):
-    from exp_datasets.tiny_world import report
+    from tiny_world import sanity_report
 
     root = tmp_path / "world"
     shutil.copytree(tiny_world_small.root, root)
@@ -182,7 +188,7 @@ def test_interrupted_build_leaves_the_previous_build(tiny_world_small, tmp_path,
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report, "build_report", crash)
+    monkeypatch.setattr(sanity_report, "build_report", crash)
     with pytest.raises(KeyboardInterrupt):
         tiny_world.build(small_recipe([f"out_dir={root}", "report.n_qa=3"]))
     assert (root / "recipe.json").read_bytes() == before
@@ -190,20 +196,40 @@ def test_interrupted_build_leaves_the_previous_build(tiny_world_small, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["world"]
 
 
-def test_artefact_path_uses_the_default_recipe_and_resolver(tiny_world_small, tmp_path, monkeypatch, capsys):
+def test_resolving_a_config_never_builds(tmp_path, monkeypatch):
+    """${tiny_world:...} only names paths: resolving the whole run config with an empty cache builds nothing."""
+    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    recipe_file = tmp_path / "tiny_world.yaml"
-    recipe_file.write_text(OmegaConf.to_yaml(small_recipe()))
-    shutil.copytree(tiny_world_small.root, tmp_path / "cache" / "tiny_world")
-    monkeypatch.setattr(tiny_world, "RECIPE_PATH", recipe_file)
-    monkeypatch.setenv("CAMELS_CACHE_DIR", str(tmp_path / "cache"))
-    cfg = OmegaConf.create({"data": "${tiny_world:data}", "model": "${tiny_world:base_model}"})
-    assert cfg.data == str(tmp_path / "cache" / "tiny_world" / "data")
-    assert cfg.model == str(tmp_path / "cache" / "tiny_world" / "base_model")
-    assert capsys.readouterr().err == ""  # nothing was rebuilt
-    with pytest.raises(UsageError, match="tiny_world:data"):
-        tiny_world.artefact_path("weights")
+    monkeypatch.setenv("CAMELS_CACHE_DIR", str(tmp_path / "env_cache"))
+    monkeypatch.setattr(tiny_world, "build", lambda *a, **k: pytest.fail("resolving a config built the tiny world"))
+    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
+        for overrides in (["task=eval"], ["task=train", "model=CaMeLS"]):
+            resolved = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+            assert resolved["base_model"] == str(tmp_path / "env_cache" / "tiny_world" / "base_model")
+            assert resolved["dataset"]["data_dir"] == str(tmp_path / "env_cache" / "tiny_world" / "data")
+        # cache_dir= of the run wins over $CAMELS_CACHE_DIR
+        cfg = compose("config", overrides=["task=train", "model=CaMeLS", f"cache_dir={tmp_path / 'mine'}"])
+        assert cfg.base_model == cfg.model.pretrained_model == str(tmp_path / "mine" / "tiny_world" / "base_model")
+    assert not (tmp_path / "env_cache").exists() and not (tmp_path / "mine").exists()
+    from omegaconf.errors import InterpolationResolutionError
+
+    with pytest.raises(InterpolationResolutionError, match="tiny_world:weights. is unknown"):
+        OmegaConf.create({"x": "${tiny_world:weights}"}).x
+
+
+def test_entry_points_build_the_default_world_only_when_the_config_points_into_it(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    built = []
+    monkeypatch.setattr(tiny_world, "is_current", lambda root, hashes: False)
+    monkeypatch.setattr(tiny_world, "build", lambda cfg: built.append(tiny_world.output_root(cfg)))
+    cache = tmp_path / "cache"
+    tiny_world.ensure_built_for(OmegaConf.create({"cache_dir": str(cache), "base_model": "gpt2",
+                                                 "dataset": {"data_dir": str(tmp_path / "mine")}}))
+    assert built == []
+    tiny_world.ensure_built_for(OmegaConf.create({"cache_dir": str(cache), "base_model": "${tiny_world:base_model}"}))
+    assert built == [cache / "tiny_world"]
 
 
 def test_every_recipe_has_a_folder_of_its_own(tmp_path, monkeypatch):
@@ -229,7 +255,7 @@ def test_bad_recipe_fails_before_work(tmp_path):
 
 def test_stream_report_averages_streams_each_adapted_from_the_base_model(tiny_world_small):
     from exp_datasets import QACollator, load_split, to_documents
-    from exp_datasets.tiny_world.report import stream_adaptation
+    from tiny_world.sanity_report import stream_adaptation
 
     tokenizer = load_tokenizer(tiny_world_small.base_model)
     model = load_causal_lm(tiny_world_small.base_model).eval()

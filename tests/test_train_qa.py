@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import train_qa
-import util
+from plumbing import errors, loading
 from exp_datasets import QACollator, load_split
 from subroutines import evaluate_qa, question_sample
 
@@ -114,8 +114,8 @@ def test_best_json_and_checkpoints_match_the_metrics(short_run, tiny_world_small
 
     # the lowest-NLL checkpoint, reloaded, scores exactly the NLL recorded for it
     folder = run_dir / "checkpoints" / "lowest_nll"
-    model = util.load_causal_lm(folder)
-    tokenizer = util.load_tokenizer(folder)
+    model = loading.load_causal_lm(folder)
+    tokenizer = loading.load_tokenizer(folder)
     val = question_sample(load_split(cfg.dataset, "qa_val"), cfg.max_val_questions, cfg.seed)
     _, summary = evaluate_qa(model, tokenizer, val, QACollator.from_config(tokenizer, cfg.dataset), "cpu",
                              eval_modes=("ppl",), batch_size=24, progress=False)
@@ -126,9 +126,9 @@ def test_state_dict_round_trips_into_the_base_architecture(short_run, tiny_world
     _, run_dir, _ = short_run
     folder = run_dir / "checkpoints" / "lowest_nll"
     ids = torch.tensor([[5, 17, 42, 9, 3, 11]])
-    untouched = util.load_causal_lm(tiny_world_small.base_model).eval()
-    from_state = util.load_causal_lm(tiny_world_small.base_model, folder / "state_dict.pt").eval()
-    from_folder = util.load_causal_lm(folder).eval()
+    untouched = loading.load_causal_lm(tiny_world_small.base_model).eval()
+    from_state = loading.load_causal_lm(tiny_world_small.base_model, folder / "state_dict.pt").eval()
+    from_folder = loading.load_causal_lm(folder).eval()
     with torch.no_grad():
         before, via_state, via_folder = (m(input_ids=ids).logits for m in (untouched, from_state, from_folder))
     assert torch.equal(via_state, via_folder)
@@ -190,7 +190,7 @@ def test_a_finished_run_has_nothing_to_do_and_other_options_are_refused(short_ru
     assert "nothing to do" in capsys.readouterr().out
     other = compose_config(run_overrides(tiny_world_small, lr=1e-3, batch_size=8, grad_acc_steps=2,
                                          val_steps=4, max_steps=12, stop_k="null"))
-    with pytest.raises(util.UsageError, match=r"holds a run with other options \(lr: 0.003 -> 0.001\)"):
+    with pytest.raises(errors.UsageError, match=r"holds a run with other options \(lr: 0.003 -> 0.001\)"):
         train_qa.train_qa(other, run_dir)
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == files
 
@@ -245,7 +245,7 @@ def test_published_defaults_hold_for_real_datasets():
 ])
 def test_bad_input_is_one_line_before_training(tiny_world_small, tmp_path, override, expected):
     cfg = compose_config(run_overrides(tiny_world_small) + [override])
-    with pytest.raises(util.UsageError) as raised:
+    with pytest.raises(errors.UsageError) as raised:
         train_qa.train_qa(cfg, tmp_path)
     message = str(raised.value)
     assert expected in message and "\n" not in message
@@ -255,7 +255,7 @@ def test_bad_input_is_one_line_before_training(tiny_world_small, tmp_path, overr
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 def test_wandb_without_the_package_is_a_usage_error(tiny_world_small, tmp_path):
     cfg = compose_config(run_overrides(tiny_world_small, wandb="true"))
-    with pytest.raises(util.UsageError, match="pip install wandb or set wandb=false"):
+    with pytest.raises(errors.UsageError, match="pip install wandb or set wandb=false"):
         train_qa.train_qa(cfg, tmp_path)
 
 

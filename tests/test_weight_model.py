@@ -10,7 +10,7 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 import token_alignment
-import util
+from plumbing import environment, errors
 import weight_model as W
 from exp_datasets import pad
 
@@ -120,7 +120,7 @@ def test_uniform_is_init_scalar_on_real_tokens(tokenizer):
 
 
 def test_ssm_marks_named_entities_but_not_numbers(tokenizer):
-    cfg = OmegaConf.load(util.REPO_ROOT / "conf/model/ssm.yaml")
+    cfg = OmegaConf.load(environment.REPO_ROOT / "conf/model/ssm.yaml")
     model = W.build_weight_model(cfg, tokenizer)
     sentence = CORPUS[0]  # entities: Barack Obama, Paris, Monday, Google; 3 (CARDINAL), 5 (MONEY) ignored
     kept = ["Barack Obama", "Paris", "Monday", "Google"]
@@ -190,7 +190,7 @@ def test_oracle_weighs_exactly_the_answer_tokens(tokenizer):
         expected = expected_weights_from_char_scores(offsets, char_score)
         assert weights[row][mask[row].bool()].tolist() == expected and 0 < sum(expected) < len(expected)
     # normalised: the same tokens, each document with the mass of uniform weights
-    normalized = W.build_weight_model(OmegaConf.load(util.REPO_ROOT / "conf/model/oracle.yaml"), tokenizer,
+    normalized = W.build_weight_model(OmegaConf.load(environment.REPO_ROOT / "conf/model/oracle.yaml"), tokenizer,
                                       stream=stream)
     scaled, _ = weights_for(normalized, tokenizer, [CORPUS[2], CORPUS[3]])
     assert torch.equal(scaled > 0, weights > 0)
@@ -203,22 +203,22 @@ def test_oracle_weighs_exactly_the_answer_tokens(tokenizer):
 
 def test_oracle_refuses_documents_it_has_no_answers_for(tokenizer):
     cfg = OmegaConf.create({"name": "oracle", "normalize": True})
-    with pytest.raises(util.UsageError, match="model=oracle"):
+    with pytest.raises(errors.UsageError, match="model=oracle"):
         W.build_weight_model(cfg, tokenizer)
     model = W.build_weight_model(cfg, tokenizer, stream=oracle_stream())
-    with pytest.raises(util.UsageError, match="not in its stream"):
+    with pytest.raises(errors.UsageError, match="not in its stream"):
         weights_for(model, tokenizer, [CORPUS[0]])
 
 
 def test_no_adaptation_weighs_nothing_and_says_it_does_not_adapt(tokenizer):
-    model = W.build_weight_model(OmegaConf.load(util.REPO_ROOT / "conf/model/none.yaml"), tokenizer)
+    model = W.build_weight_model(OmegaConf.load(environment.REPO_ROOT / "conf/model/none.yaml"), tokenizer)
     weights, _ = weights_for(model, tokenizer, CORPUS[:2])
     assert not model.adapts and weights.eq(0).all()
     assert all(W.WEIGHT_MODELS[name].adapts for name in W.WEIGHT_MODELS if name != "none")
 
 
 def test_unknown_weight_model_is_a_usage_error(tokenizer):
-    with pytest.raises(util.UsageError, match="model=nope is unknown"):
+    with pytest.raises(errors.UsageError, match="model=nope is unknown"):
         W.build_weight_model(OmegaConf.create({"name": "nope"}), tokenizer)
 
 
@@ -264,7 +264,7 @@ def test_camels_save_and_load_give_identical_weights(tokenizer, body_dir, tmp_pa
     folder, single = model.save(tmp_path / "wm"), model.save(tmp_path / "wm.pt")
     torch.save(model.state_dict(), tmp_path / "state.pt")
     torch.save(model, tmp_path / "module.pt")  # a pickled module: loading it could run code, so it is refused
-    with pytest.raises(util.UsageError, match="re-save it as tensors"):
+    with pytest.raises(errors.UsageError, match="re-save it as tensors"):
         W.load_weight_model(tmp_path / "module.pt", tokenizer)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     loaded = [W.load_weight_model(tmp_path / "state.pt", tokenizer, cfg)]
@@ -285,9 +285,9 @@ def test_camels_refuses_another_vocabulary(tokenizer, body_dir, tmp_path):
     model = W.build_weight_model(camels_cfg(body_dir), tokenizer)
     model.save(tmp_path / "wm")
     other = byte_level_tokenizer(["completely different text for another vocabulary"] * 4, vocab_size=300)
-    with pytest.raises(util.UsageError, match="another vocabulary"):
+    with pytest.raises(errors.UsageError, match="another vocabulary"):
         W.load_weight_model(tmp_path / "wm", other)
-    with pytest.raises(util.UsageError, match="another vocabulary"):
+    with pytest.raises(errors.UsageError, match="another vocabulary"):
         W.build_weight_model(camels_cfg(body_dir), other)
     # same family with extra added tokens (as GPT-J's tokenizer has over GPT-2's) is accepted
     extended = copy.deepcopy(tokenizer)
@@ -299,10 +299,10 @@ def test_camels_refuses_another_vocabulary(tokenizer, body_dir, tmp_path):
 def test_camels_refuses_a_state_dict_of_another_shape(tokenizer, body_dir, tmp_path):
     model = W.build_weight_model(camels_cfg(body_dir, head_width=16), tokenizer)
     torch.save(model.state_dict(), tmp_path / "state.pt")
-    with pytest.raises(util.UsageError, match="does not fit"):
+    with pytest.raises(errors.UsageError, match="does not fit"):
         W.load_weight_model(tmp_path / "state.pt", tokenizer, camels_cfg(body_dir, head_width=128))
     torch.save({"not": "weights"}, tmp_path / "junk.pt")
-    with pytest.raises(util.UsageError, match="holds no state dict"):
+    with pytest.raises(errors.UsageError, match="holds no state dict"):
         W.load_weight_model(tmp_path / "junk.pt", tokenizer, camels_cfg(body_dir))
 
 

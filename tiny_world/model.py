@@ -117,7 +117,7 @@ def build_model(cfg, folder, progress=True):
     import pandas as pd
 
     from exp_datasets import QACollator
-    from util import pick_device, set_seed
+    from plumbing.environment import pick_device, set_seed
 
     device = pick_device(cfg.get("device", "auto"))
     train_cfg = cfg.pretrain

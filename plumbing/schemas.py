@@ -1,35 +1,46 @@
-"""The configuration layer: the config schemas (Hydra ConfigStore dataclasses) and resolvers.
+"""The config schemas (Hydra ConfigStore dataclasses), their choice lists, their value checks and the
+config resolvers.
 
-Importing this module, as every entry point and the tests do, registers
+Importing this module registers
   - the schemas: conf/config.yaml and qa_conf/config.yaml start from `run_schema`/`qa_tune_schema`,
     conf/task/<task>.yaml from `schema/task/<task>`, conf/dataset/<name>.yaml and
     conf/model/<name>.yaml from `schema/dataset/<name>` and `schema/model/<name>`. Hydra itself
-    rejects a value of the wrong type (lr=1e-3x) and an unknown key; util.check_values adds the
+    rejects a value of the wrong type (lr=1e-3x) and an unknown key; `check_values` adds the
     ranges and choices declared beside each field (cross-field rules live with the code they guard);
-  - the resolvers `${tiny_world:data|base_model}`, `${basename:path}`,
-    `${method_name:model,qa_lt_final}` and `${stream_name:split,test_path}`. This is the one
-    library-side place that reaches the tiny-world builder: `${tiny_world:...}` builds the default
-    tiny world on first use.
+  - the resolvers `${tiny_world:data|base_model}` (a path in the tiny world's folder: nothing is built,
+    entry points call tiny_world.ensure_built), `${basename:path}`, `${method_name:model,qa_lt_final}`
+    and `${stream_name:split,test_path}`.
 Each field's value and its comment are in the YAML file; a schema says only what a value may be
-(MISSING here: the YAML must set it).
+(MISSING here: the YAML must set it). Every choice list has its home here; the method's modules import it.
 """
+
+import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from exp_datasets import ANSWER_MATCHES, SPLITS
-from meta_objective import AUTOCAST_DTYPES, INNER_BACKENDS
-from meta_train import BATCH_ORDERS
-from subroutines import DECODINGS, LT_METRICS, OPTIMIZERS
-from util import DTYPES
+from plumbing.environment import DTYPES, cache_dir
+from plumbing.errors import UsageError
+
+# Choice lists: the values an option may take
+SPLITS = ("qa_train", "qa_val", "train", "val", "test")
+ANSWER_MATCHES = ("all", "shortest")  # score against every gold alternative | the training target only
+OPTIMIZERS = ("adam", "sgd", "adafactor", "adam8bit")
+DECODINGS = ("beam", "greedy")
+LT_METRICS = ("em", "f1", "max_f1", "nll")
+INNER_BACKENDS = ("higher", "torch_func", "forward")
+AUTOCAST_DTYPES = ("bfloat16", "float16")
+BATCH_ORDERS = ("rows", "documents")
+ACTIVATIONS = ("softplus", "sigmoid", "exp", "gelu", "none")
 
 
 def key(check=None, choices=None):
-    """A field the YAML must set; `check` (a rule of util.VALUE_RULES) and `choices` (the allowed
-    values) are enforced by util.check_values."""
+    """A field the YAML must set; `check` (a rule of schemas.VALUE_RULES) and `choices` (the allowed
+    values) are enforced by check_values."""
     return field(default=MISSING, metadata=dict(check=check, choices=choices))
 
 
@@ -103,7 +114,7 @@ class TfidfConfig(WeightModelConfig):
 class CamelsConfig(WeightModelConfig):
     pretrained_model: Optional[str] = key()
     head_width: int = key("positive_int")
-    activation: str = key(choices=("softplus", "sigmoid", "exp", "gelu", "none"))
+    activation: str = key(choices=ACTIVATIONS)
     softplus_beta: float = key("positive")
     normalize: bool = key()
     freeze_base: bool = key()
@@ -198,7 +209,7 @@ class TrainConfig(RunConfig):
     checkpoint_every: int = key("positive_int")
     forward_probes: int = key("positive_int")
     forward_mix: bool = key()
-    inner_autocast: Optional[str] = key(choices=tuple(AUTOCAST_DTYPES))
+    inner_autocast: Optional[str] = key(choices=AUTOCAST_DTYPES)
     c_kl: float = key("non_negative")
     web_text_loc: bool = key()
     web_text_csv: Optional[str] = key()
@@ -253,12 +264,47 @@ class QATuneConfig:
     wandb_project: str = key()
 
 
+# ---------------------------------------------------------------------------------------------
+# demo.py (conf/demo.yaml)
+
+QA_CHECKPOINTS = ("lowest_nll", "highest_f1", "highest_em")
+SELECTION_METRICS = ("f1", "em", "nll")
+
+
+@dataclass
+class DemoConfig:
+    out_dir: str = key()
+    dataset: str = key()
+    tiny_world_overrides: List[str] = key("overrides")
+    parallel_jobs: int = key("positive_int")
+    qa_tune_overrides: List[str] = key("overrides")
+    qa_checkpoint: str = key(choices=QA_CHECKPOINTS)
+    meta_train_seeds: List[int] = key()
+    meta_train_overrides: List[str] = key("overrides")
+    weight_checkpoint: str = key("checkpoint_name")
+    methods: Dict[str, List[str]] = key()
+    meta_trained_methods: List[str] = key()
+    unswept_methods: List[str] = key()
+    lrs: List[float] = key("positive_numbers")
+    max_lr_extensions: int = key("non_negative_int")
+    val_downsample_to: int = key("documents_or_all")
+    val_seed: int = key()
+    test_downsample_to: int = key("documents_or_all")
+    test_seeds: List[int] = key("not_empty")
+    eval_overrides: List[str] = key("overrides")
+    selection_metric: str = key(choices=SELECTION_METRICS)
+    baselines: List[str] = key()
+    bootstrap_resamples: int = key("at_least_100")
+    heatmap_documents: int = key("non_negative_int")
+
+
 def store_schemas():
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     store.store(group="schema/task", name="eval", node=EvalConfig)
     store.store(group="schema/task", name="train", node=TrainConfig)
     store.store(name="qa_tune_schema", node=QATuneConfig)
+    store.store(name="demo_schema", node=DemoConfig)
     for name, schema in DATASET_SCHEMAS.items():
         store.store(group="schema/dataset", name=name, node=schema)
     for name, schema in MODEL_SCHEMAS.items():
@@ -269,25 +315,21 @@ def store_schemas():
 # Resolvers
 
 
-def tiny_world_path(name):
-    """Folder of the default tiny world's `name` ("data" or "base_model"), built on first use."""
-    from exp_datasets import tiny_world
-
-    return tiny_world.artefact_path(name)
+TINY_WORLD_ARTEFACTS = ("data", "base_model")
 
 
-def planned_tiny_world_path(name):
-    """Where ${tiny_world:name} points, without building the world: for checks made before the step
-    that builds it (demo.py)."""
-    return str(tiny_world_folder() / name)
+def tiny_world_root(configured_cache_dir=None) -> Path:
+    """The default tiny world's folder: <cache>/tiny_world (cache_dir, else $CAMELS_CACHE_DIR, else <repo>/.cache)."""
+    return cache_dir(configured_cache_dir) / "tiny_world"
 
 
-def tiny_world_folder(overrides=()):
-    """The folder the tiny world of conf/tiny_world.yaml with recipe `overrides` is built into
-    (its own for every variant recipe); nothing is built."""
-    from exp_datasets import tiny_world
-
-    return tiny_world.output_root(tiny_world.load_recipe(overrides))
+def tiny_world_path(name, *, _root_=None):
+    """${tiny_world:data|base_model}: where that part of the default tiny world lives, honouring the
+    run's cache_dir. Only a path: tiny_world.ensure_built builds it."""
+    if name not in TINY_WORLD_ARTEFACTS:
+        raise UsageError(f"${{tiny_world:{name}}} is unknown; use ${{tiny_world:data}} or ${{tiny_world:base_model}}")
+    configured = _root_.get("cache_dir") if isinstance(_root_, DictConfig) else None
+    return str(tiny_world_root(configured) / name)
 
 
 def basename(path):
@@ -311,6 +353,48 @@ RESOLVERS = {"tiny_world": tiny_world_path, "basename": basename, "method_name":
 def register_resolvers():
     for name, resolver in RESOLVERS.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
+
+
+VALUE_RULES = {
+    "positive_int": (lambda v: isinstance(v, int) and v > 0, "it must be a positive integer"),
+    "non_negative_int": (lambda v: isinstance(v, int) and v >= 0, "it must be an integer >= 0"),
+    "positive": (lambda v: v > 0, "it must be a positive number"),
+    "non_negative": (lambda v: v >= 0, "it must be a number >= 0"),
+    "documents_or_all": (lambda v: v == -1 or v > 0, "use a number of documents, or -1 for all"),
+    "count_or_all": (lambda v: v == -1 or v > 0, "use a number, or -1 for all"),
+    "at_least_100": (lambda v: v >= 100, "use at least 100"),
+    "positive_numbers": (lambda v: len(v) > 0 and all(x > 0 for x in v),
+                         "give a list of positive numbers, e.g. [1e-4,1e-3]"),
+    "not_empty": (lambda v: len(v) > 0, "give a list of at least one value"),
+    "overrides": (lambda v: all("=" in x for x in v), "give a list of key=value overrides"),
+    "checkpoint_name": (lambda v: re.fullmatch(r"best|last|epoch_[1-9]\d*", v) is not None,
+                        "use best, last or epoch_<k>"),
+}
+
+
+def check_values(cfg, prefix: str = "") -> None:
+    """One-line UsageError for the first value of a structured config (and of its nested configs)
+    outside the range (metadata "check") or the choices (metadata "choices") its schema declares.
+    Hydra has checked the types already; null passes where the schema allows it."""
+    schema = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(schema):
+        return
+    for spec in dataclasses.fields(schema):
+        check, choices = spec.metadata.get("check"), spec.metadata.get("choices")
+        # only values with a rule, and nested configs, are read
+        if not (check or choices or spec.type is Any) or OmegaConf.is_missing(cfg, spec.name):
+            continue
+        value = cfg[spec.name]
+        if isinstance(value, DictConfig):
+            check_values(value, f"{prefix}{spec.name}.")
+        if value is None or not (check or choices):
+            continue
+        if choices and value not in choices:
+            raise UsageError(f"{prefix}{spec.name}={value} is unknown; use one of {', '.join(choices)}")
+        if check and not VALUE_RULES[check][0](value):
+            optional = " (or null)" if type(None) in getattr(spec.type, "__args__", ()) else ""
+            raise UsageError(f"{prefix}{spec.name}={value} is invalid; {VALUE_RULES[check][1]}{optional}")
+
 
 
 store_schemas()

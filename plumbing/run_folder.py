@@ -4,9 +4,12 @@ or pass overwrite=true to replace what is there.
 """
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Tuple
 
-from util import UsageError, atomic_write_text, strict_json
+from plumbing.errors import UsageError
+from plumbing.files import atomic_write_text, strict_json
 
 OPTIONS_FILE = "run_options.json"
 
@@ -76,3 +79,32 @@ def claim(run_dir, options, ignored, outputs, overwrite=False):
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(strict_json(options, indent=1, sort_keys=True), run_dir / OPTIONS_FILE)
     return old
+
+
+@dataclass(frozen=True)
+class RunProtocol:
+    """How one kind of run (evaluation, meta-training, QA tuning) uses its folder: the `outputs` it writes
+    (glob patterns, removed by overwrite=true), the options a continuation may change (`resumable`:
+    logging, hardware, where to stop) and the `state` file it resumes from, if any."""
+
+    outputs: Tuple[str, ...]
+    resumable: Tuple[str, ...]
+    state: Optional[str] = None
+
+    @staticmethod
+    def options(cfg) -> dict:
+        """The run's options as recorded: the resolved configuration, flattened."""
+        from omegaconf import OmegaConf
+
+        return flatten(OmegaConf.to_container(cfg, resolve=True))
+
+    def check(self, run_dir, cfg) -> None:
+        """Refuse `run_dir` when it holds a run with other options, before anything is loaded."""
+        check(run_dir, self.options(cfg), self.resumable, self.outputs, bool(cfg.get("overwrite")))
+
+    def claim(self, run_dir, cfg):
+        """`claim` with this protocol: the options of an earlier run with the same options, else None."""
+        return claim(run_dir, self.options(cfg), self.resumable, self.outputs, bool(cfg.get("overwrite")))
+
+    def remove_outputs(self, run_dir) -> None:
+        remove_outputs(run_dir, self.outputs)

@@ -70,7 +70,7 @@ def own_state(ranks, resume_from):
     checkpoint written by another number of ranks."""
     n_ranks = len(ranks or [None])
     if n_ranks != world_size():
-        from util import UsageError
+        from plumbing.errors import UsageError
 
         raise UsageError(f"resume_from={resume_from} was trained by {n_ranks} process(es); resume it with as many "
                          f"(torchrun --nproc_per_node={n_ranks}, or plain python for 1)")
@@ -80,7 +80,7 @@ def own_state(ranks, resume_from):
 def check_grad_acc_steps(grad_acc_steps):
     """Every rank takes an equal share of each outer step's micro-batches."""
     if grad_acc_steps % env_world_size():
-        from util import UsageError
+        from plumbing.errors import UsageError
 
         raise UsageError(f"grad_acc_steps={grad_acc_steps} must be divisible by the number of torchrun ranks "
                          f"({env_world_size()}): each rank takes an equal share of every outer step")

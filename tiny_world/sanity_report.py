@@ -7,9 +7,10 @@ import re
 import torch
 from tqdm import tqdm
 
-from subroutines import evaluate_qa, weighted_train
-from util import answer_nll, restore_parameters, snapshot_parameters
-from weight_analysis import span_token_mask
+from subroutines import AdaptationSettings, evaluate_qa, weighted_train
+from util import answer_nll
+from subroutines import restore_parameters, snapshot_parameters
+from exp_datasets.answer_spans import span_token_mask
 
 NUMBER_OR_CAPITALISED = re.compile(r"\b(?:[A-Z][a-z]+|\d[\d,]*)\b")
 SCHEMES = ("uniform", "oracle", "salient")
@@ -17,7 +18,7 @@ SCHEMES = ("uniform", "oracle", "salient")
 
 def answer_spans(document):
     """Character spans of the answers inside a Document's text (every statement of each)."""
-    from weight_analysis import answer_char_spans
+    from exp_datasets.answer_spans import answer_char_spans
 
     return sorted({span for e in document.examples for span in answer_char_spans(e)})
 
@@ -81,7 +82,7 @@ def adapt(model, collator, documents, weights, optimizer, lr, grad_clip):
     """The online adaptation of run.py task=eval (one step per document, in order) with fixed weights."""
     texts = [d.text for d in documents]
     weighted_train(model, FixedWeights(collator, texts, weights), texts, collator, model.device,
-                   optimizer=optimizer, lr=lr, grad_clip_thresh=grad_clip, progress=False)
+                   AdaptationSettings(optimizer=optimizer, lr=lr, grad_clip_thresh=grad_clip), progress=False)
 
 
 def one_step_uptake(model, tokenizer, collator, documents, unrelated, lrs, progress=True):
@@ -146,10 +147,10 @@ def dataset_config(data_dir):
     """conf/dataset/tiny_world.yaml (one source of the length limits) pointed at `data_dir`."""
     from omegaconf import OmegaConf
 
-    from util import REPO_ROOT
+    from plumbing.environment import REPO_ROOT
 
     cfg = OmegaConf.load(REPO_ROOT / "conf" / "dataset" / "tiny_world.yaml")
-    cfg.pop("defaults")  # its schema (configs.py) is Hydra's to apply
+    cfg.pop("defaults")  # its schema (schemas.py) is Hydra's to apply
     cfg.data_dir = str(data_dir)
     cfg.web_text_csv = str(data_dir / "web_text.csv")
     return cfg
@@ -168,7 +169,8 @@ def answer_token_share(tokenizer, documents, max_text_len):
 def build_report(cfg, folder, progress=True):
     """The report stage of the build: report.json and report.md in `folder`."""
     from exp_datasets import QACollator, load_split, to_documents
-    from util import load_causal_lm, load_tokenizer, pick_device
+    from plumbing.loading import load_causal_lm, load_tokenizer
+    from plumbing.environment import pick_device
 
     report_cfg = cfg.report
     device = pick_device(cfg.get("device", "auto"))

@@ -13,18 +13,27 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from util import UsageError, atomic_write_text, composition_error, usage_errors_exit
+from plumbing.errors import UsageError, composition_error, usage_errors_exit
+from plumbing.files import atomic_write_text
 
 ERROR_FILE = "error.txt"
 
 
 def sweep_jobs(task_overrides):
-    """The override lists of the jobs the basic sweeper launches for `task_overrides`."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The override lists of the jobs a sweep over `task_overrides` launches (the cartesian product of
+    every swept value, as Hydra's basic sweeper orders them)."""
+    import itertools
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(list(task_overrides))
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    choices = []
+    for override in OverridesParser.create().parse_overrides(list(task_overrides)):
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    return [list(job) for job in itertools.product(*choices)]
 
 
 def run_job(task, cfg):
@@ -50,16 +59,14 @@ def run_job(task, cfg):
         return None
 
 
-# task name -> (check, folder_check, choice_check), registered by the entry points (run.py, train_qa.py)
-# on import: check(cfg) runs the task's own checks; folder_check(cfg, run_dir) refuses a folder holding
-# another run; choice_check(cfg) checks the chosen options without resolving any value, before the run
-# folder's name is worked out (that may build the tiny world, minutes spent on a run that cannot start)
+# task name -> (check, folder_check), registered by the entry points (run.py, train_qa.py) on import:
+# check(cfg) runs the task's own checks; folder_check(cfg, run_dir) refuses a folder holding another run
 TASKS = {}
 QA_TUNE = "qa_tune"  # train_qa.py's configuration has no task_name
 
 
-def register(name, check, folder_check=None, choice_check=None):
-    TASKS[name] = (check, folder_check, choice_check)
+def register(name, check, folder_check=None):
+    TASKS[name] = (check, folder_check)
 
 
 def task_of(cfg):
@@ -74,36 +81,32 @@ def check_job(cfg):
     return task_of(cfg)[0](cfg)
 
 
-def check_run_folder(config):
-    """A single run into a folder holding a run with other options is refused before Hydra writes
-    its own files (.hydra/) there; the task itself repeats the check when it claims the folder."""
+def check_run(config):
+    """A single run's own checks, then its folder: a folder holding a run with other options is refused.
+    Both happen before Hydra writes its own files (.hydra/) there; the task repeats them when it starts."""
     import copy
 
     from omegaconf import open_dict
 
-    from run_folder import OPTIONS_FILE
+    from plumbing.run_folder import OPTIONS_FILE
 
-    choice_check = task_of(config)[2]
-    if choice_check is not None:
-        choice_check(config)
+    cfg = copy.deepcopy(config)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    check, folder_check = task_of(cfg)
+    check(cfg)
     try:
         run_dir = Path(str(config.hydra.run.dir))
     except Exception:  # noqa: BLE001 - a folder named by Hydra's own runtime values: never a finished run's
         return
-    if not (run_dir / OPTIONS_FILE).is_file():
-        return
-    cfg = copy.deepcopy(config)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    folder_check = task_of(cfg)[1]
-    if folder_check is not None:
+    if folder_check is not None and (run_dir / OPTIONS_FILE).is_file():
         folder_check(cfg, run_dir)
 
 
 class EarlyChecks(Callback):
     def on_run_start(self, config, config_name=None, **kwargs):
         with usage_errors_exit():
-            check_run_folder(config)
+            check_run(config)
 
     def on_multirun_start(self, config, config_name=None, **kwargs):
         from hydra import compose

@@ -1,7 +1,8 @@
-"""`python -m exp_datasets.tiny_world [key=value ...]`: build the tiny world (recipe conf/tiny_world.yaml)."""
+"""`python -m tiny_world [key=value ...]`: build the tiny world (recipe conf/tiny_world.yaml)."""
 import hydra
 
-from util import REPO_ROOT, run_cli
+from plumbing.environment import REPO_ROOT
+from plumbing.errors import run_cli
 
 from . import build
 

@@ -1,22 +1,24 @@
 """The tiny world: a synthetic miniature of the paper's setting (documents, QA pairs, a tokenizer
 and a small pretrained GPT-2) on which every default config, the demo and the tests run.
 
-`python -m exp_datasets.tiny_world [key=value ...]` builds it (recipe: conf/tiny_world.yaml) into
-<cache>/tiny_world, or a variant recipe (any key=value) into <cache>/tiny_world-<recipe hash>;
-`artefact_path("data" | "base_model")` returns a folder of the default build, building it first
-when it is missing or its recipe changed (config resolver ${tiny_world:...}); `build(cfg)` builds
-any recipe into any folder.
+It is built only by an explicit call: `python -m tiny_world [key=value ...]` builds the recipe of
+conf/tiny_world.yaml into <cache>/tiny_world, a variant recipe (any key=value) into
+<cache>/tiny_world-<recipe hash>; the entry points call `ensure_built_for(cfg)` before loading
+anything, which builds the default world when the run's config points into it and it is missing or
+its recipe changed; `build(cfg)` builds any recipe into any folder. The config resolver
+${tiny_world:...} only names paths (plumbing.schemas).
 """
-import fcntl
+import ast
 import hashlib
 import json
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from util import REPO_ROOT, UsageError, atomic_dir, cache_dir
+from plumbing.environment import REPO_ROOT, cache_dir
+from plumbing.errors import UsageError
+from plumbing.files import atomic_dir
 
 RECIPE_PATH = REPO_ROOT / "conf" / "tiny_world.yaml"
 ARTEFACTS = ("data", "base_model")
@@ -26,8 +28,8 @@ RUNTIME_KEYS = ("cache_dir", "out_dir", "device", "num_threads", "progress")
 STAGE_GROUPS = {"model": ("tokenizer", "model", "pretrain"), "report": ("report",)}
 # Code each stage's output depends on (relative to the repository); the report also measures with
 # the project's own evaluation code, so a change there refreshes the report (not the model)
-STAGE_SOURCES = {"data": ("exp_datasets/tiny_world/world.py",), "model": ("exp_datasets/tiny_world/model.py",),
-                 "report": ("exp_datasets/tiny_world/report.py", "util.py", "subroutines.py", "weight_analysis.py",
+STAGE_SOURCES = {"data": ("tiny_world/world.py",), "model": ("tiny_world/model.py",),
+                 "report": ("tiny_world/sanity_report.py", "util.py", "subroutines.py", "exp_datasets/answer_spans.py",
                             "exp_datasets/base.py", "exp_datasets/collate.py", "exp_datasets/registry.py")}
 STAGE_OUTPUTS = {"data": ("data",), "model": ("base_model",), "report": ("report.json", "report.md")}
 
@@ -74,7 +76,8 @@ def stage_hashes(cfg):
         parts[stage] = {g: plain.get(g) for g in groups}
     hashes, previous = {}, ""
     for stage in ("data", "model", "report"):
-        source = "".join((REPO_ROOT / name).read_text() for name in STAGE_SOURCES[stage])
+        # the code's syntax tree, not its text: reformatting or recommenting it rebuilds nothing
+        source = "".join(ast.dump(ast.parse((REPO_ROOT / name).read_text())) for name in STAGE_SOURCES[stage])
         digest = hashlib.sha256(json.dumps([previous, parts[stage], source], sort_keys=True).encode())
         hashes[stage] = previous = digest.hexdigest()[:16]
     return hashes
@@ -95,16 +98,12 @@ def is_current(root: Path, hashes) -> bool:
         (root / name).exists() for outputs in STAGE_OUTPUTS.values() for name in outputs)
 
 
-@contextmanager
 def build_lock(root: Path):
-    """Serialise builds of one folder across processes (two runs starting at once build once)."""
+    """Serialises builds of one folder across processes (two runs starting at once build once)."""
+    from filelock import FileLock
+
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return FileLock(root.parent / f".{root.name}.lock")
 
 
 def check_recipe(cfg):
@@ -173,14 +172,14 @@ def build(cfg, progress=None) -> Path:
 def run_stage(stage, cfg, folder: Path, progress):
     import torch
 
-    from . import model, report, world
+    from . import model, sanity_report, world
 
     # set for the stage only: a build inside a test session must not change the process's threads
     threads = torch.get_num_threads()
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg.num_threads)
     try:
-        {"data": world.build_data, "model": model.build_model, "report": report.build_report}[stage](cfg, folder, progress)
+        {"data": world.build_data, "model": model.build_model, "report": sanity_report.build_report}[stage](cfg, folder, progress)
     finally:
         torch.set_num_threads(threads)
 
@@ -198,13 +197,31 @@ def _plain(cfg):
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def artefact_path(name: str) -> str:
-    """Folder of the default tiny world's `name` ("data" or "base_model"), built on first use."""
-    if name not in ARTEFACTS:
-        raise UsageError(f"${{tiny_world:{name}}} is unknown; use ${{tiny_world:data}} or ${{tiny_world:base_model}}")
-    cfg = load_recipe()
+def ensure_built(configured_cache_dir=None) -> Path:
+    """The default tiny world's folder, built first when it is missing or its recipe or code changed."""
+    cfg = load_recipe([f"cache_dir={configured_cache_dir}"] if configured_cache_dir else [])
     root = output_root(cfg)
     if not is_current(root, stage_hashes(cfg)):
         print(f"building the tiny world into {root} (recipe {RECIPE_PATH}; a few minutes, once)", file=sys.stderr)
         build(cfg)
-    return str(root / name)
+    return root
+
+
+def ensure_built_for(cfg) -> None:
+    """Build the default tiny world when a value of the run's config `cfg` points into it."""
+    from omegaconf import OmegaConf
+
+    from plumbing.schemas import tiny_world_root
+
+    root = str(tiny_world_root(cfg.get("cache_dir")))
+
+    def strings(node):
+        if isinstance(node, dict):
+            return [s for value in node.values() for s in strings(value)]
+        if isinstance(node, list):
+            return [s for value in node for s in strings(value)]
+        return [node] if isinstance(node, str) else []
+
+    values = strings(OmegaConf.to_container(cfg, resolve=True))
+    if any(value == root or value.startswith(root + "/") for value in values):
+        ensure_built(cfg.get("cache_dir"))

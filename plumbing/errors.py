@@ -1,0 +1,69 @@
+"""Errors a user can act on: one line on stderr, exit code 2, no traceback."""
+
+import os
+import re
+import sys
+from contextlib import contextmanager
+
+
+class UsageError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2, no traceback."""
+
+
+def run_cli(main_fn):
+    """Run an entry point so that a `UsageError` (also raised inside Hydra) and a command line Hydra
+    cannot compose (model=nope, a malformed override) are one line and exit 2."""
+    # without it Hydra catches exceptions of config composition itself, prints a trace and exits 1
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    from hydra.errors import HydraException
+
+    with usage_errors_exit():
+        try:
+            main_fn()
+        except HydraException as err:
+            raise UsageError(composition_error(err)) from None
+
+
+def composition_error(err):
+    """One line for an error of Hydra's config composition: a value of the wrong type for its schema
+    as `key=value is invalid; it must be ...`, anything else as its message on one line."""
+    from omegaconf.errors import ValidationError
+
+    cause = err.__cause__
+    kind = re.search(r"converted to (\w+)|not a valid (bool)", str(cause)) if isinstance(cause, ValidationError) \
+        else None
+    wanted = {"Float": "a number", "Integer": "an integer", "bool": "true or false"}.get(kind and (kind[1] or kind[2]))
+    if wanted and getattr(cause, "full_key", None):
+        return f"{cause.full_key}={cause.value} is invalid; it must be {wanted}"
+    return one_line(err)
+
+
+def one_line(message):
+    """A multi-line message (Hydra's lists options one per line) as one line, without its search path."""
+    parts = []
+    for line in (line.strip() for line in str(message).splitlines()):
+        if line.startswith("Config search path"):
+            break
+        if not line:
+            continue
+        if parts and parts[-1][-1] not in ":.":
+            parts[-1] += ";" if parts[-1][-1] == "'" else ","
+        parts.append(line)
+    return " ".join(parts)
+
+
+@contextmanager
+def usage_errors_exit():
+    """A `UsageError` raised in the block: one line on stderr, exit 2. A Hydra task function wraps
+    its body in this, because Hydra prints an extra line for an exception leaving a job."""
+    try:
+        yield
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def first_line(err) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
