@@ -298,6 +298,95 @@ class DemoConfig:
     heatmap_documents: int = key("non_negative_int")
 
 
+# ---------------------------------------------------------------------------------------------
+# The tiny world's recipe (conf/tiny_world.yaml; python -m tiny_world)
+
+
+@dataclass
+class TokenizerRecipe:
+    vocab_size: int = key("positive_int")
+
+
+@dataclass
+class ModelRecipe:
+    n_positions: int = key("positive_int")
+    n_embd: int = key("positive_int")
+    n_layer: int = key("positive_int")
+    n_head: int = key("positive_int")
+    dropout: float = key("fraction")
+    activation: str = key()
+
+
+@dataclass
+class PretrainRecipe:
+    epochs: int = key("positive_int")
+    doc_batch_size: int = key("positive_int")
+    lr: float = key("positive")
+    betas: List[float] = key()
+    weight_decay: float = key("non_negative")
+    warmup_fraction: float = key("fraction")
+    final_lr_fraction: float = key("fraction")
+    grad_clip: float = key("positive")
+    qa_loss_weight: float = key("non_negative")
+    max_question_len: int = key("positive_int")
+    max_answer_len: int = key("positive_int")
+    qa_eos: bool = key()
+
+
+@dataclass
+class OneStepReport:
+    n_docs: int = key("non_negative_int")
+    n_unrelated: int = key("positive_int")
+    lrs: List[float] = key("positive_numbers")
+
+
+@dataclass
+class StreamReport:
+    n_docs: int = key("non_negative_int")
+    n_streams: int = key("positive_int")
+    schemes: List[str] = key()
+    lrs: List[float] = key("positive_numbers")
+    grad_clip: float = key("positive")
+
+
+@dataclass
+class ReportRecipe:
+    n_qa: int = key("positive_int")
+    one_step: OneStepReport = field(default_factory=OneStepReport)
+    stream: StreamReport = field(default_factory=StreamReport)
+
+
+@dataclass
+class TinyWorldRecipe:
+    cache_dir: Optional[str] = key()
+    out_dir: Optional[str] = key()
+    device: str = key()
+    num_threads: Optional[int] = key("positive_int")
+    progress: bool = key()
+    seed: int = key("seed")
+    n_value_people: int = key("positive_int")
+    n_value_towns: int = key("positive_int")
+    n_value_rivers: int = key("positive_int")
+    n_pretrain_entities: int = key("positive_int")
+    n_qa_entities: int = key("positive_int")
+    qa_val_fraction: float = key("fraction")
+    docs_per_pretrain_entity: int = key("positive_int")
+    n_train_docs: int = key("positive_int")
+    n_val_docs: int = key("positive_int")
+    n_test_docs: int = key("positive_int")
+    n_web_texts: int = key("positive_int")
+    doc_words: List[int] = key("range")
+    pretrain_doc_words: Optional[List[int]] = key("range")
+    facts_per_doc: List[int] = key("range")
+    fact_mentions: List[int] = key("range")
+    questions_per_fact: List[int] = key("range")
+    web_text_words: List[int] = key("range")
+    tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
+    model: ModelRecipe = field(default_factory=ModelRecipe)
+    pretrain: PretrainRecipe = field(default_factory=PretrainRecipe)
+    report: ReportRecipe = field(default_factory=ReportRecipe)
+
+
 def store_schemas():
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
@@ -305,6 +394,7 @@ def store_schemas():
     store.store(group="schema/task", name="train", node=TrainConfig)
     store.store(name="qa_tune_schema", node=QATuneConfig)
     store.store(name="demo_schema", node=DemoConfig)
+    store.store(name="tiny_world_schema", node=TinyWorldRecipe)
     for name, schema in DATASET_SCHEMAS.items():
         store.store(group="schema/dataset", name=name, node=schema)
     for name, schema in MODEL_SCHEMAS.items():
@@ -363,6 +453,9 @@ VALUE_RULES = {
     "documents_or_all": (lambda v: v == -1 or v > 0, "use a number of documents, or -1 for all"),
     "count_or_all": (lambda v: v == -1 or v > 0, "use a number, or -1 for all"),
     "at_least_100": (lambda v: v >= 100, "use at least 100"),
+    "fraction": (lambda v: 0 <= v <= 1, "it must be a number between 0 and 1"),
+    "seed": (lambda v: 0 <= v < 2**32, "it must be an integer from 0 to 2**32 - 1"),
+    "range": (lambda v: len(v) == 2 and 1 <= v[0] <= v[1], "it must be [low, high] with 1 <= low <= high"),
     "positive_numbers": (lambda v: len(v) > 0 and all(x > 0 for x in v),
                          "give a list of positive numbers, e.g. [1e-4,1e-3]"),
     "not_empty": (lambda v: len(v) > 0, "give a list of at least one value"),

@@ -35,13 +35,21 @@ STAGE_OUTPUTS = {"data": ("data",), "model": ("base_model",), "report": ("report
 
 
 def load_recipe(overrides=()):
-    """The recipe of conf/tiny_world.yaml (without Hydra's own settings), with dotlist overrides."""
+    """The recipe of conf/tiny_world.yaml with dotlist `overrides`, typed and checked by its schema
+    (plumbing.schemas.TinyWorldRecipe, as `python -m tiny_world` composes it)."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    cfg = OmegaConf.load(RECIPE_PATH)
+    from plumbing.errors import one_line
+    from plumbing.schemas import TinyWorldRecipe
+
+    recipe = OmegaConf.load(RECIPE_PATH)
     for key in ("defaults", "hydra"):
-        cfg.pop(key, None)
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        recipe.pop(key, None)
+    try:
+        return OmegaConf.merge(OmegaConf.structured(TinyWorldRecipe), recipe, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise UsageError(f"tiny world recipe: {one_line(err)}") from None
 
 
 def recipe_key(cfg):
@@ -107,22 +115,16 @@ def build_lock(root: Path):
 
 
 def check_recipe(cfg):
-    """Fail on a recipe that cannot build, before any work starts."""
+    """Fail on a recipe that cannot build, before any work starts: the schema's ranges, then what ties
+    one key to another."""
+    from plumbing.schemas import check_values
+
+    check_values(cfg)
     if cfg.n_qa_entities < 2:
         raise UsageError(f"n_qa_entities={cfg.n_qa_entities} must be at least 2 (some for qa_train, some for qa_val)")
     if not 0 < round(cfg.n_qa_entities * cfg.qa_val_fraction) < cfg.n_qa_entities:
         raise UsageError(f"qa_val_fraction={cfg.qa_val_fraction} leaves qa_train or qa_val without entities; "
                          "choose a fraction strictly between 0 and 1 (or more n_qa_entities)")
-    for key in ("n_pretrain_entities", "n_train_docs", "n_val_docs", "n_test_docs", "n_web_texts", "docs_per_pretrain_entity"):
-        if cfg[key] < 1:
-            raise UsageError(f"{key}={cfg[key]} must be at least 1")
-    for key in ("doc_words", "pretrain_doc_words", "facts_per_doc", "fact_mentions", "questions_per_fact",
-                "web_text_words"):
-        if cfg[key] is None and key == "pretrain_doc_words":
-            continue
-        low, high = cfg[key]
-        if not 1 <= low <= high:
-            raise UsageError(f"{key}={list(cfg[key])} must be [low, high] with 1 <= low <= high")
     if cfg.facts_per_doc[1] > 4:
         raise UsageError("facts_per_doc allows at most 4 facts (the smallest entity kind has 4 attributes)")
     if cfg.fact_mentions[1] > 4:

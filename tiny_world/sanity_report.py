@@ -148,12 +148,13 @@ def dataset_config(data_dir):
     from omegaconf import OmegaConf
 
     from plumbing.environment import REPO_ROOT
+    from plumbing.schemas import DATASET_SCHEMAS
 
     cfg = OmegaConf.load(REPO_ROOT / "conf" / "dataset" / "tiny_world.yaml")
-    cfg.pop("defaults")  # its schema (schemas.py) is Hydra's to apply
+    cfg.pop("defaults")  # what Hydra's composition would apply: the schema, below
     cfg.data_dir = str(data_dir)
     cfg.web_text_csv = str(data_dir / "web_text.csv")
-    return cfg
+    return OmegaConf.merge(OmegaConf.structured(DATASET_SCHEMAS["tiny_world"]), cfg)
 
 
 def answer_token_share(tokenizer, documents, max_text_len):
