@@ -114,8 +114,21 @@ class OracleConfig(WeightModelConfig):
     normalize: bool = key()
 
 
+@dataclass
+class SurprisalConfig(WeightModelConfig):
+    top_k_percent: float = key("positive")
+    temperature: float = key("positive")
+
+
+@dataclass
+class ExcessLossConfig(WeightModelConfig):
+    top_k_percent: float = key("positive")
+    reference_model: Optional[str] = key()
+
+
 MODEL_SCHEMAS = {"uniform": UniformConfig, "ssm": SalientSpansConfig, "TFIDF": TfidfConfig, "CaMeLS": CamelsConfig,
-                 "oracle": OracleConfig, "none": WeightModelConfig}
+                 "oracle": OracleConfig, "none": WeightModelConfig, "surprisal": SurprisalConfig,
+                 "excess_loss": ExcessLossConfig}
 
 
 # ---------------------------------------------------------------------------------------------
