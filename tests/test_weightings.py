@@ -141,8 +141,8 @@ def test_excess_loss_is_the_adapted_loss_minus_the_reference_loss(tmp_path):
     # a reference model of its own (a folder) stays the reference when bound
     other = micro_gpt2(7)
     other.float().save_pretrained(tmp_path / "reference")
-    weighting = W.build_weight_model(config("excess_loss", top_k_percent=30, reference_model=str(tmp_path / "reference")),
-                                     None).bind(model)
+    options = dict(top_k_percent=30, reference_model=str(tmp_path / "reference"))
+    weighting = W.build_weight_model(config("excess_loss", **options), None).bind(model)
     reference = util.load_causal_lm(tmp_path / "reference")
     scores = weighting.token_scores(*pad(docs[:1], 0))[0, 1:].tolist()
     assert scores == pytest.approx([a - b for a, b in zip(hand_losses(model, docs[0]),
