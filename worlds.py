@@ -80,8 +80,8 @@ def run_worlds(cfg):
             raise UsageError(f"the demo of world seed {seed} failed (its output in {folder}); fix the error above "
                              "and rerun, which resumes from the unfinished steps")
     folders = [str(folder) for _, folder, _, _ in worlds]
-    print(f"[worlds] pooled report: {shlex.join([sys.executable, 'worlds.py', 'pool', *folders, '--out', str(pooled_dir)])}",
-          flush=True)
+    command = [sys.executable, "worlds.py", "pool", *folders, "--out", str(pooled_dir)]
+    print(f"[worlds] pooled report: {shlex.join(command)}", flush=True)
     if not cfg.dry_run:
         pool_main([*folders, "--out", str(pooled_dir), "--bootstrap", str(cfg.bootstrap_resamples)])
 

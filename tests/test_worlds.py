@@ -95,7 +95,8 @@ def test_pooled_table_matches_the_bootstrap_of_the_hand_differences(tmp_path):
     assert f"| CaMeLS | pooled | TFIDF/uniform | {100 * np.mean(per_world):+.1f} |" in text
 
     # one world pools to its own result
-    worlds.pool_main([folders[0], "--baselines", "uniform,TFIDF", "--bootstrap", "2000", "--out", str(tmp_path / "one")])
+    worlds.pool_main([folders[0], "--baselines", "uniform,TFIDF", "--bootstrap", "2000",
+                      "--out", str(tmp_path / "one")])
     one = pd.read_csv(tmp_path / "one" / "pooled.csv")
     one = one[one["method"] == "CaMeLS"].set_index("world")
     assert one.loc["pooled", ["difference", "ci_low", "ci_high"]].tolist() == \
