@@ -355,6 +355,7 @@ def describe_weightings(cfg, report_dir):
     from weight_model import WEIGHT_MODELS
 
     tokenizer = loading.load_tokenizer(cfg.base_model)
+    base_model = loading.load_causal_lm(cfg.base_model)  # what weightings read from the adapted model weigh for
     lines = ["| weighting | weight on answer tokens | answer tokens |", "|---|---|---|"]
     drawn = set()
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
@@ -369,7 +370,7 @@ def describe_weightings(cfg, report_dir):
                 continue
             drawn.add(name)
             stream = make_stream(load_split(run_cfg.dataset, "test"), cfg.test_downsample_to, cfg.test_seeds[0])
-            weight_model = evaluation.load_weight_model_for_eval(run_cfg, tokenizer, stream)
+            weight_model = evaluation.load_weight_model_for_eval(run_cfg, tokenizer, stream, base_model)
             collator = QACollator.from_config(tokenizer, run_cfg.dataset)
             weigh = lambda batch: weight_model(batch["text_ids"], batch["text_mask"])  # noqa: E731
             totals = [0.0, 0.0, 0, 0]

@@ -76,9 +76,10 @@ def dataset_texts(dataset_cfg, stream_texts):
     return texts
 
 
-def load_weight_model_for_eval(cfg, tokenizer, stream):
-    """The weight model that weighs `stream` (a list of Documents): loaded from weight_model_path,
-    or built from its config (TF-IDF fits on the dataset's texts, the oracle reads the stream's answers)."""
+def load_weight_model_for_eval(cfg, tokenizer, stream, base_model):
+    """The weight model that weighs `stream` (a list of Documents) for `base_model` (bound to it, as
+    the model is before the stream): loaded from weight_model_path, or built from its config (TF-IDF
+    fits on the dataset's texts, the oracle reads the stream's answers)."""
     if cfg.weight_model_path and not WEIGHT_MODELS[cfg.model.name].learned:
         # one sweep may cover model=uniform,ssm,TFIDF,CaMeLS with the CaMeLS checkpoint given once
         log.info(f"model={cfg.model.name} has no parameters: weight_model_path is not used")
@@ -86,9 +87,10 @@ def load_weight_model_for_eval(cfg, tokenizer, stream):
     if cfg.weight_model_path:
         weight_model = load_weight_model(cfg.weight_model_path, tokenizer, cfg.model)
         cfg.model.pretrained_model = weight_model.options["pretrained_model"]  # record the real body
-        return weight_model
+        return weight_model.bind(base_model)
     texts = [document.text for document in stream]
-    return build_weight_model(cfg.model, tokenizer, documents=lambda: dataset_texts(cfg.dataset, texts), stream=stream)
+    return build_weight_model(cfg.model, tokenizer, documents=lambda: dataset_texts(cfg.dataset, texts),
+                              stream=stream).bind(base_model)
 
 
 def metric_subset(summary):
@@ -134,7 +136,7 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     stream = make_stream(load_split(cfg.dataset, cfg.split, cfg.test_path), cfg.downsample_to, cfg.seed)
     texts = [document.text for document in stream]
     questions = [example for document in stream for example in document.examples]
-    weight_model = load_weight_model_for_eval(cfg, tokenizer, stream)
+    weight_model = load_weight_model_for_eval(cfg, tokenizer, stream, base_model)
     collator = QACollator.from_config(tokenizer, cfg.dataset, models=[base_model, weight_model],
                                       answer_match=cfg.answer_match)
     decoding = Decoding.from_config(cfg)

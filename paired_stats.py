@@ -8,6 +8,10 @@ of the table's means). Its intervals come from resampling
   - the questions within each stream (streams fixed): the uncertainty of the question sample;
   - the streams, and the questions within each drawn stream: also the stream-to-stream spread.
 Both are percentile intervals of `n_resamples` bootstrap replicates drawn with a fixed seed.
+
+Across worlds (several tiny worlds, each with its streams): `pooled_compare` gives the mean over
+worlds of the per-world difference, with an interval from a hierarchical bootstrap that resamples
+the worlds, the streams within each drawn world and the questions within each drawn stream.
 """
 from pathlib import Path
 
@@ -89,9 +93,16 @@ def paired_table(best, runs, baselines, setting_columns, same_setting, metric="f
     highest mean test metric: the hardest comparison) with both intervals. `runs`: report.load_runs
     of the test tree; `same_setting(a, b)`: whether two rows share the `setting_columns`. Rows:
     setting columns, method, lr, baseline, and compare()'s fields."""
+    return pd.DataFrame([dict(entry, **compare(differences, n_resamples, seed)) for entry, differences in
+                         paired_comparisons(best, runs, baselines, setting_columns, same_setting, metric)])
+
+
+def paired_comparisons(best, runs, baselines, setting_columns, same_setting, metric="f1"):
+    """paired_table's comparisons before the bootstrap: (entry, differences) per setting and method,
+    entry holding the setting columns, method, lr, baseline, baseline_lr and seeds, differences
+    one array of per-question differences (method - best baseline) per shared stream."""
     if metric not in ("f1", "em"):
         raise UsageError(f"the paired comparison scores questions by f1 or em, not {metric}")
-    rows = []
     for _, group in best.groupby(setting_columns, dropna=False, sort=False):
         scored = group[group[f"{metric}_mean"].notna()]
         candidates = scored[scored["method"].isin(baselines)]
@@ -112,7 +123,52 @@ def paired_table(best, runs, baselines, setting_columns, same_setting, metric="f
                 continue
             entry = {c: row[c] for c in setting_columns}
             entry.update(method=row["method"], lr=row["lr"], baseline=reference["method"],
-                         baseline_lr=reference["lr"], seeds=";".join(map(str, stream_seeds)),
-                         **compare(differences, n_resamples, seed))
-            rows.append(entry)
-    return pd.DataFrame(rows)
+                         baseline_lr=reference["lr"], seeds=";".join(map(str, stream_seeds)))
+            yield entry, differences
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooled over worlds
+
+
+def hierarchical_replicates(worlds, n_resamples=10_000, seed=0):
+    """Bootstrap replicates of the mean over worlds of each world's mean over streams of the
+    per-stream mean difference. `worlds`: per world, its streams' 1-D arrays of per-question
+    differences (bootstrap_replicates' `differences`).
+
+    Each replicate draws the worlds with replacement; each drawn world's streams with replacement;
+    each drawn stream's questions with replacement. The draws within a world are those of
+    bootstrap_replicates(world, n_resamples, seed, over_streams=True) for a single world, so one
+    world gives exactly its over-streams-and-questions replicates. A world drawn twice in one
+    replicate takes two different (independent) of its resamples.
+
+    The spread between the world means already holds each world's own stream and question noise,
+    which the inner resampling adds once more: the interval errs on the wide side, the more so the
+    noisier each world's estimate is beside the spread between worlds."""
+    if not worlds or any(not streams for streams in worlds):
+        raise ValueError("every world needs at least one stream")
+    if any(len(d) == 0 for streams in worlds for d in streams):
+        raise ValueError("every stream needs at least one question")
+    rng = np.random.default_rng(seed)
+    # every stream's question resamples first, then each world's stream draws (the single-world order)
+    stream_means = [np.stack([np.asarray(d, dtype=float)[rng.integers(0, len(d), (n_resamples, len(d)))].mean(1)
+                              for d in streams]) for streams in worlds]
+    resample = np.arange(n_resamples)[:, None]
+    world_means = np.stack([means[rng.integers(0, len(means), (n_resamples, len(means))), resample].mean(1)
+                            for means in stream_means])
+    drawn = rng.integers(0, len(worlds), (n_resamples, len(worlds)))
+    # the j-th world drawn in replicate r takes the world's resample (r + j) mod n_resamples
+    return world_means[drawn, (resample + np.arange(len(worlds))) % n_resamples].mean(1)
+
+
+def pooled_compare(worlds, n_resamples=10_000, seed=0):
+    """The mean over worlds of the per-world difference (compare's `difference`), its hierarchical
+    95% interval, and the spread of the per-world differences (sd with ddof=1, NaN for one world;
+    min; max), as a dict."""
+    per_world = np.array([np.mean([np.mean(d) for d in streams]) for streams in worlds])
+    low, high = interval(hierarchical_replicates(worlds, n_resamples, seed))
+    return dict(difference=float(per_world.mean()), ci_low=low, ci_high=high, n_worlds=len(worlds),
+                world_sd=float(per_world.std(ddof=1)) if len(worlds) > 1 else float("nan"),
+                world_min=float(per_world.min()), world_max=float(per_world.max()),
+                n_streams=sum(len(streams) for streams in worlds),
+                n_questions=int(sum(len(d) for streams in worlds for d in streams)))

@@ -51,8 +51,8 @@ VALUE_COLUMNS = ["em", "f1", "max_f1", "nll", "init_em", "init_f1", "init_nll",
                  "unrelated_em", "unrelated_f1", "wall_time_s"]
 PERCENT_COLUMNS = {"em", "f1", "max_f1", "init_em", "init_f1", "unrelated_em", "unrelated_f1"}
 # The floor (no adaptation) first, the ceiling (oracle: answer tokens only) last
-METHOD_ORDER = ["none", "uniform", "uniform+qa_tune", "ssm", "TFIDF", "CaMeLS", "oracle"]
-BASELINES = ("uniform", "uniform+qa_tune", "ssm", "TFIDF")
+METHOD_ORDER = ["none", "uniform", "uniform+qa_tune", "ssm", "TFIDF", "surprisal", "excess_loss", "CaMeLS", "oracle"]
+BASELINES = ("uniform", "uniform+qa_tune", "ssm", "TFIDF", "surprisal", "excess_loss")
 METRICS = ("f1", "em", "nll")
 METRIC_LABELS = {"em": "EM", "f1": "F1", "max_f1": "max F1", "nll": "NLL",
                  "init_em": "EM before", "init_f1": "F1 before", "init_nll": "NLL before",

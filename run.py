@@ -2,8 +2,9 @@
 (meta_train.py), `task=eval` adapts a base model on a stream of documents and scores its answers
 (evaluation.py).
 
-    python run.py task=eval model=uniform|ssm|TFIDF|CaMeLS|oracle|none [weight_model_path=...] dataset=... \
-        base_model=... [base_model_state_dict=...] lr=... [downsample_to=k seed=s qa_lt_final=true]
+    python run.py task=eval model=uniform|ssm|TFIDF|surprisal|excess_loss|CaMeLS|oracle|none dataset=... \
+        [weight_model_path=...] base_model=... [base_model_state_dict=...] lr=... \
+        [downsample_to=k seed=s qa_lt_final=true]
     python run.py task=train model=CaMeLS dataset=... base_model=... [base_model_state_dict=...]
     python run.py -m task=eval model=ssm lr=1e-4,2.5e-5 ...      (one run folder per job)
     python run.py -m ... hydra/launcher=joblib hydra.launcher.n_jobs=4   (jobs in parallel; also

@@ -1,8 +1,10 @@
-"""The weight models: CaMeLS and the baselines (uniform, ssm, TFIDF) behind one registry.
+"""The weight models: CaMeLS and the baselines (uniform, ssm, TFIDF, and loss_weightings.py's
+surprisal and excess_loss) behind one registry.
 
 Every weight model is called the same way:  weights = wm(input_ids, attention_mask)  -> B×T float,
-0 on padding. `build_weight_model` makes one from a `model` config (conf/model/*.yaml, keyed by
-its `name`); `load_weight_model` reads a saved CaMeLS (a folder or a single .pt file).
+0 on padding, after `wm.bind(base_model)` has told it which model it weighs for. `build_weight_model`
+makes one from a `model` config (conf/model/*.yaml, keyed by its `name`); `load_weight_model` reads a
+saved CaMeLS (a folder or a single .pt file).
 """
 import hashlib
 import json
@@ -14,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from loss_weightings import ExcessLoss, Surprisal
 from token_alignment import decode_with_offsets
 from plumbing.errors import UsageError, first_line
 from plumbing.files import atomic_dir, atomic_torch_save, load_tensors
@@ -53,6 +56,11 @@ class WeightModel(nn.Module):
     @classmethod
     def from_config(cls, model_cfg, tokenizer, documents=None, stream=None):
         raise NotImplementedError
+
+    def bind(self, base_model):
+        """Weigh for `base_model`, the model being adapted: nothing to keep for weightings that do not
+        read it (loss_weightings.py's do). Returns self."""
+        return self
 
 
 def build_weight_model(model_cfg, tokenizer, documents=None, stream=None):
@@ -477,3 +485,10 @@ class Oracle(TextWeightModel):
             n_real = attention_mask.sum(1, keepdim=True).to(weights.dtype)
             weights = weights * n_real / weights.sum(1, keepdim=True).clamp(min=1e-8)
         return weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Weightings read from the model being adapted (loss_weightings.py)
+
+register("surprisal")(Surprisal)
+register("excess_loss")(ExcessLoss)

@@ -125,8 +125,21 @@ class OracleConfig(WeightModelConfig):
     normalize: bool = key()
 
 
+@dataclass
+class SurprisalConfig(WeightModelConfig):
+    top_k_percent: float = key("positive")
+    temperature: float = key("positive")
+
+
+@dataclass
+class ExcessLossConfig(WeightModelConfig):
+    top_k_percent: float = key("positive")
+    reference_model: Optional[str] = key()
+
+
 MODEL_SCHEMAS = {"uniform": UniformConfig, "ssm": SalientSpansConfig, "TFIDF": TfidfConfig, "CaMeLS": CamelsConfig,
-                 "oracle": OracleConfig, "none": WeightModelConfig}
+                 "oracle": OracleConfig, "none": WeightModelConfig, "surprisal": SurprisalConfig,
+                 "excess_loss": ExcessLossConfig}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +311,15 @@ class DemoConfig:
     heatmap_documents: int = key("non_negative_int")
 
 
+@dataclass
+class WorldsConfig:
+    out_dir: str = key()
+    world_seeds: List[int] = key("not_empty")
+    demo_overrides: List[str] = key("overrides")
+    dry_run: bool = key()
+    bootstrap_resamples: int = key("at_least_100")
+
+
 # ---------------------------------------------------------------------------------------------
 # The tiny world's recipe (conf/tiny_world.yaml; python -m tiny_world)
 
@@ -394,6 +416,7 @@ def store_schemas():
     store.store(group="schema/task", name="train", node=TrainConfig)
     store.store(name="qa_tune_schema", node=QATuneConfig)
     store.store(name="demo_schema", node=DemoConfig)
+    store.store(name="worlds_schema", node=WorldsConfig)
     store.store(name="tiny_world_schema", node=TinyWorldRecipe)
     for name, schema in DATASET_SCHEMAS.items():
         store.store(group="schema/dataset", name=name, node=schema)

@@ -309,4 +309,4 @@ def test_cli_sweep_makes_one_folder_per_job_and_bad_input_exits_2(world, tmp_pat
     result = run_cli("task=eval", "model=camels", *common, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Could not find 'model/camels'" in lines[0] and "CaMeLS, TFIDF, none, oracle, ssm, uniform" in lines[0]
+    assert len(lines) == 1 and "Could not find 'model/camels'" in lines[0] and "CaMeLS, TFIDF, excess_loss, none, oracle, ssm, surprisal, uniform" in lines[0]

@@ -6,7 +6,7 @@ import ast
 
 from conftest import REPO
 
-ENTRY_POINTS = {"run", "train_qa", "demo"}
+ENTRY_POINTS = {"run", "train_qa", "demo", "worlds"}
 PLUMBING = "plumbing"
 TINY_WORLD = "tiny_world"
 

@@ -105,3 +105,49 @@ def test_streams_whose_questions_differ_are_refused(tmp_path):
         report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "report")])
     with pytest.raises(UsageError, match="at least 100"):
         report.main([str(tmp_path / "runs"), "--bootstrap", "10"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooled over worlds: hierarchical bootstrap
+
+
+def test_one_world_pools_to_its_own_interval_over_streams_and_questions():
+    rng = np.random.default_rng(5)
+    streams = [rng.normal(0.1, 0.3, size=n) for n in (20, 35, 50)]
+    assert np.array_equal(paired_stats.hierarchical_replicates([streams], 2000, seed=4),
+                          paired_stats.bootstrap_replicates(streams, 2000, seed=4, over_streams=True))
+    pooled, single = paired_stats.pooled_compare([streams], 2000, seed=4), paired_stats.compare(streams, 2000, seed=4)
+    assert pooled["difference"] == single["difference"] == pooled["world_min"] == pooled["world_max"]
+    assert (pooled["ci_low"], pooled["ci_high"]) == (single["ci_streams_low"], single["ci_streams_high"])
+    assert np.isnan(pooled["world_sd"]) and pooled["n_worlds"] == 1 and pooled["n_questions"] == 105
+
+
+def test_two_constant_worlds_interval_and_spread_are_known():
+    """World A differs by 0.1 on each of its streams, world B by 0.5: streams and questions change
+    nothing inside a world, and drawing the two worlds gives 0.1, 0.3, 0.5 with probabilities 1/4,
+    1/2, 1/4 (percentiles 2.5% and 97.5%: 0.1 and 0.5)."""
+    worlds = [[np.full(10, 0.1), np.full(30, 0.1)], [np.full(20, 0.5)]]
+    replicates = paired_stats.hierarchical_replicates(worlds, 4000, seed=1)
+    shares = [np.mean(np.isclose(replicates, v)) for v in (0.1, 0.3, 0.5)]
+    assert shares == pytest.approx([0.25, 0.5, 0.25], abs=0.03)
+    result = paired_stats.pooled_compare(worlds, 4000, seed=1)
+    assert result["difference"] == pytest.approx(0.3)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((0.1, 0.5))
+    assert result["world_sd"] == pytest.approx(np.std([0.1, 0.5], ddof=1))
+    assert (result["world_min"], result["world_max"]) == pytest.approx((0.1, 0.5))
+    assert result["n_worlds"] == 2 and result["n_streams"] == 3 and result["n_questions"] == 60
+
+
+def test_pooled_interval_covers_the_true_mean_about_95_percent_of_the_time():
+    """Worlds whose effect scatters around a true mean 0.05 (sd 0.04), streams around their world's
+    (sd 0.03), questions around their stream's (sd 0.3): the hierarchical interval covers 0.05 in
+    about 95% of simulated data sets."""
+    rng = np.random.default_rng(2)
+    true_mean, covered, repeats = 0.05, 0, 200
+    for repeat in range(repeats):
+        world_effects = rng.normal(true_mean, 0.04, size=15)
+        worlds = [[rng.normal(rng.normal(effect, 0.03), 0.3, size=rng.integers(30, 60)) for _ in range(3)]
+                  for effect in world_effects]
+        result = paired_stats.pooled_compare(worlds, 1000, seed=repeat)
+        covered += result["ci_low"] <= true_mean <= result["ci_high"]
+    assert 0.90 <= covered / repeats <= 0.99
