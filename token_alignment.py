@@ -168,7 +168,8 @@ def tokenize_with_offsets(tokenizer, text):
     from the tokenizer's offsets."""
     if not getattr(tokenizer, "is_fast", False):
         raise UsageError(f"{type(tokenizer).__name__} gives no character offsets; use a fast (Rust) tokenizer")
-    encoding = tokenizer(text, return_offsets_mapping=True)
+    # the text may hold more tokens than the model's length (it is read in windows): no warning
+    encoding = tokenizer(text, return_offsets_mapping=True, verbose=False)
     ids = encoding["input_ids"]
     try:
         decoded, spans = decode_with_offsets(tokenizer, ids)
