@@ -116,7 +116,8 @@ def character_tokens(spans, n_chars):
     after = np.searchsorted(covered, np.arange(n_chars)).clip(max=covered.size - 1)
     before = (after - 1).clip(min=0)
     chars = np.arange(n_chars)
-    nearest = np.where(np.abs(covered[before] - chars) <= np.abs(covered[after] - chars), covered[before], covered[after])
+    nearest = np.where(np.abs(covered[before] - chars) <= np.abs(covered[after] - chars),
+                       covered[before], covered[after])
     direct = sparse.csr_matrix((1.0 / covering[rows], (rows, cols)), shape=(n_chars, len(spans)))
     return direct[nearest]
 

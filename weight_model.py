@@ -172,7 +172,8 @@ class CaMeLS(WeightModel):
             return self
         if self.body_tokenizer is None:
             self.body_tokenizer = load_body_tokenizer(self.options["pretrained_model"])
-        if self.body_tokenizer is None or vocabulary_record(self.body_tokenizer)["fingerprint"] != vocabulary["fingerprint"]:
+        body_tokenizer = self.body_tokenizer
+        if body_tokenizer is None or vocabulary_fingerprint(body_tokenizer) != vocabulary["fingerprint"]:
             raise UsageError(
                 f"the weight model's body ({self.options['pretrained_model']}) uses another vocabulary "
                 f"({vocabulary['size']} tokens) than the base model's tokenizer ({len(tokenizer)} tokens), and its "
@@ -583,11 +584,11 @@ class Oracle(TextWeightModel):
 def document_char_weights(weight_model, text, tokenizer):
     """Per-character weights of `text` (a float64 array of len(text)) given by `weight_model` reading
     the document as `tokenizer`'s tokens: each character weighs the mean weight of the tokens covering
-    it (token_alignment.tokenize_with_offsets); a character no token covers weighs what the nearest covered one does; the
-    characters past what the model reads (a body that reads the ids directly stops at its positions)
-    are NaN. Read once through the base model's tokenizer and once through the body's own
-    (`weight_model.body_tokenizer`), it tells whether both readings put the same characters high.
-    A CaMeLS reads `tokenizer`'s ids for this call only."""
+    it (spans of token_alignment.tokenize_with_offsets); a character no token covers weighs what the
+    nearest covered one does; the characters past what the model reads (a body that reads the ids
+    directly stops at its positions) are NaN. Read once through the base model's tokenizer and once
+    through the body's own (`weight_model.body_tokenizer`), it tells whether both readings put the
+    same characters high. A CaMeLS reads `tokenizer`'s ids for this call only."""
     from token_alignment import char_values, tokenize_with_offsets
 
     token_ids, spans = tokenize_with_offsets(tokenizer, text)
