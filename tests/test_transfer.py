@@ -120,6 +120,30 @@ def test_overlap_matrix_hand_cases():
     assert T.char_overlap_matrix([(0, 0)], [(0, 0)], 0).tolist() == [[0.0]]
 
 
+def test_tokenize_with_offsets_gives_each_byte_fallback_piece_its_character(unigram, bpe):
+    """The Unigram tokenizer's own offsets give every byte piece of an unknown run the whole run; the
+    spans here give each piece its one character, and SentencePiece's added prefix space none."""
+    for text in ("Paris 日本 x", " Paris 日本 x"):
+        ids, spans = T.tokenize_with_offsets(unigram, text)
+        tokens = unigram.convert_ids_to_tokens(ids)
+        if not text.startswith(" "):
+            assert tokens[0] == "▁" and spans[0] == (0, 0)  # the added prefix space
+            tokens, spans = tokens[1:], spans[1:]
+        byte_pieces = 0
+        for token, (start, end) in zip(tokens, spans):
+            if token.startswith("<0x"):
+                assert end - start == 1 and int(token[3:5], 16) in text[start].encode()
+                byte_pieces += 1
+            else:
+                assert text[start:end] == token.replace("▁", " ")
+        assert byte_pieces >= 6 and sorted({c for s, e in spans for c in range(s, e)}) == list(range(len(text)))
+        # the tokenizer's own offsets are coarser there: why the ids are decoded instead
+        own = unigram(text, return_offsets_mapping=True)["offset_mapping"]
+        own_byte_spans = {tuple(o) for o, t in zip(own, unigram.convert_ids_to_tokens(ids)) if t.startswith("<0x")}
+        assert len(own_byte_spans) < len({sp for sp, t in zip(spans, tokens) if t.startswith("<0x")})
+    assert T.tokenize_with_offsets(bpe, text)[1] == T.decode_with_offsets(bpe, bpe(text)["input_ids"])[1]
+
+
 def char_weights_by_hand(spans, weights, n_chars):
     """Per-character weights computed directly: mean over covering tokens, else the nearest covered
     character's (the preceding one on a tie)."""
