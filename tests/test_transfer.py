@@ -368,18 +368,14 @@ def test_transfer_gradient_matches_finite_differences(unigram, bpe, normalize):
     assert abs(analytic - numeric) / abs(numeric) < 1e-6
 
 
-def test_meta_gradient_across_tokenizers_matches_finite_differences(unigram, bpe):
-    """meta_objective.outer_loss with a base model of byte-level BPE ids and a weight model whose body
-    reads Unigram tokens: the meta-gradient w.r.t. the head equals central finite differences."""
-    from test_meta_gradient import FD_EPS, TOLERANCE, settings_for
-
-    from meta_objective import outer_loss
-
+@pytest.fixture(scope="module")
+def micro_meta_problem(unigram, bpe):
+    """A micro base model of byte-level BPE ids, a weight model whose body reads Unigram tokens, and
+    a batch of three documents and two questions (float64)."""
     torch.manual_seed(0)
     base = GPT2LMHeadModel(GPT2Config(vocab_size=len(bpe), n_positions=32, n_embd=16, n_layer=2, n_head=2,
                                       initializer_range=0.3, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                       attn_implementation="eager")).double().eval()
-    model = micro_weight_model(unigram, bpe)
     text_ids, text_mask = pad([bpe(t)["input_ids"][:12] for t in (TEXTS[4], CORPUS[0], CORPUS[3])],
                               bpe.pad_token_id)
     qa_ids, qa_mask = pad([bpe(q)["input_ids"][:6] for q in ("Who visited Paris?", "Where is Zürich?")],
@@ -387,6 +383,17 @@ def test_meta_gradient_across_tokenizers_matches_finite_differences(unigram, bpe
     qa_labels = qa_ids.masked_fill(qa_mask == 0, -100)
     qa_labels[:, :3] = -100
     batch = {"text_ids": text_ids, "text_mask": text_mask, "qa_ids": qa_ids, "qa_mask": qa_mask, "qa_labels": qa_labels}
+    return base, micro_weight_model(unigram, bpe), batch
+
+
+def test_meta_gradient_across_tokenizers_matches_finite_differences(micro_meta_problem):
+    """meta_objective.outer_loss with a base model of byte-level BPE ids and a weight model whose body
+    reads Unigram tokens: the meta-gradient w.r.t. the head equals central finite differences."""
+    from test_meta_gradient import FD_EPS, TOLERANCE, settings_for
+
+    from meta_objective import outer_loss
+
+    base, model, batch = micro_meta_problem
     settings = settings_for("torch_func", True, 1, 0.0)
 
     def outer(differentiable):
@@ -412,6 +419,32 @@ def test_meta_gradient_across_tokenizers_matches_finite_differences(unigram, bpe
     numeric = (shifted(FD_EPS) - shifted(-FD_EPS)) / (2 * FD_EPS)
     assert abs(numeric) > 1e-4
     assert abs(analytic - numeric) / abs(numeric) < TOLERANCE
+
+
+def test_forward_mode_meta_gradient_across_tokenizers(micro_meta_problem):
+    """inner_backend=forward runs through the transfer (one document at a time): a probe's slope is
+    the exact meta-gradient along it."""
+    import dataclasses
+
+    from test_meta_gradient import flat, settings_for
+
+    from meta_objective import accumulate_meta_gradient, forward_meta_gradient
+
+    base, model, batch = micro_meta_problem
+    settings = settings_for("torch_func", True, 1, 0.0)
+    model.zero_grad(set_to_none=True)
+    accumulate_meta_gradient(model, base, batch, {}, settings)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    exact = flat([p.grad for p in trainable])
+    model.zero_grad(set_to_none=True)
+    generator = torch.Generator().manual_seed(5)
+    probe = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in trainable]
+    estimate = forward_meta_gradient(model, base, batch, {}, dataclasses.replace(settings, backend="forward"),
+                                     probes=tuple(v[None] for v in probe))[-1]
+    slope = (flat(estimate) @ flat(probe)) / (flat(probe) @ flat(probe))
+    expected = exact @ flat(probe)
+    assert abs(expected) > 1e-3
+    assert abs(slope - expected) / abs(expected) < 1e-9
 
 
 def test_refuses_a_body_tokenizer_without_offsets(unigram_body, bpe):
