@@ -17,10 +17,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from loss_weightings import ExcessLoss, Surprisal
-from token_alignment import decode_with_offsets
 from plumbing.errors import UsageError, first_line
 from plumbing.files import atomic_dir, atomic_torch_save, load_tensors
 from plumbing.loading import check_finite, check_state_dict_fits
+from token_alignment import char_overlap_matrix, decode_with_offsets, retokenize
 
 WEIGHT_MODELS = {}
 
@@ -89,6 +89,7 @@ ACTIVATIONS = {
 }
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FOLDER = "tokenizer"
 
 
 def regular_vocabulary(tokenizer):
@@ -108,7 +109,13 @@ def vocabulary_fingerprint(tokenizer):
 @register("CaMeLS")
 class CaMeLS(WeightModel):
     """GPT-2-style body -> last hidden state -> Linear(d, head_width) -> GELU -> Linear(head_width, 1)
-    (zero-initialised, so every token starts with the same weight) -> activation -> × mask."""
+    (zero-initialised, so every token starts with the same weight) -> activation -> × mask.
+
+    The body reads the base model's token ids directly when both share one tokenizer. Otherwise
+    (`read_base_tokens` was given a tokenizer of another vocabulary or other added tokens) it reads
+    the document with its own tokenizer, and the weights come back to the base tokens through the
+    characters (`transferred_weights`).
+    """
 
     learned = True
 
@@ -127,6 +134,8 @@ class CaMeLS(WeightModel):
                             pretrained_model=None if pretrained_model is None else str(pretrained_model),
                             vocabulary=vocabulary)
         self.backbone.requires_grad_(not freeze_base)
+        self.body_tokenizer = None  # the body's own tokenizer, when known
+        self.base_tokenizer = None  # set when the base model's tokenizer differs from the body's
 
     @classmethod
     def from_config(cls, model_cfg, tokenizer, documents=None, stream=None):
@@ -141,10 +150,12 @@ class CaMeLS(WeightModel):
                 f"cannot load the weight model's body {name!r} ({first_line(err)}); "
                 "set model.pretrained_model to a Hugging Face name or a save_pretrained folder"
             ) from None
+        body_tokenizer = load_body_tokenizer(name)
         model = cls(backbone, **cls.options_from(model_cfg), pretrained_model=name,
-                    vocabulary=body_vocabulary(name))
+                    vocabulary=None if body_tokenizer is None else vocabulary_record(body_tokenizer))
+        model.body_tokenizer = body_tokenizer
         if tokenizer is not None:
-            model.check_vocabulary(tokenizer)
+            model.read_base_tokens(tokenizer)
         return model
 
     @staticmethod
@@ -155,32 +166,103 @@ class CaMeLS(WeightModel):
                     normalize=model_cfg.get("normalize", False),
                     freeze_base=model_cfg.get("freeze_base", False))
 
-    def check_vocabulary(self, tokenizer):
-        """The body reads the base model's token ids, so both must share one vocabulary."""
+    def read_base_tokens(self, tokenizer):
+        """Read the ids of the base model's `tokenizer` from now on: directly when the body shares its
+        vocabulary and added tokens (or nothing is known of the body's tokenizer), else through the
+        body's own tokenizer (then the body's tokenizer must be loadable)."""
         vocabulary = self.options["vocabulary"]
-        if vocabulary and vocabulary["fingerprint"] != vocabulary_fingerprint(tokenizer):
+        if vocabulary is None or same_tokenizer(vocabulary, tokenizer):
+            largest_id = max(regular_vocabulary(tokenizer).values())
+            if largest_id >= self.backbone.config.vocab_size:
+                raise UsageError(
+                    f"the weight model's body has {self.backbone.config.vocab_size} token embeddings but the "
+                    f"base model's tokenizer uses ids up to {largest_id}; use a weight model of the same tokenizer "
+                    "family, or one saved with its tokenizer")
+            self.base_tokenizer = None
+            return self
+        if self.body_tokenizer is None:
+            self.body_tokenizer = load_body_tokenizer(self.options["pretrained_model"])
+        body_tokenizer = self.body_tokenizer
+        if body_tokenizer is None or vocabulary_fingerprint(body_tokenizer) != vocabulary["fingerprint"]:
             raise UsageError(
                 f"the weight model's body ({self.options['pretrained_model']}) uses another vocabulary "
-                f"({vocabulary['size']} tokens) than the base model's tokenizer ({len(tokenizer)} tokens); "
-                "use a weight model trained with a base model of the same tokenizer family"
-            )
-        largest_id = max(regular_vocabulary(tokenizer).values())
-        if largest_id >= self.backbone.config.vocab_size:
-            raise UsageError(
-                f"the weight model's body has {self.backbone.config.vocab_size} token embeddings but the "
-                f"base model's tokenizer uses ids up to {largest_id}; use a weight model of the same tokenizer family"
-            )
+                f"({vocabulary['size']} tokens) than the base model's tokenizer ({len(tokenizer)} tokens), and its "
+                "own tokenizer cannot be loaded; use a weight model saved with its tokenizer (CaMeLS.save) or "
+                "trained with a base model of the same tokenizer family")
+        self.base_tokenizer = tokenizer
+        return self
 
-    def forward(self, input_ids, attention_mask):
+    @property
+    def base_position_limit(self):
+        """How many base tokens one document may have: the body's positions when it reads the base
+        ids directly; unbounded when it reads its own tokens (they are read in windows)."""
+        return None if self.base_tokenizer is not None else self.body_positions
+
+    @property
+    def body_positions(self):
+        config = self.backbone.config
+        return getattr(config, "n_positions", None) or config.max_position_embeddings
+
+    def body_weights(self, input_ids, attention_mask):
+        """Weights of the body's own tokens (before normalisation), 0 on padding."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.options["freeze_base"]):
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         raw = self.head(hidden).squeeze(-1)
         weights = ACTIVATIONS[self.options["activation"]](raw, self.options["softplus_beta"])
-        weights = weights * attention_mask.to(weights.dtype)
+        return weights * attention_mask.to(weights.dtype)
+
+    def forward(self, input_ids, attention_mask):
+        if self.base_tokenizer is None:
+            weights = self.body_weights(input_ids, attention_mask)
+        else:
+            weights = self.transferred_weights(input_ids, attention_mask)
         if self.options["normalize"]:
             n_real = attention_mask.sum(1, keepdim=True).to(weights.dtype)
             weights = weights * n_real / weights.sum(1, keepdim=True).clamp(min=1e-8)
         return weights
+
+    def transferred_weights(self, input_ids, attention_mask):
+        """Weights of the base tokens `input_ids` read through the body's own tokenizer.
+
+        Each row's real tokens are decoded to text with character offsets, the text is tokenized
+        again by the body's tokenizer, the body and head weigh those tokens, and each base token gets
+        the character-length-weighted mean of the per-character weights, a character weighing what
+        the body token covering it weighs (token_alignment.char_overlap_matrix; the rules for
+        characters no body token covers and for base tokens with an empty span are given there).
+        A mean, not a sum: a base token the body splits into pieces weighs what those pieces weigh
+        on average over its characters, and a body token spanning several base tokens gives each of
+        them its weight rather than having its weight counted again for each. The body reads its
+        tokens in consecutive windows of its `n_positions` tokens, each window on its own (without
+        the preceding text as context), so every base token gets a weight whatever the document's
+        length. The map is linear in the body's weights, so gradients reach the body and head.
+        """
+        window = self.body_positions
+        pad_id = self.body_tokenizer.pad_token_id
+        pad_id = 0 if pad_id is None else pad_id
+        rows, windows = [], []
+        for ids, mask in zip(input_ids.cpu(), attention_mask.cpu()):
+            positions = mask.bool().nonzero().squeeze(1)
+            text, base_spans, body_ids, body_spans = retokenize(self.base_tokenizer, self.body_tokenizer,
+                                                                ids[positions].tolist())
+            matrix = char_overlap_matrix(base_spans, body_spans, len(text))
+            pieces = [body_ids[start: start + window] for start in range(0, len(body_ids), window)]
+            rows.append((positions, matrix, len(windows), len(pieces)))
+            windows.extend(pieces)
+        if not windows:  # nothing but special tokens: no text to weigh
+            return torch.zeros(input_ids.shape, dtype=next(self.head.parameters()).dtype, device=input_ids.device)
+        from exp_datasets.collate import pad
+
+        window_ids, window_mask = pad(windows, pad_id)
+        window_weights = self.body_weights(window_ids.to(input_ids.device), window_mask.to(input_ids.device))
+        dtype = window_weights.dtype
+        lengths = [len(piece) for piece in windows]
+        body_rows = [torch.cat([window_weights[k, :lengths[k]] for k in range(first, first + count)])
+                     if count else window_weights.new_zeros(0) for _, _, first, count in rows]
+        transfer = torch.zeros(len(rows), input_ids.shape[1], max(len(r) for r in body_rows), dtype=dtype)
+        for row, (positions, matrix, _, _) in enumerate(rows):
+            transfer[row, positions, :matrix.shape[1]] = torch.as_tensor(matrix, dtype=dtype)
+        body = torch.nn.utils.rnn.pad_sequence(body_rows, batch_first=True)
+        return torch.bmm(transfer.to(body.device), body.unsqueeze(-1)).squeeze(-1)
 
     # -- saving and loading ------------------------------------------------------------------
 
@@ -200,6 +282,8 @@ class CaMeLS(WeightModel):
         with atomic_dir(path) as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2))
             save_model(self, str(tmp / WEIGHTS_FILE))
+            if self.body_tokenizer is not None:  # to read base models of other tokenizers
+                self.body_tokenizer.save_pretrained(str(tmp / TOKENIZER_FOLDER))
         return path
 
     @classmethod
@@ -219,21 +303,38 @@ class CaMeLS(WeightModel):
         return self
 
 
-def body_vocabulary(name):
-    """Fingerprint of the body's own tokenizer when it ships one; None when only weights exist."""
+def load_body_tokenizer(name):
+    """The body's own tokenizer (a save_pretrained folder or a Hugging Face name); None when only
+    weights exist or it cannot be loaded."""
     from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError):
+    if name is None:
         return None
-    return {"fingerprint": vocabulary_fingerprint(tokenizer), "size": len(regular_vocabulary(tokenizer))}
+    try:
+        return AutoTokenizer.from_pretrained(str(name))
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+def vocabulary_record(tokenizer):
+    """What a weight model keeps of its body's tokenizer to tell whether a base tokenizer is the same."""
+    return {"fingerprint": vocabulary_fingerprint(tokenizer), "size": len(regular_vocabulary(tokenizer)),
+            "added": tokenizer.get_added_vocab()}
+
+
+def same_tokenizer(vocabulary, tokenizer):
+    """Whether `tokenizer` maps text to the ids the body was built for: the same regular vocabulary and
+    the same added tokens (a record saved before added tokens were kept compares the vocabulary only)."""
+    return (vocabulary["fingerprint"] == vocabulary_fingerprint(tokenizer)
+            and vocabulary.get("added", tokenizer.get_added_vocab()) == tokenizer.get_added_vocab())
 
 
 def load_weight_model(path, tokenizer=None, model_cfg=None):
     """A saved CaMeLS: a folder written by `save`, or a .pt file holding what `save` writes or a bare
     state dict (then `model_cfg` gives the architecture). Nothing in the file runs on load. With
-    `tokenizer`, checks that the body shares the base model's vocabulary."""
+    `tokenizer` (the base model's), the weight model reads that tokenizer's ids: directly when the
+    body shares it, else through the body's own tokenizer, which a folder carries in `tokenizer/`
+    (folders without one, and .pt files, load it from the body's `pretrained_model` name)."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"weight_model_path {path} does not exist; point it at a saved CaMeLS folder or .pt file")
@@ -241,7 +342,7 @@ def load_weight_model(path, tokenizer=None, model_cfg=None):
     check_finite(model, f"weight model {path}")
     model.eval()
     if tokenizer is not None:
-        model.check_vocabulary(tokenizer)
+        model.read_base_tokens(tokenizer)
     return model
 
 
@@ -266,6 +367,8 @@ def load_folder(path):
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
         raise UsageError(f"cannot load {path / WEIGHTS_FILE} into the model of its {CONFIG_FILE} ({first_line(err)}); "
                          "the file is damaged or from another model: save the weight model again") from None
+    if (path / TOKENIZER_FOLDER).is_dir():
+        model.body_tokenizer = load_body_tokenizer(path / TOKENIZER_FOLDER)
     return model
 
 
@@ -485,6 +588,36 @@ class Oracle(TextWeightModel):
             n_real = attention_mask.sum(1, keepdim=True).to(weights.dtype)
             weights = weights * n_real / weights.sum(1, keepdim=True).clamp(min=1e-8)
         return weights
+
+
+@torch.no_grad()
+def document_char_weights(weight_model, text, tokenizer):
+    """Per-character weights of `text` (a float64 array of len(text)) given by `weight_model` reading
+    the document as `tokenizer`'s tokens: each character weighs the mean weight of the tokens covering
+    it (spans of token_alignment.tokenize_with_offsets); a character no token covers weighs what the
+    nearest covered one does; the characters past what the model reads (a body that reads the ids
+    directly stops at its positions) are NaN. Read once through the base model's tokenizer and once
+    through the body's own (`weight_model.body_tokenizer`), it tells whether both readings put the
+    same characters high. A CaMeLS reads `tokenizer`'s ids for this call only."""
+    from token_alignment import char_values, tokenize_with_offsets
+
+    token_ids, spans = tokenize_with_offsets(tokenizer, text)
+    previous = getattr(weight_model, "base_tokenizer", None)
+    if isinstance(weight_model, CaMeLS):
+        weight_model.read_base_tokens(tokenizer)
+    try:
+        limit = getattr(weight_model, "base_position_limit", None)
+        ids = torch.tensor([token_ids[:limit]])
+        device = next(iter(weight_model.parameters()), torch.empty(0)).device
+        weights = weight_model(ids.to(device), torch.ones_like(ids).to(device))[0].double().cpu().numpy()
+    finally:
+        if isinstance(weight_model, CaMeLS):
+            weight_model.base_tokenizer = previous
+    read = spans[:ids.shape[1]]
+    values = char_values(read, weights, len(text))
+    if len(read) < len(spans):
+        values[max((end for _, end in read), default=0):] = np.nan
+    return values
 
 
 # ---------------------------------------------------------------------------------------------

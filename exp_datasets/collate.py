@@ -100,7 +100,9 @@ class QACollator:
 
 def model_positions(model):
     """How many positions a model (a transformers model, or a weight model with a `backbone`) can
-    read; None if unbounded (heuristic weight models)."""
+    read; None if unbounded (heuristic weight models, and a weight model reading its own tokens)."""
+    if hasattr(model, "base_position_limit"):
+        return model.base_position_limit
     config = getattr(getattr(model, "backbone", model), "config", None)
     for key in ("n_positions", "max_position_embeddings"):
         value = getattr(config, key, None)

@@ -3,6 +3,7 @@ import copy
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -224,6 +225,25 @@ def test_camels_and_tfidf_runs(world, world_parts, tmp_path):
     assert [point["n_documents"] for point in curve] == [2]
 
 
+def test_camels_of_another_tokenizer_runs(world, world_parts, tmp_path):
+    """A saved CaMeLS whose body has its own tokenizer, unlike the world's base: the evaluation runs,
+    the weight model reading the documents through its tokens (its positions do not bound the base's)."""
+    from test_weight_model import byte_level_tokenizer
+
+    other = byte_level_tokenizer(["nothing in common with the world's text"] * 3, vocab_size=280)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(other), n_positions=8, n_embd=16, n_layer=1, n_head=2)).save_pretrained(
+        tmp_path / "body")
+    other.save_pretrained(tmp_path / "body")
+    body = f"model.pretrained_model={tmp_path / 'body'}"
+    weight_model = W.build_weight_model(compose_config(world, ["model=CaMeLS", body]).model, world_parts.tokenizer)
+    assert weight_model.base_tokenizer is world_parts.tokenizer
+    weight_model.save(tmp_path / "wm")
+    cfg = compose_config(world, ["model=CaMeLS", f"weight_model_path={tmp_path / 'wm'}", "eval=[ppl]",
+                                 "downsample_to=2"])
+    summary = evaluation.evaluate(cfg, tmp_path / "camels")
+    assert summary["method"] == "CaMeLS" and summary["n_documents"] == 2 and summary["nll"] > 0
+
+
 def test_floor_and_ceiling_runs(world, tmp_path):
     """model=none answers with the base model as it is (its score equals the before-adaptation
     score); model=oracle adapts on the answer tokens of the evaluated stream."""
@@ -248,6 +268,11 @@ def bad_input_cases(world, tmp_path, tokenizer):
     other.save_pretrained(other_body)
     W.build_weight_model(compose_config(world, ["model=CaMeLS", f"model.pretrained_model={other_body}"]).model,
                          other).save(tmp_path / "other_wm")
+    # without its own tokenizer a weight model of another vocabulary cannot read the world's base
+    shutil.rmtree(tmp_path / "other_wm" / "tokenizer")
+    for saved in other_body.iterdir():
+        if "token" in saved.name or saved.name in ("vocab.json", "merges.txt"):
+            saved.unlink()
     small = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=16, n_layer=1, n_head=2))
     torch.save(small.state_dict(), tmp_path / "other_arch.pt")
     return {

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -154,3 +155,73 @@ def test_readme_real_data_sequence(dataset, tmp_path):
     python(str(REPO / "report.py"), str(sweep), cwd=tmp_path)
     table = pd.read_csv(sweep / "report" / "results.csv")
     assert set(table["method"]) == {"uniform", "ssm", "TFIDF", "CaMeLS"} and len(table) == 8
+
+
+def write_llama_model(root):
+    """A random 2-layer Llama-shaped model with a SentencePiece-style Unigram tokenizer (▁ for spaces,
+    byte fallback) trained on the fixture text, saved as one Hugging Face folder: a base model of
+    another family and tokenizer than the GPT-2 of `write_model`."""
+    from test_transfer import unigram_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    texts = [t for t, _ in documents()] + [q + " " + a for _, qas in documents() for q, a in qas]
+    tokenizer = unigram_tokenizer(texts * 2, vocab_size=300)
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def across_tokenizers(tmp_path_factory):
+    """StreamingQA fixture files, the Llama-shaped base, the GPT-2 body and a web-text CSV."""
+    root = tmp_path_factory.mktemp("across")
+    (root / "data").mkdir()
+    common = ["dataset=streamingqa", *write_streamingqa(root / "data"), "device=cpu", "progress=false"]
+    llama, body = write_llama_model(root / "llama-random"), write_model(root / "gpt2-random")
+    pd.DataFrame({"raw_text": [t for t, _ in documents()][:6]}).to_csv(root / "openwebtext.csv", index=False)
+    return common, llama, body, root / "openwebtext.csv"
+
+
+@pytest.mark.slow
+def test_camels_of_another_tokenizer_evaluates_a_llama_base(across_tokenizers, tmp_path):
+    """run.py task=eval with a Llama-shaped base (Unigram tokenizer) and a saved CaMeLS whose body is a
+    GPT-2 with byte-level BPE: the weights go through the text, and the base's documents are cut to the
+    base's 256 positions, not the body's 64 (the body reads its tokens in windows)."""
+    from omegaconf import OmegaConf
+
+    import weight_model as W
+    from plumbing.loading import load_tokenizer
+
+    common, llama, body, _ = across_tokenizers
+    model = W.build_weight_model(OmegaConf.create({"name": "CaMeLS", "pretrained_model": str(body), "head_width": 8}),
+                                 load_tokenizer(llama))
+    assert model.base_tokenizer is not None
+    model.save(tmp_path / "wm")
+    result = python(str(REPO / "run.py"), "task=eval", "model=CaMeLS", *common, f"base_model={llama}", "split=val",
+                    f"weight_model_path={tmp_path / 'wm'}", "eval=[em,ppl]", "eval_batch_size=8", "lr=1e-3",
+                    f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["method"] == "CaMeLS" and summary["n_documents"] == SPLIT_SIZES["val"]
+    assert summary["nll"] > 0 and 0 <= summary["em"] <= 1
+    assert "lengths cut to the models' 256 positions: documents 256 tokens" in result.stdout + result.stderr
+    assert "maximum sequence length" not in result.stderr
+
+
+@pytest.mark.slow
+def test_camels_meta_trains_against_a_base_of_another_tokenizer(across_tokenizers, tmp_path):
+    """run.py task=train with the Llama-shaped base and model.pretrained_model the GPT-2 body: two
+    outer steps (the torch_func inner loop, as `higher` cannot patch Llama's layer list), and the
+    checkpoint carries the body's tokenizer."""
+    common, llama, body, web_text = across_tokenizers
+    python(str(REPO / "run.py"), "task=train", "model=CaMeLS", *common, f"base_model={llama}",
+           f"model.pretrained_model={body}", f"web_text_csv={web_text}", "update_batch_size=2", "grad_acc_steps=1",
+           "reset_base_freq=4", "max_outer_steps=2", "val_batches=1", "inner_backend=torch_func",
+           f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in steps if row["split"] == "train"] == [1, 2]
+    assert all(np.isfinite(row["loss"]) for row in steps if "loss" in row)
+    assert (tmp_path / "checkpoints" / "best" / "tokenizer").is_dir()

@@ -266,7 +266,7 @@ def test_camels_save_and_load_give_identical_weights(tokenizer, body_dir, tmp_pa
     torch.save(model, tmp_path / "module.pt")  # a pickled module: loading it could run code, so it is refused
     with pytest.raises(errors.UsageError, match="re-save it as tensors"):
         W.load_weight_model(tmp_path / "module.pt", tokenizer)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer"]
     loaded = [W.load_weight_model(tmp_path / "state.pt", tokenizer, cfg)]
     # the folder and the self-describing .pt need neither the hub nor the body's own folder
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -281,19 +281,31 @@ def test_camels_save_and_load_give_identical_weights(tokenizer, body_dir, tmp_pa
         assert other.options["activation"] == "sigmoid" and other.options["head_width"] == 16
 
 
-def test_camels_refuses_another_vocabulary(tokenizer, body_dir, tmp_path):
+def test_camels_refuses_another_vocabulary_without_its_own_tokenizer(tokenizer, body_dir, tmp_path):
+    """A weight model whose body's tokenizer cannot be loaded (a folder saved without tokenizer/,
+    a body folder that no longer holds one) refuses a base tokenizer of another vocabulary; with its
+    tokenizer it reads that base through its own tokens (tests/test_transfer.py)."""
+    import shutil
+
     model = W.build_weight_model(camels_cfg(body_dir), tokenizer)
     model.save(tmp_path / "wm")
     other = byte_level_tokenizer(["completely different text for another vocabulary"] * 4, vocab_size=300)
+    assert W.load_weight_model(tmp_path / "wm", other).base_tokenizer is other
+    shutil.rmtree(tmp_path / "wm" / "tokenizer")
+    shutil.copytree(body_dir, tmp_path / "body")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
+        (tmp_path / "body" / name).unlink(missing_ok=True)
+    config = tmp_path / "wm" / "config.json"
+    config.write_text(config.read_text().replace(str(body_dir), str(tmp_path / "body")))
     with pytest.raises(errors.UsageError, match="another vocabulary"):
         W.load_weight_model(tmp_path / "wm", other)
-    with pytest.raises(errors.UsageError, match="another vocabulary"):
-        W.build_weight_model(camels_cfg(body_dir), other)
-    # same family with extra added tokens (as GPT-J's tokenizer has over GPT-2's) is accepted
+    # the same tokenizer is read directly, without the body's tokenizer
+    assert W.load_weight_model(tmp_path / "wm", tokenizer).base_tokenizer is None
+    # same vocabulary with extra added tokens (as GPT-J's tokenizer has over GPT-2's) goes through the text
     extended = copy.deepcopy(tokenizer)
     extended.add_tokens(["<|extratoken_1|>", "<|extratoken_2|>"])
     assert len(extended) > model.backbone.config.vocab_size
-    W.load_weight_model(tmp_path / "wm", extended)
+    assert W.build_weight_model(camels_cfg(body_dir), extended).base_tokenizer is extended
 
 
 def test_camels_refuses_a_state_dict_of_another_shape(tokenizer, body_dir, tmp_path):
