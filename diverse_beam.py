@@ -31,7 +31,7 @@ NEUTRAL_KEYS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_t
                 "do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"}
 
 
-def supports(model):
+def supports(model) -> bool:
     """Whether `search` gives this model's `generate` answers: a decoder-only model with eager or
     SDPA attention, no sliding-window layers (generate would cache them differently), a forward
     that takes positions and cache positions, and a generation config that adds no logits processor."""
@@ -89,8 +89,9 @@ class Hypotheses:
 
 
 @torch.no_grad()
-def search(model, gen_ids, gen_mask, num_beams, num_beam_groups, diversity_penalty, max_new_tokens,
-           num_return_sequences, pad_token_id):
+def search(model, gen_ids: torch.Tensor, gen_mask: torch.Tensor, num_beams: int, num_beam_groups: int,
+           diversity_penalty: float, max_new_tokens: int, num_return_sequences: int,
+           pad_token_id: int) -> list:
     """The `num_return_sequences` best continuations (lists of generated token ids, EOS excluded,
     best first) of each left-padded prompt in `gen_ids` (mask `gen_mask`)."""
     n_prompts, prompt_len = gen_ids.shape

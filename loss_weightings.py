@@ -26,7 +26,7 @@ from util import at_least_float32
 from plumbing.loading import load_causal_lm
 
 
-def token_losses(model, input_ids, attention_mask):
+def token_losses(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """B×T float: [:, t] is the model's loss (NLL) of token t given the tokens before it; 0 at a
     document's first real token (nothing predicts it) and on padding."""
     was_training = model.training
@@ -42,7 +42,7 @@ def token_losses(model, input_ids, attention_mask):
     return losses * predicted_positions(attention_mask)
 
 
-def predicted_positions(attention_mask):
+def predicted_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """B×T bool: the real tokens that follow another real token (every real token but the first)."""
     real = attention_mask.bool()
     return real & (real.long().cumsum(1) > 1)
@@ -60,7 +60,7 @@ def keep_top_percent(scores, candidates, percent):
     return candidates & (masked >= cutoff)
 
 
-def mean_one(weights, attention_mask):
+def mean_one(weights: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Each row rescaled to mean 1 over its real tokens (all-zero rows stay 0)."""
     n_real = attention_mask.sum(1, keepdim=True).to(weights.dtype)
     return weights * n_real / weights.sum(1, keepdim=True).clamp(min=1e-8)

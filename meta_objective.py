@@ -58,7 +58,7 @@ class MetaSettings:
         return torch.autocast(device_type=device.type, dtype=getattr(torch, self.inner_autocast))
 
 
-def check_meta_options(cfg):
+def check_meta_options(cfg) -> None:
     """A one-line error for meta-gradient options that do not go together, before any work."""
     if cfg.grad_checkpointing and cfg.inner_backend != "torch_func":
         raise UsageError("grad_checkpointing=true needs inner_backend=torch_func (higher's patched modules "
@@ -216,7 +216,8 @@ def replayed_rng(state, device):
 
 
 @contextmanager
-def inner_loop(base_model, text_ids, text_mask, weights, settings, differentiable=True):
+def inner_loop(base_model, text_ids: torch.Tensor, text_mask: torch.Tensor, weights: torch.Tensor,
+               settings: "MetaSettings", differentiable: bool = True):
     """Run the inner SGD steps on a copy of `base_model` whose initial weights get no gradient.
 
     differentiable=True keeps the graph of every step (second-order gradients reach `weights`;
@@ -333,7 +334,8 @@ def loss_metrics(loss, terms, before):
     return metrics
 
 
-def outer_loss(base_model, weights, batch, loc_batches, settings, differentiable=True, diagnostics=False):
+def outer_loss(base_model, weights: torch.Tensor, batch: dict, loc_batches: list, settings: "MetaSettings",
+               differentiable: bool = True, diagnostics: bool = False):
     """The meta-objective of one batch, given its per-token weights.
 
     The "before" numbers and the inner steps run in the base model's own mode (train mode: with
@@ -467,7 +469,8 @@ def first_order_weight_gradient(base_model, weights, batch, loc_batches, setting
     return token_weights.grad
 
 
-def accumulate_meta_gradient(weight_model, base_model, batch, loc_batches, settings, scale=1.0):
+def accumulate_meta_gradient(weight_model, base_model, batch: dict, loc_batches: list, settings: "MetaSettings",
+                             scale: float = 1.0) -> tuple:
     """One batch of meta-training: adds scale x the meta-gradient of its outer loss (exact, or the
     forward-mode estimate for inner_backend=forward) to the .grad of the weight model's trainable
     parameters. Returns (weights (detached), metrics, updated base weights)."""

@@ -48,7 +48,7 @@ def epoch_order(examples, batch_order, rng):
 # The training loop
 
 
-def check_config(cfg):
+def check_config(cfg) -> None:
     """Every problem the user can fix, found before any work is done: the ranges and choices of the
     schema (schemas.TrainConfig), then what it cannot say (registries, files, options that go together)."""
     from weight_model import check_learned
@@ -72,11 +72,11 @@ def check_config(cfg):
     environment.check_wandb(cfg)
 
 
-def web_text_path(cfg):
+def web_text_path(cfg) -> str:
     return cfg.get("web_text_csv") or cfg.dataset.get("web_text_csv")
 
 
-def output_dir(cfg):
+def output_dir(cfg) -> Path:
     if cfg.resume_from:
         return Path(cfg.resume_from)
     if cfg.get("output_dir"):
@@ -393,7 +393,7 @@ class MetaTrainer:
         return summary
 
 
-def check_folder(cfg, run_dir):
+def check_folder(cfg, run_dir) -> None:
     """Refuse a run folder holding a meta-training run with other options (output_dir and resume_from
     name their own folder, checked when the run claims it)."""
     if not cfg.resume_from and not cfg.get("output_dir"):
@@ -429,7 +429,7 @@ def example_group(example):
     return example.group or example.doc_id
 
 
-def train(cfg):
+def train(cfg) -> dict:
     """Meta-train a weight model as configured by run.py's task=train (on each torchrun rank); returns the summary."""
     from omegaconf import OmegaConf
 

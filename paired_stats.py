@@ -24,7 +24,7 @@ SUMMARY_ROW = "<summary>"
 CONFIDENCE = 0.95
 
 
-def question_scores(run_dir, metric="f1"):
+def question_scores(run_dir, metric: str = "f1"):
     """(questions, answers, scores) of one run's results.csv, summary rows left out."""
     path = Path(run_dir) / "results.csv"
     try:
@@ -52,7 +52,7 @@ def paired_differences(runs, reference_runs, metric="f1"):
     return seeds, differences
 
 
-def bootstrap_replicates(differences, n_resamples=10_000, seed=0, over_streams=True):
+def bootstrap_replicates(differences, n_resamples: int = 10_000, seed: int = 0, over_streams: bool = True):
     """Bootstrap replicates of the mean over streams of the per-stream mean difference.
 
     `differences`: one 1-D array of per-question differences per stream. Within each stream the
@@ -71,13 +71,13 @@ def bootstrap_replicates(differences, n_resamples=10_000, seed=0, over_streams=T
     return stream_means[drawn, np.arange(n_resamples)[:, None]].mean(1)
 
 
-def interval(replicates, confidence=CONFIDENCE):
+def interval(replicates, confidence: float = CONFIDENCE) -> tuple:
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(replicates, [tail, 100 - tail])
     return float(low), float(high)
 
 
-def compare(differences, n_resamples=10_000, seed=0):
+def compare(differences, n_resamples: int = 10_000, seed: int = 0) -> dict:
     """The difference and its two intervals, as a dict."""
     estimate = float(np.mean([np.mean(d) for d in differences]))
     questions = interval(bootstrap_replicates(differences, n_resamples, seed, over_streams=False))
@@ -131,7 +131,7 @@ def paired_comparisons(best, runs, baselines, setting_columns, same_setting, met
 # Pooled over worlds
 
 
-def hierarchical_replicates(worlds, n_resamples=10_000, seed=0):
+def hierarchical_replicates(worlds, n_resamples: int = 10_000, seed: int = 0):
     """Bootstrap replicates of the mean over worlds of each world's mean over streams of the
     per-stream mean difference. `worlds`: per world, its streams' 1-D arrays of per-question
     differences (bootstrap_replicates' `differences`).
@@ -161,7 +161,7 @@ def hierarchical_replicates(worlds, n_resamples=10_000, seed=0):
     return world_means[drawn, (resample + np.arange(len(worlds))) % n_resamples].mean(1)
 
 
-def pooled_compare(worlds, n_resamples=10_000, seed=0):
+def pooled_compare(worlds, n_resamples: int = 10_000, seed: int = 0) -> dict:
     """The mean over worlds of the per-world difference (compare's `difference`), its hierarchical
     95% interval, and the spread of the per-world differences (sd with ddof=1, NaN for one world;
     min; max), as a dict."""

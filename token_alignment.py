@@ -8,7 +8,7 @@ import numpy as np
 from plumbing.errors import UsageError
 
 
-def bytes_to_unicode():
+def bytes_to_unicode() -> dict:
     """GPT-2's byte-level alphabet: each byte is shown as one printable character."""
     printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
                  + list(range(ord("®"), ord("ÿ") + 1)))
@@ -27,7 +27,7 @@ BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 @lru_cache(maxsize=8)
-def token_bytes_table(tokenizer):
+def token_bytes_table(tokenizer) -> list:
     """The bytes each token id stands for (special tokens: none). Knows byte-level BPE (GPT-2,
     GPT-Neo, GPT-J, Pythia) and SentencePiece (▁ for a space, <0xHH> byte fallback)."""
     ids = list(range(len(tokenizer)))
@@ -50,7 +50,7 @@ def token_bytes_table(tokenizer):
             for i, t in zip(ids, tokens)]
 
 
-def utf8_characters(data: bytes):
+def utf8_characters(data: bytes) -> tuple:
     """Decode UTF-8 one character at a time: (text, first byte of each character). Invalid bytes
     become U+FFFD as in bytes.decode(errors="replace"): one per maximal invalid run."""
     chars, starts, i = [], [], 0
@@ -67,7 +67,7 @@ def utf8_characters(data: bytes):
     return "".join(chars), starts
 
 
-def decode_with_offsets(tokenizer, token_ids):
+def decode_with_offsets(tokenizer, token_ids) -> tuple:
     """Text of `token_ids` and, per token, the (start, end) character span it covers.
 
     Tokens are joined as bytes before decoding, so a character split over several byte-level

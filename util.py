@@ -7,6 +7,7 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 # EM uses a prefix rule, as the reference: a generation running past the answer still counts when it
 # starts with the answer (so EM can exceed F1).
@@ -51,12 +52,13 @@ def f1_score(prediction: str, answer: str) -> float:
 # Losses
 
 
-def at_least_float32(tensor):
+def at_least_float32(tensor: Tensor) -> Tensor:
     """Half precision is upcast for the losses; float64 stays float64 (gradient checks need it)."""
     return tensor if tensor.dtype == torch.float64 else tensor.float()
 
 
-def weighted_lm_loss(logits, input_ids, attention_mask, weights, max_text_len):
+def weighted_lm_loss(logits: Tensor, input_ids: Tensor, attention_mask: Tensor, weights: Tensor,
+                     max_text_len: int) -> Tensor:
     """Token loss of documents, each next-token cross-entropy scaled by the weight of that token.
 
     Position t predicts token t+1 and is scaled by weights[:, t+1]; padded targets contribute 0.
@@ -71,7 +73,7 @@ def weighted_lm_loss(logits, input_ids, attention_mask, weights, max_text_len):
     return (token_nll * scale).sum() / (batch_size * (max_text_len - 1))
 
 
-def answer_nll(logits, labels, reduction="mean"):
+def answer_nll(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
     """NLL of the answer tokens. `labels` is -100 wherever the position is not an answer token.
 
     reduction="mean": mean over all answer tokens of the batch; "none": one mean per example.
@@ -89,7 +91,7 @@ def answer_nll(logits, labels, reduction="mean"):
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
-def kl_locality(logits_before, logits_after, attention_mask):
+def kl_locality(logits_before: Tensor, logits_after: Tensor, attention_mask: Tensor) -> Tensor:
     """Mean over unmasked positions of KL(p_before || p_after), computed in float32 (or float64)."""
     log_p = F.log_softmax(at_least_float32(logits_before), dim=-1)
     log_q = F.log_softmax(at_least_float32(logits_after), dim=-1)
