@@ -31,7 +31,7 @@ import torch
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from plumbing import errors, files, loading, schemas  # noqa: F401 - schemas: demo_schema and the resolvers
+from plumbing import checks, errors, files, loading, schemas  # noqa: F401 - schemas: demo_schema and the resolvers
 from plumbing.environment import REPO_ROOT
 from plumbing.errors import UsageError
 
@@ -393,10 +393,15 @@ def describe_weightings(cfg, report_dir):
 
 @hydra.main(version_base=None, config_path="conf", config_name="demo")
 def main(cfg: DictConfig):
+    from hydra.core.global_hydra import GlobalHydra
+
+    # the demo composes the configurations of the commands it runs (checked before the first step)
+    GlobalHydra.instance().clear()
     OmegaConf.set_struct(cfg, False)  # run_demo records what it derives (base_model, world_overrides) in cfg
     with errors.usage_errors_exit():
         run_demo(cfg)
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = checks.quoted_list_overrides(sys.argv[1:])
     errors.run_cli(main)

@@ -26,7 +26,7 @@ import pandas as pd
 
 import tiny_world
 from paired_stats import compare, paired_comparisons, pooled_compare
-from plumbing import errors, files, schemas
+from plumbing import checks, errors, files, schemas
 from plumbing.environment import REPO_ROOT
 from plumbing.errors import UsageError
 
@@ -201,7 +201,7 @@ def main(argv):
     if argv[:1] != ["run"]:
         raise UsageError("give a command: python worlds.py run world_seeds=[...] ..., or "
                          "python worlds.py pool OUT1 OUT2 ...")
-    return run_worlds(compose("worlds", argv[1:], "worlds.py run"))
+    return run_worlds(compose("worlds", checks.quoted_list_overrides(argv[1:]), "worlds.py run"))
 
 
 if __name__ == "__main__":

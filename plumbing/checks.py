@@ -36,6 +36,29 @@ def sweep_jobs(task_overrides):
     return [list(job) for job in itertools.product(*choices)]
 
 
+def quoted_list_overrides(argv):
+    """Command-line options with each element of a list of key=value overrides quoted, so that Hydra's
+    grammar reads `meta_train_overrides=[inner_lr=0.1,eval=[em,ppl]]` as the two strings it means
+    (unquoted, `=` inside a list is a syntax error). Lists without `=` and quoted lists pass unchanged."""
+    quoted = []
+    for option in argv:
+        key, eq, value = option.partition("=")
+        if not (eq and value.startswith("[") and value.endswith("]") and "=" in value and not set("'\"") & set(value)):
+            quoted.append(option)
+            continue
+        elements, depth, current = [], 0, ""
+        for char in value[1:-1]:
+            depth += {"[": 1, "]": -1}.get(char, 0)
+            if char == "," and depth == 0:
+                elements.append(current)
+                current = ""
+            else:
+                current += char
+        elements.append(current)
+        quoted.append(f"{key}=[" + ",".join(f"'{e.strip()}'" for e in elements if e.strip()) + "]")
+    return quoted
+
+
 def run_job(task, cfg):
     """`task(cfg, run_dir)` as a Hydra task function. A single run's UsageError is one line and exit 2;
     a sweep job's is recorded in error.txt of its folder and the sweep goes on (on_multirun_end

@@ -1,7 +1,8 @@
 """Shared test helpers: `tiny_world_small`, a seconds-sized tiny world (data CSVs and a tiny base
 model) built once per test session into a temporary folder; `torch_threads`, the one owner of torch's
-thread count; `compose` (a config as an entry point composes it) and `run_script` (an entry point in a
-subprocess, offline). Importing plumbing.schemas registers the config resolvers, as every entry point does."""
+thread count; `compose` (a config as an entry point composes it), `run_script` (an entry point in a
+subprocess, offline) and `world_overrides`/`train_world_overrides` (a run pointed at a tiny world).
+Importing plumbing.schemas registers the config resolvers, as every entry point does."""
 
 import os
 import subprocess
@@ -20,10 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 OFFLINE_ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
 
 
-def compose(config_dir, overrides=(), config_name="config"):
-    """The configuration `config_dir`/`config_name`.yaml composed with `overrides`, as Hydra composes it."""
+def compose(config_dir, overrides=(), config_name="config", return_hydra_config=False):
+    """The configuration `config_dir`/`config_name`.yaml composed with `overrides`, as Hydra composes it
+    (with its `hydra` node where `return_hydra_config`)."""
     with initialize_config_dir(config_dir=str(REPO / config_dir), version_base=None):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
+        return hydra_compose(config_name=config_name, overrides=list(overrides),
+                             return_hydra_config=return_hydra_config)
 
 
 def run_script(*args, cwd=REPO, timeout=600, env=None):
@@ -32,6 +35,11 @@ def run_script(*args, cwd=REPO, timeout=600, env=None):
     script = [str(REPO / args[0]) if args[0].endswith(".py") else args[0], *args[1:]]
     return subprocess.run([sys.executable, *script], cwd=cwd, env=env or OFFLINE_ENV, capture_output=True,
                           text=True, timeout=timeout)
+
+
+# For subprocess runs that must not take every core with torch's default thread count (torchrun's
+# ranks, joblib's workers, long sequences of runs).
+ONE_THREAD_ENV = dict(OFFLINE_ENV, OMP_NUM_THREADS="1")
 
 
 # Micro models gain nothing from a second thread, which only adds synchronisation that costs dearly
@@ -64,6 +72,17 @@ class TinyWorld:
         from tiny_world.sanity_report import dataset_config
 
         return dataset_config(self.data_dir)
+
+
+def world_overrides(world):
+    """run.py overrides pointing a run at `world`'s base model and data."""
+    return [f"base_model={world.base_model}", f"dataset.data_dir={world.data_dir}"]
+
+
+def train_world_overrides(world):
+    """world_overrides, and the weight model's body and the web text that meta-training reads, from `world`."""
+    return [*world_overrides(world), f"model.pretrained_model={world.base_model}",
+            f"dataset.web_text_csv={world.data_dir / 'web_text.csv'}"]
 
 
 @pytest.fixture(autouse=True)

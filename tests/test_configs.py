@@ -2,7 +2,6 @@
 Hydra rejects mistyped values and unknown keys with one line, and schemas.check_values enforces the
 ranges and choices the schemas declare without resolving anything else."""
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
@@ -10,6 +9,7 @@ from plumbing import schemas
 from plumbing import errors
 from plumbing.environment import REPO_ROOT
 from plumbing.errors import UsageError
+from conftest import compose
 
 DATASETS = sorted(p.stem for p in (REPO_ROOT / "conf" / "dataset").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (REPO_ROOT / "conf" / "model").glob("*.yaml"))
@@ -37,17 +37,12 @@ def unset_keys(cfg, prefix=""):
     return found
 
 
-def composed(conf_dir, overrides):
-    with initialize_config_dir(str(REPO_ROOT / conf_dir), version_base=None):
-        return compose("config", overrides=overrides)
-
-
 @pytest.mark.parametrize("task,schema", [("eval", schemas.EvalConfig), ("train", schemas.TrainConfig)])
 def test_every_run_config_composes_into_its_schemas_with_nothing_unset(task, schema):
     # meta-training learns a weight model: only CaMeLS (the tiny world's tuning sets CaMeLS options)
     for dataset in DATASETS:
         for model in MODELS if task == "eval" else ["CaMeLS"]:
-            cfg = composed("conf", [f"task={task}", f"dataset={dataset}", f"model={model}"])
+            cfg = compose("conf", [f"task={task}", f"dataset={dataset}", f"model={model}"])
             assert OmegaConf.get_type(cfg) is schema
             assert OmegaConf.get_type(cfg.dataset) is schemas.DATASET_SCHEMAS[dataset]
             assert OmegaConf.get_type(cfg.model) is schemas.MODEL_SCHEMAS[cfg.model.name]
@@ -57,7 +52,7 @@ def test_every_run_config_composes_into_its_schemas_with_nothing_unset(task, sch
 def test_qa_tuning_reads_the_same_dataset_configs():
     assert (REPO_ROOT / "qa_conf" / "dataset").resolve() == (REPO_ROOT / "conf" / "dataset").resolve()
     for dataset in DATASETS:
-        cfg = composed("qa_conf", [f"dataset={dataset}", "model=gpt2-xl"])
+        cfg = compose("qa_conf", [f"dataset={dataset}", "model=gpt2-xl"])
         assert OmegaConf.get_type(cfg) is schemas.QATuneConfig and cfg.model == "gpt2-xl"
         assert OmegaConf.get_type(cfg.dataset) is schemas.DATASET_SCHEMAS[dataset]
         assert unset_keys(cfg) == [], dataset
@@ -75,7 +70,7 @@ def test_qa_tuning_reads_the_same_dataset_configs():
 ])
 def test_mistyped_values_and_unknown_keys_are_one_line_composition_errors(conf_dir, overrides, message):
     with pytest.raises(HydraException) as raised:
-        composed(conf_dir, overrides)
+        compose(conf_dir, overrides)
     line = errors.composition_error(raised.value)
     assert message in line and "\n" not in line
 
@@ -95,11 +90,46 @@ def test_mistyped_values_and_unknown_keys_are_one_line_composition_errors(conf_d
 ])
 def test_check_values_enforces_the_declared_ranges_and_choices(overrides, message):
     with pytest.raises(UsageError) as raised:
-        schemas.check_values(composed("conf", overrides))
+        schemas.check_values(compose("conf", overrides))
     assert message in str(raised.value)
 
 
-def test_check_values_passes_defaults_and_nulls_and_resolves_nothing_else():
-    for overrides in (["task=eval", "eval_every_k=null", "downsample_to=-1"], ["task=train", "model=CaMeLS"]):
-        schemas.check_values(composed("conf", overrides))
-    schemas.check_values(composed("qa_conf", ["max_steps=null"]))
+def tiny_world_paths(node, prefix=""):
+    """{dotted key: artefact} of the values that are ${tiny_world:<artefact>}, in an unresolved container."""
+    found = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            found.update(tiny_world_paths(value, f"{prefix}{key}."))
+        elif isinstance(value, str) and value.startswith("${tiny_world:"):
+            found[prefix + key] = value.removeprefix("${tiny_world:").removesuffix("}")
+    return found
+
+
+def test_check_values_passes_defaults_and_nulls_and_resolves_nothing_else(tmp_path, monkeypatch):
+    """check_values reads no ${tiny_world:...} path. Resolved afterwards with an empty cache, each one names
+    its part of the tiny world under the run's cache_dir (else $CAMELS_CACHE_DIR) and nothing is built."""
+    resolved = []
+
+    def recording_tiny_world_path(name, *, _root_):
+        resolved.append(name)
+        return schemas.tiny_world_path(name, _root_=_root_)
+
+    OmegaConf.register_new_resolver("tiny_world", recording_tiny_world_path, replace=True)
+    env_cache, run_cache = tmp_path / "env_cache", tmp_path / "run_cache"
+    monkeypatch.setenv("CAMELS_CACHE_DIR", str(env_cache))
+    run_paths = {"base_model": "base_model", "dataset.data_dir": "data"}
+    train_paths = {**run_paths, "model.pretrained_model": "base_model"}
+    cases = [("conf", ["task=eval", "eval_every_k=null", "downsample_to=-1"], env_cache, run_paths),
+             ("conf", ["task=train", "model=CaMeLS"], env_cache, train_paths),
+             ("conf", ["task=train", "model=CaMeLS", f"cache_dir={run_cache}"], run_cache, train_paths),
+             ("qa_conf", ["max_steps=null"], env_cache, {"model": "base_model", "dataset.data_dir": "data"})]
+    for conf_dir, overrides, cache, paths in cases:
+        cfg = compose(conf_dir, overrides)
+        schemas.check_values(cfg)
+        assert resolved == [], f"check_values resolved ${{tiny_world:{resolved}}} of {conf_dir} {overrides}"
+        assert tiny_world_paths(OmegaConf.to_container(cfg, resolve=False)) == paths
+        assert {key: OmegaConf.select(cfg, key) for key in paths} == {
+            key: str(cache / "tiny_world" / artefact) for key, artefact in paths.items()}, overrides
+        assert sorted(resolved) == sorted(paths.values())
+        resolved.clear()
+    assert not env_cache.exists() and not run_cache.exists(), "resolving a config built the tiny world"

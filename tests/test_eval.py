@@ -2,18 +2,13 @@
 import copy
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -22,10 +17,9 @@ import util
 from plumbing import errors, loading
 import weight_model as W
 from exp_datasets import QACollator, load_split
+from conftest import REPO, compose, run_script, world_overrides
 from subroutines import AdaptationSettings, Decoding, LightTuneSettings, evaluate_qa, light_tune, weighted_train
 
-REPO = Path(__file__).resolve().parent.parent
-OFFLINE_ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
 SUMMARY_KEYS = {"method", "adapts", "lr", "seed", "dataset", "split", "base_model", "downsample_to", "optimizer",
                 "n_epochs", "n_documents", "n_questions", "em", "f1", "max_f1", "top_k", "em_at_k", "f1_at_k",
                 "decoding", "nll", "init", "unrelated", "diverged", "wall_time_s", "run_dir"}
@@ -48,10 +42,8 @@ def world_parts(world):
 
 
 def compose_config(world, overrides):
-    base = [f"base_model={world.base_model}", f"dataset.data_dir={world.data_dir}", "dataset=tiny_world",
-            "device=cpu", "progress=false", "max_new_tokens=4"]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        return compose(config_name="config", overrides=base + overrides)
+    return compose("conf", [*world_overrides(world), "dataset=tiny_world", "device=cpu", "progress=false",
+                            "max_new_tokens=4", *overrides])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,16 +291,10 @@ def test_bad_inputs_fail_with_one_line_before_training(world, world_parts, tmp_p
         assert not (tmp_path / name / "summary.json").exists()
 
 
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=OFFLINE_ENV,
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow
 def test_cli_sweep_makes_one_folder_per_job_and_bad_input_exits_2(world, tmp_path):
-    common = [f"base_model={world.base_model}", f"dataset.data_dir={world.data_dir}", "device=cpu",
-              "progress=false", "eval=[ppl]", "downsample_to=2"]
-    result = run_cli("-m", "task=eval", "model=uniform", "lr=1e-4,1e-3", *common, cwd=tmp_path)
+    common = [*world_overrides(world), "device=cpu", "progress=false", "eval=[ppl]", "downsample_to=2"]
+    result = run_script("run.py", "-m", "task=eval", "model=uniform", "lr=1e-4,1e-3", *common, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summaries = sorted((tmp_path / "outputs").rglob("summary.json"))
     assert len(summaries) == 2
@@ -320,18 +306,18 @@ def test_cli_sweep_makes_one_folder_per_job_and_bad_input_exits_2(world, tmp_pat
     assert all(p.relative_to(tmp_path).parts[:4] == ("outputs", "eval", "tiny_world", "uniform-test-ds2")
                for p in summaries)
 
-    result = run_cli("task=eval", "model=CaMeLS", *common, cwd=tmp_path)
+    result = run_script("run.py", "task=eval", "model=CaMeLS", *common, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "weight_model_path" in lines[0]
 
     # a value of the wrong type for its schema (schemas.py) is one line from Hydra's composition
-    result = run_cli("task=eval", "model=uniform", "lr=1e-3x", *common, cwd=tmp_path)
+    result = run_script("run.py", "task=eval", "model=uniform", "lr=1e-3x", *common, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: lr=1e-3x is invalid; it must be a number"]
 
     # a config Hydra cannot compose is one line too, naming the choices
-    result = run_cli("task=eval", "model=camels", *common, cwd=tmp_path)
+    result = run_script("run.py", "task=eval", "model=camels", *common, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Could not find 'model/camels'" in lines[0] and "CaMeLS, TFIDF, excess_loss, none, oracle, ssm, surprisal, uniform" in lines[0]

@@ -5,11 +5,9 @@ import copy
 import logging
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -22,8 +20,7 @@ from meta_objective import MetaSettings, outer_loss
 from subroutines import Decoding, generate_answers, reference_stop, score_predictions, summarize
 from exp_datasets.answer_spans import make_batch
 from weight_model import build_weight_model
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, compose
 
 
 @pytest.fixture(scope="module")
@@ -257,19 +254,14 @@ def test_a_5000_token_document_is_cut_to_a_256_position_model(parts, caplog):
 # Configuration defaults
 
 
-def compose_conf(config_dir, overrides):
-    with initialize_config_dir(config_dir=str(REPO / config_dir), version_base=None):
-        return compose("config", overrides=overrides)
-
-
 @pytest.mark.parametrize("dataset", ["streamingqa", "squad", "archivalqa", "tiny_world"])
 def test_reference_defaults_per_dataset(dataset):
-    train = compose_conf("conf", ["task=train", "model=CaMeLS", f"dataset={dataset}"])
+    train = compose("conf", ["task=train", "model=CaMeLS", f"dataset={dataset}"])
     body = OmegaConf.to_container(train.model, resolve=False)["pretrained_model"]
     assert body == ("${tiny_world:base_model}" if dataset == "tiny_world" else "distilgpt2")
     assert train.dataset.qa_eos and train.batch_order == "rows" and train.meta_dropout
-    assert compose_conf("qa_conf", [f"dataset={dataset}"]).dataset.qa_eos
-    evaluation = compose_conf("conf", ["task=eval", f"dataset={dataset}", "downsample_to=50"])
+    assert compose("qa_conf", [f"dataset={dataset}"]).dataset.qa_eos
+    evaluation = compose("conf", ["task=eval", f"dataset={dataset}", "downsample_to=50"])
     assert (evaluation.decoding, evaluation.num_beams, evaluation.num_beam_groups, evaluation.diversity_penalty,
             evaluation.max_new_tokens) == ("beam", 12, 4, 10.0, 16)
     assert (evaluation.lt_val_steps, evaluation.lt_patience, evaluation.lt_epochs, evaluation.lt_grad_clip_thresh,

@@ -3,15 +3,10 @@ state and its bit-exact restoration, answer-token bookkeeping, the weight render
 run that must learn to upweight answers."""
 import html
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import meta_train
 import weight_analysis
@@ -19,18 +14,13 @@ from plumbing import loading
 from exp_datasets import answer_spans
 from exp_datasets import QACollator, load_split
 from plumbing.errors import UsageError
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import OFFLINE_ENV, compose, run_script, train_world_overrides
 
 
 def train_config(world, out_dir, *overrides):
     """The real Hydra config of `run.py task=train model=CaMeLS`, pointed at the small world."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        return compose("config", overrides=[
-            "task=train", "model=CaMeLS", "dataset=tiny_world",
-            f"dataset.data_dir={world.data_dir}", f"++dataset.web_text_csv={world.data_dir / 'web_text.csv'}",
-            f"base_model={world.base_model}", f"model.pretrained_model={world.base_model}",
-            f"output_dir={out_dir}", "progress=false", "device=cpu", *overrides])
+    return compose("conf", ["task=train", "model=CaMeLS", "dataset=tiny_world", *train_world_overrides(world),
+                            f"output_dir={out_dir}", "progress=false", "device=cpu", *overrides])
 
 
 def test_tiny_world_tuning_applies_and_command_line_wins(tiny_world_small, tmp_path):
@@ -68,13 +58,8 @@ def test_bad_options_fail_before_work(tiny_world_small, tmp_path, override, mess
 @pytest.mark.slow
 def test_cli_reports_reset_frequency_in_one_line(tiny_world_small, tmp_path):
     world = tiny_world_small
-    result = subprocess.run(
-        [sys.executable, "run.py", "task=train", "model=CaMeLS", "reset_base_freq=7",
-         f"dataset.data_dir={world.data_dir}",
-         f"base_model={world.base_model}", f"model.pretrained_model={world.base_model}",
-         f"dataset.web_text_csv={world.data_dir / 'web_text.csv'}", f"output_dir={tmp_path / 'run'}",
-         f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=120)
+    result = run_script("run.py", "task=train", "model=CaMeLS", "reset_base_freq=7", *train_world_overrides(world),
+                        f"output_dir={tmp_path / 'run'}", f"hydra.run.dir={tmp_path / 'hydra'}", timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "reset_base_freq=7" in lines[0] and "update_batch_size=6" in lines[0]
@@ -264,14 +249,10 @@ def test_forward_mode_meta_training_runs_and_moves_the_weights(tiny_world_small,
     forward_mix) through run.py: it trains (finite losses, a non-zero estimated gradient that
     moves the weight model) and writes the usual outputs."""
     world = tiny_world_small
-    result = subprocess.run(
-        [sys.executable, "run.py", "task=train", "model=CaMeLS", "inner_backend=forward", "forward_probes=2",
-         f"forward_mix={mix}",
-         "dataset=tiny_world", f"dataset.data_dir={world.data_dir}", f"base_model={world.base_model}",
-         f"model.pretrained_model={world.base_model}", f"dataset.web_text_csv={world.data_dir / 'web_text.csv'}",
-         f"output_dir={tmp_path / 'run'}", f"hydra.run.dir={tmp_path / 'hydra'}", "progress=false", "device=cpu",
-         "torch_threads=1", *MEMORY_KNOBS],
-        cwd=REPO, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600)
+    result = run_script("run.py", "task=train", "model=CaMeLS", "inner_backend=forward", "forward_probes=2",
+                        f"forward_mix={mix}", "dataset=tiny_world", *train_world_overrides(world),
+                        f"output_dir={tmp_path / 'run'}", f"hydra.run.dir={tmp_path / 'hydra'}", "progress=false",
+                        "device=cpu", "torch_threads=1", *MEMORY_KNOBS)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]
@@ -284,9 +265,8 @@ def test_cli_refuses_a_weight_model_with_nothing_to_learn_before_building_anythi
     """The default model is uniform; the run folder's name needs the tiny world, whose first build
     takes minutes: the refusal comes first, and nothing is built or written."""
     cache = tmp_path / "cache"
-    result = subprocess.run([sys.executable, "run.py", "task=train", f"hydra.run.dir={tmp_path / 'hydra'}"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1", CAMELS_CACHE_DIR=str(cache)))
+    result = run_script("run.py", "task=train", f"hydra.run.dir={tmp_path / 'hydra'}", timeout=120,
+                        env=dict(OFFLINE_ENV, CAMELS_CACHE_DIR=str(cache)))
     assert result.returncode == 2
     expected = "error: model=uniform has nothing to learn; task=train needs model=CaMeLS"
     assert result.stderr.strip().splitlines() == [expected]

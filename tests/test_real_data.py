@@ -9,10 +9,6 @@ as a Hugging Face folder, so every model goes through the `from_pretrained` path
 `distilgpt2` takes. The model has 64 positions and the documents are longer: the length cut runs too.
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,9 +17,7 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
-           OMP_NUM_THREADS="1")
+from conftest import ONE_THREAD_ENV, REPO, run_script
 SPLIT_SIZES = {"qa_train": 8, "qa_val": 4, "train": 4, "val": 4, "test": 4}  # documents per split
 NAMES = ["Anna Berg", "Carl Dorn", "Eva Falk", "Gus Hale", "Ida Kern", "Jon Lund", "Kai Moss", "Lea Nord"]
 TOWNS = ["Oslo", "Paris", "Rome", "Bern", "Riga", "Kyiv", "Lima", "Baku"]
@@ -104,7 +98,7 @@ def write_model(root):
 
 
 def python(*args, cwd):
-    result = subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
+    result = run_script(*args, cwd=cwd, timeout=900, env=ONE_THREAD_ENV)
     assert result.returncode == 0, f"{' '.join(args[:3])} failed:\n{result.stderr[-3000:]}"
     return result
 
@@ -122,7 +116,7 @@ def test_readme_real_data_sequence(dataset, tmp_path):
 
     # 1. QA pre-tuning
     qa_dir = tmp_path / "qa"
-    python(str(REPO / "train_qa.py"), *common, f"model={model}", "batch_size=4", "grad_acc_steps=1", "max_steps=2",
+    python("train_qa.py", *common, f"model={model}", "batch_size=4", "grad_acc_steps=1", "max_steps=2",
            "val_steps=1", "eval_batch_size=8", f"hydra.run.dir={qa_dir}", cwd=tmp_path)
     state_dict = qa_dir / "checkpoints" / "lowest_nll" / "state_dict.pt"
     assert state_dict.is_file()
@@ -130,7 +124,7 @@ def test_readme_real_data_sequence(dataset, tmp_path):
 
     # 2. CaMeLS meta-training, two outer steps (a body other than distilgpt2 is named, as a user would)
     train_dir = tmp_path / "meta"
-    python(str(REPO / "run.py"), "task=train", "model=CaMeLS", *common, *base, f"model.pretrained_model={model}",
+    python("run.py", "task=train", "model=CaMeLS", *common, *base, f"model.pretrained_model={model}",
            f"web_text_csv={web_text}", "update_batch_size=2", "grad_acc_steps=1", "reset_base_freq=4",
            "max_outer_steps=2", "val_batches=1", f"hydra.run.dir={train_dir}", cwd=tmp_path)
     checkpoint = train_dir / "checkpoints" / "best"
@@ -140,7 +134,7 @@ def test_readme_real_data_sequence(dataset, tmp_path):
 
     # 3. every method over two learning rates on the validation stream, in one sweep
     sweep = tmp_path / "sweep"
-    python(str(REPO / "run.py"), "-m", "task=eval", *common, *base, "split=val", "model=uniform,ssm,TFIDF,CaMeLS",
+    python("run.py", "-m", "task=eval", *common, *base, "split=val", "model=uniform,ssm,TFIDF,CaMeLS",
            f"weight_model_path={checkpoint}", "lr=1e-4,1e-3", "eval=[em,em2,ppl]", "eval_batch_size=8",
            f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     summaries = [json.loads(p.read_text()) for p in sweep.rglob("summary.json")]
@@ -152,7 +146,7 @@ def test_readme_real_data_sequence(dataset, tmp_path):
         assert 0 <= summary["em"] <= summary["em_at_k"] <= 1
 
     # 4. the table
-    python(str(REPO / "report.py"), str(sweep), cwd=tmp_path)
+    python("report.py", str(sweep), cwd=tmp_path)
     table = pd.read_csv(sweep / "report" / "results.csv")
     assert set(table["method"]) == {"uniform", "ssm", "TFIDF", "CaMeLS"} and len(table) == 8
 

@@ -17,18 +17,15 @@ import demo
 import meta_train
 import evaluation
 import train_qa
-from plumbing import errors, files, loading
+from plumbing import checks, errors, files, loading
 import weight_model as W
 from exp_datasets import QACollator, load_split
 from subroutines import AdaptationSettings, weighted_train
+from conftest import OFFLINE_ENV, REPO, compose, run_script, train_world_overrides, world_overrides
 from test_eval import compose_config as eval_config
 from test_meta_train import train_config
-from test_train_qa import compose_config as qa_config
 from test_train_qa import run_overrides as qa_overrides
 from plumbing.errors import UsageError
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
 
 
 def one_line_error(call, *args):
@@ -96,7 +93,7 @@ def test_non_utf8_csv_in_evaluation_and_qa_tuning(tiny_world_small, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_world_small.data_dir, data)
     shutil.copy(tmp_path / "cp1252.csv", data / "qa_train.csv")
-    qa_cfg = qa_config(qa_overrides(tiny_world_small, **{"dataset.data_dir": str(data)}))
+    qa_cfg = compose("qa_conf", qa_overrides(tiny_world_small, **{"dataset.data_dir": str(data)}))
     assert "is not UTF-8" in one_line_error(train_qa.train_qa, qa_cfg, tmp_path / "qa")
 
 
@@ -106,7 +103,7 @@ def test_corrupt_state_dict_for_evaluation_and_qa_tuning(tiny_world_small, tmp_p
     corrupt.write_bytes(corrupt.read_bytes()[: corrupt.stat().st_size // 2])  # a cut-off download
     cfg = eval_config(tiny_world_small, [f"base_model_state_dict={corrupt}"])
     assert "not a readable torch file" in one_line_error(evaluation.evaluate, cfg, tmp_path / "run")
-    qa_cfg = qa_config(qa_overrides(tiny_world_small, load_state_dict_path=str(corrupt)))
+    qa_cfg = compose("qa_conf", qa_overrides(tiny_world_small, load_state_dict_path=str(corrupt)))
     assert "not a readable torch file" in one_line_error(train_qa.train_qa, qa_cfg, tmp_path / "qa")
 
 
@@ -294,14 +291,9 @@ def json_free_copy(state):
 # kill -9 and rerun the same command, through the command line
 
 
-def run_py(*args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=ENV, capture_output=True,
-                          text=True, timeout=300)
-
-
 def kill_when(args, cwd, ready, timeout=240):
     """Start run.py, kill -9 it as soon as `ready()` holds; returns whether it was killed mid-run."""
-    process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=ENV,
+    process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=OFFLINE_ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while process.poll() is None and not ready() and time.time() < deadline:
@@ -313,21 +305,20 @@ def kill_when(args, cwd, ready, timeout=240):
 
 
 def eval_args(world):
-    return ["task=eval", f"base_model={world.base_model}", f"dataset.data_dir={world.data_dir}", "device=cpu",
-            "progress=false", "eval=[ppl]", "torch_threads=1"]
+    return ["task=eval", *world_overrides(world), "device=cpu", "progress=false", "eval=[ppl]", "torch_threads=1"]
 
 
 @pytest.mark.slow
 def test_killed_evaluation_resumes_to_the_same_summary(tiny_world_small, tmp_path):
     args = [*eval_args(tiny_world_small), "downsample_to=-1", "n_epochs=12", "save_state_every=3", "lr=1e-3",
             "eval_init=true", "eval_every_k=50"]
-    whole = run_py(*args, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
+    whole = run_script("run.py", *args, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     state = tmp_path / "part" / evaluation.EVAL_STATE
     assert kill_when([*args, f"hydra.run.dir={tmp_path / 'part'}"], tmp_path, state.exists), "finished before the kill"
     assert not (tmp_path / "part" / "summary.json").exists()
     position = files.load_tensors(state, "state")["documents_seen"]
-    resumed = run_py(*args, f"hydra.run.dir={tmp_path / 'part'}", cwd=tmp_path)
+    resumed = run_script("run.py", *args, f"hydra.run.dir={tmp_path / 'part'}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming the stream after document {position}" in resumed.stdout + resumed.stderr
     a, b = (strict_load(tmp_path / run_name / "summary.json") for run_name in ("whole", "part"))
@@ -341,11 +332,9 @@ def test_killed_evaluation_resumes_to_the_same_summary(tiny_world_small, tmp_pat
 @pytest.mark.slow
 def test_killed_meta_training_resumes_to_the_same_run(tiny_world_small, tmp_path):
     world = tiny_world_small
-    args = ["task=train", "model=CaMeLS", f"dataset.data_dir={world.data_dir}", f"base_model={world.base_model}",
-            f"model.pretrained_model={world.base_model}", f"dataset.web_text_csv={world.data_dir / 'web_text.csv'}",
-            "device=cpu", "progress=false", "max_outer_steps=16", "val_steps=3", "inner_lr=1.0", "outer_lr=3e-3",
-            *META_KNOBS]
-    assert run_py(*args, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path).returncode == 0
+    args = ["task=train", "model=CaMeLS", *train_world_overrides(world), "device=cpu", "progress=false",
+            "max_outer_steps=16", "val_steps=3", "inner_lr=1.0", "outer_lr=3e-3", *META_KNOBS]
+    assert run_script("run.py", *args, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path).returncode == 0
     metrics = tmp_path / "part" / "metrics.jsonl"
 
     def past_a_checkpoint():  # a train row logged after the first checkpoint: it must not appear twice
@@ -356,7 +345,7 @@ def test_killed_meta_training_resumes_to_the_same_run(tiny_world_small, tmp_path
         return any(json.loads(line)["step"] > saved for line in metrics.read_text().splitlines() if line.strip())
 
     assert kill_when([*args, f"hydra.run.dir={tmp_path / 'part'}"], tmp_path, past_a_checkpoint)
-    resumed = run_py(*args, f"hydra.run.dir={tmp_path / 'part'}", cwd=tmp_path)
+    resumed = run_script("run.py", *args, f"hydra.run.dir={tmp_path / 'part'}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
 
     def rows(name):
@@ -373,9 +362,9 @@ def test_killed_meta_training_resumes_to_the_same_run(tiny_world_small, tmp_path
 @pytest.mark.slow
 def test_cli_rerun_with_other_options_leaves_the_run_folder_untouched(tiny_world_small, tmp_path):
     args = [*eval_args(tiny_world_small), "downsample_to=2", f"hydra.run.dir={tmp_path / 'run'}"]
-    assert run_py(*args, "lr=1e-3", cwd=tmp_path).returncode == 0
+    assert run_script("run.py", *args, "lr=1e-3", cwd=tmp_path).returncode == 0
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file() and p.suffix != ".log"}
-    result = run_py(*args, "lr=1e-4", cwd=tmp_path)
+    result = run_script("run.py", *args, "lr=1e-4", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "lr: 0.001 -> 0.0001" in lines[0] and "overwrite=true" in lines[0]
@@ -390,8 +379,8 @@ def test_cli_rerun_with_other_options_leaves_the_run_folder_untouched(tiny_world
 @pytest.mark.slow
 def test_sweep_checks_every_value_before_the_first_job(tiny_world_small, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_py("-m", *eval_args(tiny_world_small), "downsample_to=2", "lr=1e-4,abc,1e-3",
-                    f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    result = run_script("run.py", "-m", *eval_args(tiny_world_small), "downsample_to=2", "lr=1e-4,abc,1e-3",
+                        f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "lr=abc is invalid" in lines[0] and "no job was started" in lines[0]
@@ -401,8 +390,8 @@ def test_sweep_checks_every_value_before_the_first_job(tiny_world_small, tmp_pat
 @pytest.mark.slow
 def test_a_failed_sweep_job_does_not_stop_the_others(tiny_world_small, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_py("-m", *eval_args(tiny_world_small), "downsample_to=3", "optimizer=sgd", "lr=1e9,1e-3",
-                    f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    result = run_script("run.py", "-m", *eval_args(tiny_world_small), "downsample_to=3", "optimizer=sgd", "lr=1e9,1e-3",
+                        f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert result.returncode == 2
     assert "1 sweep job(s) failed, the others ran" in result.stderr.splitlines()[-1]
     diverged, fine = sorted(sweep_dir.glob("[0-9]_*"))
@@ -415,15 +404,24 @@ def test_a_failed_sweep_job_does_not_stop_the_others(tiny_world_small, tmp_path)
 
 
 @pytest.mark.parametrize("option,message", [
-    ("lrs=abc", "lrs=abc is invalid"),
+    ("lrs=abc", "lrs=abc"),
     ("qa_checkpoint=highest_fl", "qa_checkpoint=highest_fl is unknown"),
     ("meta_train_overrides=[inner_lr=abc]", "meta_train_overrides: inner_lr=abc is invalid"),
     ("methods.ssm=[model=nope]", "Could not find 'model/nope'"),
 ])
 def test_demo_checks_every_option_before_any_work(tmp_path, option, message):
     out = tmp_path / "demo"
-    assert message in one_line_error(demo.main, [option, f"out_dir={out}"])
+    result = run_script("demo.py", option, f"out_dir={out}", cwd=tmp_path, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], lines
     assert not out.exists()
+
+
+def test_lists_of_overrides_need_no_quotes():
+    assert checks.quoted_list_overrides(["meta_train_overrides=[inner_lr=0.1,eval=[em,ppl]]", "lrs=[1e-3,3e-3]",
+                                         "x=['a=b']", "methods.ssm=[model=ssm]"]) == [
+        "meta_train_overrides=['inner_lr=0.1','eval=[em,ppl]']", "lrs=[1e-3,3e-3]", "x=['a=b']",
+        "methods.ssm=['model=ssm']"]
 
 
 def test_demo_recomputes_a_step_whose_options_changed_and_the_steps_after_it(tmp_path, capsys):

@@ -1,19 +1,15 @@
 """report.py on synthetic trees of summary.json files whose aggregates are known in advance."""
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import report
+from conftest import OFFLINE_ENV, run_script
 from plumbing.errors import UsageError
 
-REPO = Path(__file__).resolve().parents[1]
 
 # (method, lr) -> per-seed (em, f1, nll). For uniform the best lr by F1 (1e-4) differs from the
 # best by NLL (2.5e-5), so the two metrics are told apart.
@@ -215,9 +211,7 @@ def test_empty_tree_exits_2_with_one_line(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(UsageError, match="no summary.json"):
         report.aggregate([tmp_path / "empty"])
-    env = dict(os.environ, MPLBACKEND="Agg")
-    result = subprocess.run([sys.executable, str(REPO / "report.py"), str(tmp_path / "empty")],
-                            capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    result = run_script("report.py", str(tmp_path / "empty"), env=dict(OFFLINE_ENV, MPLBACKEND="Agg"), timeout=120)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith("error: no summary.json")

@@ -3,36 +3,28 @@ job leaving the others alone, a resubmitted sweep skipping finished jobs, report
 sweep), the SLURM preset, and data-parallel meta-training under torchrun (2 gloo ranks equal one
 process; rank 0 alone writes; resuming keeps each rank's carried base model)."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import meta_train
 import report
+from conftest import ONE_THREAD_ENV, REPO, compose, run_script, train_world_overrides, world_overrides
 from plumbing.errors import UsageError
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
 
-
-def world_overrides(world):
-    return [f"dataset.data_dir={world.data_dir}", f"base_model={world.base_model}", "progress=false",
-            "torch_threads=1"]
+def eval_overrides(world):
+    return [*world_overrides(world), "progress=false", "torch_threads=1"]
 
 
 def run_cli(args, cwd=REPO, timeout=300):
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          env=ENV, timeout=timeout)
+    return run_script("run.py", *args, cwd=cwd, timeout=timeout, env=ONE_THREAD_ENV)
 
 
 def sweep(world, sweep_dir, launcher, lrs):
     return run_cli(["-m", *launcher, "task=eval", "model=uniform", "downsample_to=2", f"lr={lrs}",
-                    f"hydra.sweep.dir={sweep_dir}", *world_overrides(world)])
+                    f"hydra.sweep.dir={sweep_dir}", *eval_overrides(world)])
 
 
 def job_summaries(sweep_dir):
@@ -82,9 +74,8 @@ def test_failed_joblib_job_leaves_the_others_and_a_resubmitted_sweep_finds_finis
 
 
 def test_slurm_preset_asks_for_one_gpu_and_takes_cluster_options():
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("config", return_hydra_config=True,
-                      overrides=["hydra/launcher=slurm_gpu", "hydra.launcher.partition=a100", "hydra.launcher.mem_gb=32"])
+    cfg = compose("conf", ["hydra/launcher=slurm_gpu", "hydra.launcher.partition=a100", "hydra.launcher.mem_gb=32"],
+                  return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.gpus_per_node, launcher.partition, launcher.mem_gb) == (1, "a100", 32)
@@ -101,22 +92,17 @@ TRAIN_KNOBS = ["val_batches=1", "sample_docs=1", "update_batch_size=2", "grad_ac
 
 def train_overrides(world, *extra):
     """The command line of run.py task=train on the small world."""
-    return ["task=train", "model=CaMeLS", f"dataset.data_dir={world.data_dir}", f"base_model={world.base_model}",
-            f"model.pretrained_model={world.base_model}", f"dataset.web_text_csv={world.data_dir / 'web_text.csv'}",
-            *TRAIN_KNOBS, *extra]
+    return ["task=train", "model=CaMeLS", *train_world_overrides(world), *TRAIN_KNOBS, *extra]
 
 
 def torchrun(args, cwd, timeout=400):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(REPO / "run.py"), *args], cwd=cwd, capture_output=True, text=True, env=ENV,
-                          timeout=timeout)
+    return run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "run.py"), *args,
+                      cwd=cwd, timeout=timeout, env=ONE_THREAD_ENV)
 
 
 def single_process(world, out_dir, *extra):
     """The same run in this process, without torchrun."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=[*train_overrides(world, *extra), f"output_dir={out_dir}", "device=cpu"])
-    return meta_train.train(cfg)
+    return meta_train.train(compose("conf", [*train_overrides(world, *extra), f"output_dir={out_dir}", "device=cpu"]))
 
 
 def metric_rows(run_dir):
@@ -191,9 +177,7 @@ def test_two_rank_run_resumes_exactly(tiny_world_small, tmp_path):
 
 def test_grad_acc_steps_must_split_evenly_over_ranks(tiny_world_small, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=[*train_overrides(tiny_world_small, "grad_acc_steps=3"),
-                                           f"output_dir={tmp_path / 'run'}"])
+    cfg = compose("conf", [*train_overrides(tiny_world_small, "grad_acc_steps=3"), f"output_dir={tmp_path / 'run'}"])
     with pytest.raises(UsageError, match="grad_acc_steps=3 must be divisible by the number of torchrun ranks"):
         meta_train.train(cfg)
     assert not (tmp_path / "run").exists()
@@ -201,9 +185,8 @@ def test_grad_acc_steps_must_split_evenly_over_ranks(tiny_world_small, tmp_path,
 
 @pytest.mark.slow
 def test_evaluation_refuses_torchrun(tiny_world_small, tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "run.py"), "task=eval", *world_overrides(tiny_world_small),
-                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True,
-                            env=dict(ENV, WORLD_SIZE="2", RANK="0"), timeout=120)
+    result = run_script("run.py", "task=eval", *eval_overrides(tiny_world_small), f"hydra.run.dir={tmp_path / 'run'}",
+                        cwd=tmp_path, env=dict(ONE_THREAD_ENV, WORLD_SIZE="2", RANK="0"), timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: task=eval runs in one process; start it with python, "
                                                   "not torchrun"]
@@ -214,11 +197,9 @@ def test_evaluation_refuses_torchrun(tiny_world_small, tmp_path):
 
 
 def eval_config(world, *overrides):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        return compose("config", overrides=["task=eval", "model=uniform", f"base_model={world.base_model}",
-                                            f"dataset.data_dir={world.data_dir}", "device=cpu", "progress=false",
-                                            "max_new_tokens=4", "eval=[em,ppl]", "eval_init=true",
-                                            "downsample_to=4", "torch_threads=1", *overrides])
+    return compose("conf", ["task=eval", "model=uniform", *world_overrides(world), "device=cpu", "progress=false",
+                            "max_new_tokens=4", "eval=[em,ppl]", "eval_init=true", "downsample_to=4", "torch_threads=1",
+                            *overrides])
 
 
 @pytest.mark.parametrize("optimizer", ["adafactor", "adam8bit"])

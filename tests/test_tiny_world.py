@@ -198,19 +198,19 @@ def test_interrupted_build_leaves_the_previous_build(tiny_world_small, tmp_path,
 
 def test_resolving_a_config_never_builds(tmp_path, monkeypatch):
     """${tiny_world:...} only names paths: resolving the whole run config with an empty cache builds nothing."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
+
+    from conftest import compose
 
     monkeypatch.setenv("CAMELS_CACHE_DIR", str(tmp_path / "env_cache"))
     monkeypatch.setattr(tiny_world, "build", lambda *a, **k: pytest.fail("resolving a config built the tiny world"))
-    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
-        for overrides in (["task=eval"], ["task=train", "model=CaMeLS"]):
-            resolved = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
-            assert resolved["base_model"] == str(tmp_path / "env_cache" / "tiny_world" / "base_model")
-            assert resolved["dataset"]["data_dir"] == str(tmp_path / "env_cache" / "tiny_world" / "data")
-        # cache_dir= of the run wins over $CAMELS_CACHE_DIR
-        cfg = compose("config", overrides=["task=train", "model=CaMeLS", f"cache_dir={tmp_path / 'mine'}"])
-        assert cfg.base_model == cfg.model.pretrained_model == str(tmp_path / "mine" / "tiny_world" / "base_model")
+    for overrides in (["task=eval"], ["task=train", "model=CaMeLS"]):
+        resolved = OmegaConf.to_container(compose("conf", overrides), resolve=True)
+        assert resolved["base_model"] == str(tmp_path / "env_cache" / "tiny_world" / "base_model")
+        assert resolved["dataset"]["data_dir"] == str(tmp_path / "env_cache" / "tiny_world" / "data")
+    # cache_dir= of the run wins over $CAMELS_CACHE_DIR
+    cfg = compose("conf", ["task=train", "model=CaMeLS", f"cache_dir={tmp_path / 'mine'}"])
+    assert cfg.base_model == cfg.model.pretrained_model == str(tmp_path / "mine" / "tiny_world" / "base_model")
     assert not (tmp_path / "env_cache").exists() and not (tmp_path / "mine").exists()
     from omegaconf.errors import InterpolationResolutionError
 

@@ -1,23 +1,17 @@
 """train_qa.py: best-checkpoint selection, early stopping, a short real run, the CLI."""
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import train_qa
 from plumbing import errors, loading
 from exp_datasets import QACollator, load_split
 from subroutines import evaluate_qa, question_sample
-
-REPO = Path(__file__).resolve().parent.parent
-OFFLINE_ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+from conftest import REPO, compose, run_script
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,11 +54,6 @@ def test_early_stopping_counts_validations_without_a_lower_nll():
 # A short real run on the small tiny world
 
 
-def compose_config(overrides):
-    with initialize_config_dir(config_dir=str(REPO / "qa_conf"), version_base=None):
-        return compose(config_name="config", overrides=overrides)
-
-
 def run_overrides(world, **extra):
     # torch_threads=null: leave the test session's thread count alone
     base = dict(model=str(world.base_model), **{"dataset.data_dir": str(world.data_dir)},
@@ -77,8 +66,8 @@ def run_overrides(world, **extra):
 @pytest.fixture(scope="module")
 def short_run(tiny_world_small, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("qa_run")
-    cfg = compose_config(run_overrides(tiny_world_small, lr=3e-3, batch_size=8, grad_acc_steps=2,
-                                       val_steps=4, max_steps=12, stop_k="null"))
+    cfg = compose("qa_conf", run_overrides(tiny_world_small, lr=3e-3, batch_size=8, grad_acc_steps=2,
+                                           val_steps=4, max_steps=12, stop_k="null"))
     history = train_qa.train_qa(cfg, run_dir)
     return cfg, run_dir, history
 
@@ -137,9 +126,9 @@ def test_state_dict_round_trips_into_the_base_architecture(short_run, tiny_world
 
 def test_early_stopping_ends_a_diverging_run(tiny_world_small, tmp_path):
     # a learning rate this large wrecks the model, so no validation beats the one before training
-    cfg = compose_config(run_overrides(tiny_world_small, optimizer="sgd", lr=50.0, grad_clip_thresh=1e9,
-                                       batch_size=8, grad_acc_steps=1, val_steps=1, stop_k=2, max_steps=40,
-                                       max_new_tokens=2))
+    cfg = compose("qa_conf", run_overrides(tiny_world_small, optimizer="sgd", lr=50.0, grad_clip_thresh=1e9,
+                                           batch_size=8, grad_acc_steps=1, val_steps=1, stop_k=2, max_steps=40,
+                                           max_new_tokens=2))
     history = train_qa.train_qa(cfg, tmp_path)
     assert [r["step"] for r in history] == [0, 1, 2]
     best = json.loads((tmp_path / "best.json").read_text())
@@ -188,18 +177,18 @@ def test_a_finished_run_has_nothing_to_do_and_other_options_are_refused(short_ru
     files = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     assert train_qa.train_qa(cfg, run_dir) == history
     assert "nothing to do" in capsys.readouterr().out
-    other = compose_config(run_overrides(tiny_world_small, lr=1e-3, batch_size=8, grad_acc_steps=2,
-                                         val_steps=4, max_steps=12, stop_k="null"))
+    other = compose("qa_conf", run_overrides(tiny_world_small, lr=1e-3, batch_size=8, grad_acc_steps=2,
+                                             val_steps=4, max_steps=12, stop_k="null"))
     with pytest.raises(errors.UsageError, match=r"holds a run with other options \(lr: 0.003 -> 0.001\)"):
         train_qa.train_qa(other, run_dir)
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == files
 
 
 def test_overwrite_replaces_a_run_with_other_options(tiny_world_small, tmp_path):
-    first = compose_config(run_overrides(tiny_world_small, lr=3e-3, batch_size=8, val_steps=2, max_steps=2))
+    first = compose("qa_conf", run_overrides(tiny_world_small, lr=3e-3, batch_size=8, val_steps=2, max_steps=2))
     train_qa.train_qa(first, tmp_path)
-    second = compose_config(run_overrides(tiny_world_small, lr=1e-3, batch_size=8, val_steps=1, max_steps=1,
-                                          overwrite="true"))
+    second = compose("qa_conf", run_overrides(tiny_world_small, lr=1e-3, batch_size=8, val_steps=1, max_steps=1,
+                                              overwrite="true"))
     history = train_qa.train_qa(second, tmp_path)
     assert [r["step"] for r in history] == [0, 1]
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1]
@@ -210,16 +199,11 @@ def test_overwrite_replaces_a_run_with_other_options(tiny_world_small, tmp_path)
 # Command line
 
 
-def run_cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, str(REPO / "train_qa.py"), *args], cwd=cwd, env=OFFLINE_ENV,
-                          capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.slow
 def test_cfg_resolves_with_tiny_world_presets_and_output_layout(tiny_world_small):
-    result = run_cli("--cfg", "all", "--resolve", f"model={tiny_world_small.base_model}",
-                     f"dataset.data_dir={tiny_world_small.data_dir}",
-                     f"dataset.web_text_csv={tiny_world_small.data_dir / 'web_text.csv'}", "val_steps=7")
+    result = run_script("train_qa.py", "--cfg", "all", "--resolve", f"model={tiny_world_small.base_model}",
+                        f"dataset.data_dir={tiny_world_small.data_dir}",
+                        f"dataset.web_text_csv={tiny_world_small.data_dir / 'web_text.csv'}", "val_steps=7")
     assert result.returncode == 0, result.stderr
     cfg = OmegaConf.create(result.stdout)
     assert cfg.val_steps == 7  # the command line wins over the dataset preset...
@@ -230,7 +214,7 @@ def test_cfg_resolves_with_tiny_world_presets_and_output_layout(tiny_world_small
 
 
 def test_published_defaults_hold_for_real_datasets():
-    cfg = compose_config(["dataset=squad", "model=gpt2-xl"])
+    cfg = compose("qa_conf", ["dataset=squad", "model=gpt2-xl"])
     assert (cfg.batch_size, cfg.grad_acc_steps, cfg.optimizer, cfg.lr, cfg.grad_clip_thresh, cfg.val_steps) == (
         32, 2, "adam", 2.5e-5, 100, 512)
 
@@ -244,7 +228,7 @@ def test_published_defaults_hold_for_real_datasets():
     ("lr=-2.5e-5", "lr=-2.5e-05 is invalid; it must be a positive number"),
 ])
 def test_bad_input_is_one_line_before_training(tiny_world_small, tmp_path, override, expected):
-    cfg = compose_config(run_overrides(tiny_world_small) + [override])
+    cfg = compose("qa_conf", run_overrides(tiny_world_small) + [override])
     with pytest.raises(errors.UsageError) as raised:
         train_qa.train_qa(cfg, tmp_path)
     message = str(raised.value)
@@ -254,15 +238,15 @@ def test_bad_input_is_one_line_before_training(tiny_world_small, tmp_path, overr
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 def test_wandb_without_the_package_is_a_usage_error(tiny_world_small, tmp_path):
-    cfg = compose_config(run_overrides(tiny_world_small, wandb="true"))
+    cfg = compose("qa_conf", run_overrides(tiny_world_small, wandb="true"))
     with pytest.raises(errors.UsageError, match="pip install wandb or set wandb=false"):
         train_qa.train_qa(cfg, tmp_path)
 
 
 @pytest.mark.slow
 def test_cli_bad_input_exits_2_with_one_line(tiny_world_small, tmp_path):
-    result = run_cli(f"model={tiny_world_small.base_model}", "dataset.data_dir=/no/such/folder",
-                     f"hydra.run.dir={tmp_path}")
+    result = run_script("train_qa.py", f"model={tiny_world_small.base_model}", "dataset.data_dir=/no/such/folder",
+                        f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "/no/such/folder" in lines[0], result.stderr
