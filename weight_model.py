@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from exp_datasets.collate import check_embeds_vocabulary
 from token_alignment import decode_with_offsets
 from plumbing.errors import UsageError, first_line
 from plumbing.files import atomic_dir, atomic_torch_save, load_tensors
@@ -156,12 +157,9 @@ class CaMeLS(WeightModel):
                 f"({vocabulary['size']} tokens) than the base model's tokenizer ({len(tokenizer)} tokens); "
                 "use a weight model trained with a base model of the same tokenizer family"
             )
-        largest_id = max(regular_vocabulary(tokenizer).values())
-        if largest_id >= self.backbone.config.vocab_size:
-            raise UsageError(
-                f"the weight model's body has {self.backbone.config.vocab_size} token embeddings but the "
-                f"base model's tokenizer uses ids up to {largest_id}; use a weight model of the same tokenizer family"
-            )
+        check_embeds_vocabulary(tokenizer, self.backbone.get_input_embeddings().num_embeddings,
+                                f"the weight model's body ({self.options['pretrained_model']})",
+                                "use a weight model of the base model's tokenizer family")
 
     def forward(self, input_ids, attention_mask):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.options["freeze_base"]):

@@ -11,8 +11,9 @@ class UsageError(Exception):
 
 
 def run_cli(main_fn):
-    """Run an entry point so that a `UsageError` (also raised inside Hydra) and a command line Hydra
-    cannot compose (model=nope, a malformed override) are one line and exit 2."""
+    """Run an entry point so that a `UsageError` (also raised inside Hydra), a command line Hydra
+    cannot compose (model=nope, a malformed override) and an OS error on a named file (a full disk
+    while a library writes) are one line and exit 2."""
     # without it Hydra catches exceptions of config composition itself, prints a trace and exits 1
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     from hydra.errors import HydraException
@@ -22,6 +23,11 @@ def run_cli(main_fn):
             main_fn()
         except HydraException as err:
             raise UsageError(composition_error(err)) from None
+        except OSError as err:
+            if not err.filename:  # without the file's name one line could not say what to fix
+                raise
+            raise UsageError(f"cannot use {err.filename} ({err.strerror or first_line(err)}); free disk space "
+                             "or fix the path, then rerun the same command") from None
 
 
 def composition_error(err):
