@@ -289,11 +289,16 @@ def test_camels_refuses_another_vocabulary(tokenizer, body_dir, tmp_path):
         W.load_weight_model(tmp_path / "wm", other)
     with pytest.raises(errors.UsageError, match="another vocabulary"):
         W.build_weight_model(camels_cfg(body_dir), other)
-    # same family with extra added tokens (as GPT-J's tokenizer has over GPT-2's) is accepted
+    # same family with extra added tokens (as GPT-J's tokenizer has over GPT-2's) is accepted when the
+    # body embeds them, and refused when their ids lie beyond its embeddings (an IndexError otherwise)
     extended = copy.deepcopy(tokenizer)
     extended.add_tokens(["<|extratoken_1|>", "<|extratoken_2|>"])
     assert len(extended) > model.backbone.config.vocab_size
-    W.load_weight_model(tmp_path / "wm", extended)
+    with pytest.raises(errors.UsageError, match="added tokens included"):
+        W.load_weight_model(tmp_path / "wm", extended)
+    model.backbone.resize_token_embeddings(len(extended))
+    model.save(tmp_path / "wm_resized")
+    W.load_weight_model(tmp_path / "wm_resized", extended)
 
 
 def test_camels_refuses_a_state_dict_of_another_shape(tokenizer, body_dir, tmp_path):
