@@ -10,7 +10,6 @@ Each evaluation run folder holds:
                    light-tuning validations, the eval_every_k curve
 """
 
-import json
 import logging
 import math
 import time
@@ -55,6 +54,7 @@ def check_config(cfg):
     if cfg.test_path and not Path(cfg.test_path).is_file():
         raise UsageError(f"test_path {cfg.test_path} does not exist; point it at a CSV of the dataset's format")
     loading.base_state_dict(cfg)
+    environment.pick_device(cfg.device)
     check_optimizer(cfg.optimizer)
     if distributed.env_world_size() > 1:
         raise UsageError("task=eval runs in one process; start it with python, not torchrun")
@@ -115,14 +115,18 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     check_config(cfg)
     old = RUN_FOLDER.claim(run_dir, cfg)
     if old is not None and (run_dir / "summary.json").is_file():
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = files.read_json(run_dir / "summary.json", "the evaluation summary", "delete it to run the "
+                                  "evaluation again, or pass overwrite=true", keys=("diverged",))
         if summary.get("diverged"):
             raise UsageError(f"{run_dir} holds this evaluation, which diverged; lower lr={cfg.lr}, or pass "
                              "overwrite=true to run it again")
         log.info(f"{run_dir} holds this evaluation already complete; nothing to do")
         return summary
     state_path = run_dir / EVAL_STATE
-    resume_state = files.load_tensors(state_path, "evaluation state") if old is not None and state_path.is_file() else None
+    resume_state = files.load_tensors(
+        state_path, "evaluation state", keys=("model", "optimizer", "n_steps", "n_batches", "total_loss",
+                                              "documents_seen", "rng", "metrics", "init", "curve"),
+        fix="delete it to run the stream from its start") if old is not None and state_path.is_file() else None
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
     device = environment.pick_device(cfg.device)
@@ -185,6 +189,11 @@ def evaluate(cfg: DictConfig, run_dir: Path):
         adaptation = dict(n_steps=0, n_batches=0, mean_loss=None, diverged=None)
     metrics["adaptation"] = dict(adaptation, wall_time_s=time.time() - adapt_started)
     diverged = adaptation["diverged"]
+    if diverged and diverged["before_any_update"]:
+        raise UsageError(f"the weighted loss of document {diverged['document']} is not finite ({diverged['value']}) "
+                         "before any update, so no learning rate causes it: check the base model, the weight model "
+                         f"(model={cfg.model.name}) and the dataset's lengths "
+                         f"(max_text_len={cfg.dataset.max_text_len})")
     if diverged:
         summary = run_summary(cfg, method, weight_model.adapts, texts, questions, None, None, None, started, run_dir,
                               diverged=True)

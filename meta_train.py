@@ -64,6 +64,10 @@ def check_config(cfg) -> None:
     if cfg.web_text_loc and not web_text_path(cfg):
         raise UsageError("web_text_loc=true needs web_text_csv=/path/to/openwebtext.csv "
                          f"(dataset={cfg.dataset.name} names none), or set web_text_loc=false")
+    environment.pick_device(cfg.device)
+    for option in ("output_dir", "resume_from"):
+        if cfg.get(option):
+            files.check_folder_path(cfg[option], option)
     if cfg.resume_from:
         files.recover_dir(Path(cfg.resume_from) / "checkpoints" / "last")
     if cfg.resume_from and not (Path(cfg.resume_from) / "checkpoints" / "last" / RESUME_FILE).is_file():
@@ -203,8 +207,7 @@ class MetaTrainer:
     @distributed.main_only
     def log(self, row):
         row = {k: (round(v, 8) if isinstance(v, float) else v) for k, v in row.items()}
-        with open(self.metrics_path, "a") as handle:
-            handle.write(files.strict_json(row) + "\n")
+        files.append_line(files.strict_json(row), self.metrics_path)
         if self.wandb_run is not None:
             split = row["split"]
             self.wandb_run.log({f"{split}/{k}": v for k, v in row.items() if k not in ("split", "step")},
@@ -273,12 +276,16 @@ class MetaTrainer:
             self.weight_model.save(folder)
             (folder / "training_state.json").write_text(json.dumps(dict(step=self.step, epoch=self.epoch, val=val),
                                                                    indent=1))
-            torch.save(state, folder / RESUME_FILE)
+            files.save_tensors(state, folder / RESUME_FILE)
 
     def resume(self, folder):
         from weight_model import load_weight_model
 
-        state = files.load_tensors(Path(folder) / RESUME_FILE, "meta-training state")
+        state = files.load_tensors(Path(folder) / RESUME_FILE, "meta-training state",
+                                   keys=("optimizer", "base_params", "step", "epoch", "batch_in_epoch",
+                                         "epoch_rng_state", "docs_since_reset", "best_val", "val_start",
+                                         "loc_rng_state", "rng"),
+                                   fix="delete the folder checkpoints/last to start afresh, or pass overwrite=true")
         self.weight_model.load_state_dict(load_weight_model(folder).state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         subroutines.restore_parameters(self.base_model, state["base_params"])
@@ -296,11 +303,11 @@ class MetaTrainer:
     @distributed.main_only
     def truncate_metrics(self):
         """metrics.jsonl up to the resumed step: rows logged after the checkpoint by the interrupted
-        run are logged again by the continuation, so they go."""
+        run are logged again by the continuation, so they go, and so does a last line cut short by a full disk."""
         if not self.metrics_path.is_file():
             return
-        rows = [line for line in self.metrics_path.read_text().splitlines(keepends=True)
-                if line.strip() and json.loads(line)["step"] <= self.step]
+        rows = [line if line.endswith("\n") else line + "\n" for line in
+                self.metrics_path.read_text().splitlines(keepends=True) if complete_row(line, self.step)]
         files.atomic_write_text("".join(rows), self.metrics_path)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -425,6 +432,15 @@ def claim_run_folder(cfg, out_dir):
     return False
 
 
+def complete_row(line, last_step):
+    """Whether a line of metrics.jsonl is a whole row logged at or before `last_step`."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step
+
+
 def example_group(example):
     return example.group or example.doc_id
 
@@ -443,7 +459,8 @@ def train(cfg) -> dict:
     out_dir = distributed.broadcast_object(output_dir(cfg))  # rank 0's folder, claimed by rank 0
     resume = distributed.broadcast_object(claim_run_folder(cfg, out_dir) if distributed.is_main() else None)
     if resume == "complete":
-        summary = json.loads((out_dir / "summary.json").read_text())
+        summary = files.read_json(out_dir / "summary.json", "the meta-training summary", "delete it to run the "
+                                  "training again, or pass overwrite=true", keys=("steps",))
         if distributed.is_main():
             print(f"meta-training in {out_dir} is already complete ({summary['steps']} outer steps); nothing to do")
         return summary

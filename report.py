@@ -29,7 +29,6 @@ Library use (e.g. from a demo script):
 """
 import argparse
 import io
-import json
 import math
 import sys
 import textwrap
@@ -40,7 +39,7 @@ import pandas as pd
 
 from paired_stats import paired_table
 from plumbing.errors import UsageError, run_cli
-from plumbing.files import atomic_path, atomic_write_text
+from plumbing.files import atomic_path, atomic_write_text, check_folder_path, read_json
 
 SUMMARY_NAME = "summary.json"
 SETTING_COLUMNS = ["dataset", "split", "base_model", "downsample_to", "optimizer", "n_epochs"]
@@ -102,14 +101,14 @@ def _number(value, path, key, required):
         raise UsageError(f"{path}: {key!r} is {value!r}, not a number; fix or remove that run") from None
 
 
+def read_summary_file(path):
+    """The JSON object of a summary.json; one line naming the file when it is damaged or no object."""
+    return read_json(path, "run summary", "remove it or rerun that evaluation")
+
+
 def read_summary(path):
     """One run as a flat dict: setting, method, lr, seed, values (NaN when absent), run_dir."""
-    try:
-        summary = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UsageError(f"cannot read {path} ({err}); remove it or rerun that evaluation") from None
-    if not isinstance(summary, dict):
-        raise UsageError(f"{path} is not a JSON object; it is not a run.py eval summary")
+    summary = read_summary_file(path)
     if not summary.get("method"):
         raise UsageError(f"{path} has no 'method'; it is not a complete run.py eval summary")
     run = {column: summary.get(column) for column in SETTING_COLUMNS}
@@ -138,7 +137,7 @@ def load_runs(paths):
             f"no {SUMMARY_NAME} under {shown}; point report.py at the output folders of "
             "`python run.py task=eval` runs (finished runs write summary.json)"
         )
-    diverged = [path for path in summaries if json.loads(Path(path).read_text()).get("diverged") is True]
+    diverged = [path for path in summaries if read_summary_file(path).get("diverged") is True]
     if diverged:  # no metrics to compare: such an lr is not a candidate
         print(f"report: leaving out {len(diverged)} diverged run(s), e.g. {diverged[0].parent}", file=sys.stderr)
     runs = [read_summary(path) for path in summaries if path not in diverged]
@@ -476,6 +475,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.bootstrap < 100:
         raise UsageError(f"--bootstrap {args.bootstrap} is too few resamples for a 95% interval; use at least 100")
+    first = Path(args.paths[0])
+    out_dir = Path(args.out) if args.out else (first.parent if first.is_file() else first) / "report"
+    check_folder_path(out_dir, "--out")
 
     runs = load_runs(args.paths)
     _check_metric(args.metric)
@@ -488,8 +490,6 @@ def main(argv=None):
         paired = paired_table(best, runs, baselines, SETTING_COLUMNS,
                               lambda a, b: _key_equal(a, b, SETTING_COLUMNS),
                               "em" if args.metric == "em" else "f1", args.bootstrap)
-    first = Path(args.paths[0])
-    out_dir = Path(args.out) if args.out else (first.parent if first.is_file() else first) / "report"
     markdown = write_report(table, best, out_dir, args.metric, paired)
     print(markdown)
     print(f"wrote {out_dir}/results.md, results.csv, best.csv, best_f1.png" + (", paired.csv" if baselines else ""))

@@ -270,7 +270,8 @@ def weighted_train(base_model, weight_model, texts: List[str], collator, device,
     continues from it. The stream stops at the first non-finite loss or gradient.
 
     Returns {"n_steps", "n_batches", "mean_loss", "diverged"}: diverged is None, or the document and
-    the non-finite value at which the stream stopped.
+    the non-finite value at which the stream stopped, and whether that came before any update
+    (`before_any_update`: then the model and data, not the learning rate, are the cause).
     """
     parameters = [p for p in base_model.parameters() if p.requires_grad]
     opt = make_optimizer(settings.optimizer, parameters, settings.lr)
@@ -307,7 +308,7 @@ def weighted_train(base_model, weight_model, texts: List[str], collator, device,
         loss = weighted_lm_loss(logits, ids, mask, weights, collator.max_text_len)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
-            diverged = dict(document=documents_seen + 1, value=f"loss {loss_value}")
+            diverged = dict(document=documents_seen + 1, value=f"loss {loss_value}", before_any_update=n_steps == 0)
             break
         (loss / settings.grad_acc_steps).backward()
         n_batches += 1
@@ -315,7 +316,8 @@ def weighted_train(base_model, weight_model, texts: List[str], collator, device,
         if n_batches % settings.grad_acc_steps == 0:
             bad_norm = apply_step()
             if bad_norm is not None:
-                diverged = dict(document=documents_seen + len(batch_texts), value=f"gradient norm {bad_norm}")
+                diverged = dict(document=documents_seen + len(batch_texts), value=f"gradient norm {bad_norm}",
+                                before_any_update=n_steps == 0)
                 break
             n_steps += 1
         bar.update(1)
@@ -333,10 +335,10 @@ def weighted_train(base_model, weight_model, texts: List[str], collator, device,
     if diverged is None and n_batches % settings.grad_acc_steps:  # the stream's last, incomplete accumulation still counts
         bad_norm = apply_step()
         if bad_norm is not None:
-            diverged = dict(document=documents_seen, value=f"gradient norm {bad_norm}")
+            diverged = dict(document=documents_seen, value=f"gradient norm {bad_norm}", before_any_update=n_steps == 0)
         n_steps += 1
     if diverged is None and not all(torch.isfinite(p).all() for p in parameters):
-        diverged = dict(document=documents_seen, value="a non-finite weight")
+        diverged = dict(document=documents_seen, value="a non-finite weight", before_any_update=False)
     bar.close()
     base_model.eval()
     return dict(n_steps=n_steps, n_batches=n_batches, mean_loss=total_loss / max(n_batches, 1), diverged=diverged)

@@ -91,6 +91,7 @@ def check_config(cfg):
     schemas.check_values(cfg)
     if cfg.load_state_dict_path:
         loading.existing_state_dict(cfg.load_state_dict_path, "load_state_dict_path")
+    environment.pick_device(cfg.device)
     environment.check_wandb(cfg)
 
 
@@ -104,7 +105,7 @@ def save_checkpoints(names, model, tokenizer, checkpoint_dir):
     with files.atomic_dir(checkpoint_dir / first) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        torch.save(model.state_dict(), tmp / "state_dict.pt")
+        files.save_tensors(model.state_dict(), tmp / "state_dict.pt")
     for name in others:
         with files.atomic_dir(checkpoint_dir / name) as tmp:
             shutil.copytree(checkpoint_dir / first, tmp, copy_function=link_or_copy, dirs_exist_ok=True)
@@ -153,7 +154,9 @@ class Trainer:
 
     def load_state(self):
         """Continue from resume.pt; returns the step it was saved at."""
-        state = files.load_tensors(self.run_dir / RESUME_STATE, "QA-tuning resume state")
+        state = files.load_tensors(self.run_dir / RESUME_STATE, "QA-tuning resume state",
+                                   keys=("model", "optimizer", "step", "best", "stopper", "history", "rng"),
+                                   fix="delete it to start the tuning afresh, or pass overwrite=true")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tracker.best = state["best"]
@@ -234,7 +237,8 @@ def train_qa(cfg: DictConfig, run_dir):
     check_folder(cfg, run_dir)
     tiny_world.ensure_built_for(cfg)
     if not cfg.overwrite and (run_dir / DONE).is_file():
-        history = json.loads((run_dir / DONE).read_text())["history"]
+        history = files.read_json(run_dir / DONE, "the completion record", "delete it to run the tuning again, "
+                                  "or pass overwrite=true", keys=("history",))["history"]
         print(f"QA tuning in {run_dir} is complete ({history[-1]['step']} steps); nothing to do")
         return history
     device = environment.pick_device(cfg.device)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from exp_datasets.collate import check_embeds_vocabulary
 from loss_weightings import ExcessLoss, Surprisal
 from plumbing.errors import UsageError, first_line
 from plumbing.files import atomic_dir, atomic_torch_save, load_tensors
@@ -172,12 +173,10 @@ class CaMeLS(WeightModel):
         body's own tokenizer (then the body's tokenizer must be loadable)."""
         vocabulary = self.options["vocabulary"]
         if vocabulary is None or same_tokenizer(vocabulary, tokenizer):
-            largest_id = max(regular_vocabulary(tokenizer).values())
-            if largest_id >= self.backbone.config.vocab_size:
-                raise UsageError(
-                    f"the weight model's body has {self.backbone.config.vocab_size} token embeddings but the "
-                    f"base model's tokenizer uses ids up to {largest_id}; use a weight model of the same tokenizer "
-                    "family, or one saved with its tokenizer")
+            check_embeds_vocabulary(tokenizer, self.backbone.get_input_embeddings().num_embeddings,
+                                    f"the weight model's body ({self.options['pretrained_model']})",
+                                    "use a weight model of the base model's tokenizer family, or one saved with its "
+                                    "tokenizer")
             self.base_tokenizer = None
             return self
         if self.body_tokenizer is None:

@@ -4,6 +4,8 @@ import logging
 
 import torch
 
+from plumbing.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 
@@ -45,10 +47,19 @@ class QACollator:
             self.max_answer_len = min(max_answer_len, max_positions // 2)
             self.max_text_len = min(max_text_len, max_positions)
             self.max_question_len = min(max_question_len, max_positions - self.max_answer_len - int(qa_eos))
+        if self.max_text_len < 2:  # the loss predicts each token from the ones before it
+            raise UsageError(f"documents are cut to {self.max_text_len} token(s) (max_text_len={max_text_len}, "
+                             f"models' positions {max_positions}), but a document needs at least 2 tokens to have a "
+                             "loss: raise dataset.max_text_len")
 
     @classmethod
     def from_config(cls, tokenizer, dataset_cfg, models=(), answer_match="all"):
-        """The collator of a dataset config; `models` (any with a `config`) bound the lengths."""
+        """The collator of a dataset config; `models` (any with a `config`) bound the lengths, and
+        each language model among them must embed every token id of `tokenizer`."""
+        for model in models:
+            if hasattr(model, "get_input_embeddings"):
+                check_embeds_vocabulary(tokenizer, model.get_input_embeddings().num_embeddings,
+                                        f"the model {getattr(model, 'name_or_path', '') or type(model).__name__}")
         limit = min_positions(models)
         collator = cls(tokenizer, dataset_cfg.max_text_len, dataset_cfg.max_question_len,
                        dataset_cfg.max_answer_len, dataset_cfg.get("qa_eos", True), limit, answer_match)
@@ -96,6 +107,23 @@ class QACollator:
         return dict(text_ids=text_ids, text_mask=text_mask, qa_ids=qa_ids, qa_mask=qa_mask,
                     qa_labels=qa_labels, gen_ids=gen_ids, gen_mask=gen_mask, texts=texts, questions=questions,
                     answers=answers, golds=[e.golds(self.answer_match) for e in examples])
+
+
+def largest_token_id(tokenizer) -> int:
+    """The largest id `tokenizer` can produce, added tokens (special or not) included."""
+    return max(max(tokenizer.get_vocab().values()), len(tokenizer) - 1)
+
+
+def check_embeds_vocabulary(tokenizer, n_embeddings: int, model_name: str,
+                            fix: str = "use the model's own tokenizer (tokenizer_name), or resize the model's "
+                                       "embeddings to the tokenizer and save it") -> None:
+    """A one-line UsageError ending in `fix` when a model with `n_embeddings` token embeddings cannot
+    read every id of `tokenizer` (e.g. a tokenizer with added tokens the model was never resized for)."""
+    largest = largest_token_id(tokenizer)
+    if largest >= n_embeddings:
+        added = len(tokenizer.get_added_vocab())
+        raise UsageError(f"{model_name} embeds {n_embeddings} tokens but the tokenizer has ids up to {largest} "
+                         f"({added} added tokens included); {fix}")
 
 
 def model_positions(model):

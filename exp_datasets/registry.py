@@ -11,7 +11,8 @@ from pathlib import Path
 
 from plumbing.errors import UsageError
 from plumbing.schemas import SPLITS
-from .base import Example, capitalize_first, check_texts, clean_answers, group_shuffle, read_csv, shortest_answer
+from .base import (Example, capitalize_first, check_texts, clean_answers, group_shuffle, read_csv, shortest_answer,
+                   split_answers)
 
 DATASETS = {}
 
@@ -56,16 +57,18 @@ def split_path(dataset_cfg, split, path=None):
 
 @register("streamingqa")
 def load_streamingqa(cfg, split, path=None):
-    """CSV with `text`, `question`, `answers` (alternatives separated by a backslash)."""
+    """CSV with `text`, `question`, `answers` (alternatives separated by a backslash, or a JSON list)."""
     file = split_path(cfg, split, path)
     frame = read_csv(file, ["text", "question", "answers"], "StreamingQA")
     doc_ids = frame["doc_id"] if "doc_id" in frame.columns else frame["text"].factorize()[0].astype(str)
-    return [
-        Example(text=row.text, question=row.question, answer=shortest_answer(row.answers.split("\\")),
-                answers=clean_answers(row.answers.split("\\")), doc_id=str(doc_id), group=str(doc_id),
-                extra={k: getattr(row, k) for k in ("answer_start", "answer_end", "answer_spans") if k in frame.columns})
-        for row, doc_id in zip(frame.itertuples(index=False), doc_ids)
-    ]
+    examples = []
+    for line, row, doc_id in zip(frame.index, frame.itertuples(index=False), doc_ids):
+        answers = split_answers(row.answers, f"{file}, line {line}, column 'answers'")
+        examples.append(Example(
+            text=row.text, question=row.question, answer=shortest_answer(answers), answers=answers,
+            doc_id=str(doc_id), group=str(doc_id), origin=f"{file} line {line}",
+            extra={k: getattr(row, k) for k in ("answer_start", "answer_end", "answer_spans") if k in frame.columns}))
+    return examples
 
 
 @register("tiny_world")
@@ -81,12 +84,12 @@ def load_archivalqa(cfg, split, path=None):
     file = split_path(cfg, split, path)
     text_column = "ans_text" if cfg.get("full_passage", False) else "ans_paragraph"
     frame = read_csv(file, ["question", "answer", "doc_id", text_column], "ArchivalQA")
-    examples = [
-        Example(text=getattr(row, text_column), question=row.question,
-                answer=shortest_answer(row.answer.split("\\")), answers=clean_answers(row.answer.split("\\")),
-                doc_id=str(row.doc_id), group=str(row.doc_id))
-        for row in frame.itertuples(index=False)
-    ]
+    examples = []
+    for line, row in zip(frame.index, frame.itertuples(index=False)):
+        answers = split_answers(row.answer, f"{file}, line {line}, column 'answer'")
+        examples.append(Example(text=getattr(row, text_column), question=row.question,
+                                answer=shortest_answer(answers), answers=answers,
+                                doc_id=str(row.doc_id), group=str(row.doc_id), origin=f"{file} line {line}"))
     return group_shuffle(examples, lambda e: e.group, random.Random(cfg.get("shuffle_seed", 0)))
 
 
@@ -97,6 +100,7 @@ def load_squad(cfg, split, path=None):
     split) reads JSON/JSON-lines files in the HF SQuAD schema instead of the hub."""
     import datasets
 
+    source = f"SQuAD file {path}" if path else None
     if path:
         source_split, records = "file", _squad_json(path)
     else:
@@ -109,6 +113,7 @@ def load_squad(cfg, split, path=None):
                     "point it at a JSON file in the HF SQuAD schema"
                 )
             records = _squad_json(local[source_split])
+            source = f"SQuAD file {local[source_split]}"
         else:
             try:
                 records = datasets.load_dataset(cfg.hf_name, split=source_split)
@@ -127,9 +132,25 @@ def load_squad(cfg, split, path=None):
         Example(text=r["context"], question=r["question"], answer=shortest_answer(r["answers"]["text"]),
                 answers=clean_answers(dict.fromkeys(r["answers"]["text"])),
                 doc_id=str(zlib.crc32(r["context"].encode())), group=r["title"])
-        for r in records
+        for r in checked_squad_records(records, source)
     ]
     return group_shuffle(examples, lambda e: e.group, random.Random(cfg.get("shuffle_seed", 0)))
+
+
+def checked_squad_records(records, source):
+    """The records, each checked to have SQuAD's field shapes (strings, and answers as
+    {"text": [strings], ...}); a record of another shape is a one-line UsageError naming `source`
+    (a local file; None for the hub), the record (its line in a JSON-lines file) and the field."""
+    for number, record in enumerate(records, start=1):
+        problem = next((f"field {name!r} is not text" for name in ("title", "context", "question")
+                        if not isinstance(record[name], str)), None)
+        answers = record["answers"]
+        if problem is None and not (isinstance(answers, dict) and isinstance(answers.get("text"), list)
+                                    and all(isinstance(a, str) for a in answers["text"])):
+            problem = "field 'answers' is not {\"text\": [\"...\", ...], \"answer_start\": [...]}"
+        if problem:
+            raise UsageError(f"{source or 'SQuAD'}, record {number}: {problem}; use the HF SQuAD schema")
+        yield record
 
 
 def _squad_json(path):

@@ -14,7 +14,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from plumbing.errors import UsageError, composition_error, usage_errors_exit
-from plumbing.files import atomic_write_text
+from plumbing.files import atomic_write_text, check_folder_path
 
 ERROR_FILE = "error.txt"
 
@@ -122,6 +122,7 @@ def check_run(config):
         run_dir = Path(str(config.hydra.run.dir))
     except Exception:  # noqa: BLE001 - a folder named by Hydra's own runtime values: never a finished run's
         return
+    check_folder_path(run_dir, "the run folder (hydra.run.dir)")
     if folder_check is not None and (run_dir / OPTIONS_FILE).is_file():
         folder_check(cfg, run_dir)
 
@@ -137,6 +138,7 @@ class EarlyChecks(Callback):
 
         jobs = sweep_jobs(config.hydra.overrides.task)
         with usage_errors_exit():
+            check_folder_path(config.hydra.sweep.dir, "the sweep folder (hydra.sweep.dir)")
             for number, overrides in enumerate(jobs):
                 try:
                     check_job(compose(config_name=config_name, overrides=list(overrides)))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from plumbing.errors import UsageError
+from plumbing.files import check_folder_path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,17 +31,31 @@ def set_seed(seed: int):
 
 
 def cache_dir(configured=None) -> Path:
-    """Where built artefacts live: the config value, else $CAMELS_CACHE_DIR, else <repo>/.cache."""
-    path = configured or os.environ.get("CAMELS_CACHE_DIR") or REPO_ROOT / ".cache"
-    return Path(path).expanduser().resolve()
+    """Where built artefacts live: the config value, else $CAMELS_CACHE_DIR, else <repo>/.cache; a path
+    that is (or lies under) an existing file is a one-line UsageError."""
+    option = "cache_dir" if configured else "CAMELS_CACHE_DIR" if os.environ.get("CAMELS_CACHE_DIR") else "the cache"
+    path = Path(configured or os.environ.get("CAMELS_CACHE_DIR") or REPO_ROOT / ".cache").expanduser().resolve()
+    check_folder_path(path, option)
+    return path
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The torch device `name` names (auto: CUDA when there is one); a device this machine does not
+    have is a one-line UsageError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"device={name} is not a device; use auto, cpu, cuda, cuda:<index> or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device={name} was asked for but CUDA is not available; use device=cpu")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"device={name} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                         "device(s), numbered from 0")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device={name} was asked for but MPS is not available; use device=cpu")
+    return device
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -11,17 +11,42 @@ class UsageError(Exception):
 
 
 def run_cli(main_fn):
-    """Run an entry point so that a `UsageError` (also raised inside Hydra) and a command line Hydra
-    cannot compose (model=nope, a malformed override) are one line and exit 2."""
+    """Run an entry point so that a `UsageError` (also raised inside Hydra), a command line Hydra
+    cannot compose (model=nope, a malformed override) and an OS error on a named file (a full disk
+    while a library writes) are one line and exit 2."""
     # without it Hydra catches exceptions of config composition itself, prints a trace and exits 1
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     from hydra.errors import HydraException
+    from omegaconf.errors import InterpolationResolutionError
 
     with usage_errors_exit():
         try:
             main_fn()
         except HydraException as err:
             raise UsageError(composition_error(err)) from None
+        except InterpolationResolutionError as err:  # a resolver (${tiny_world:...}) refused a value
+            message = resolver_usage_error(err)
+            if message is None:
+                raise
+            raise UsageError(message) from None
+        except OSError as err:
+            if not err.filename:  # without the file's name one line could not say what to fix
+                raise
+            raise UsageError(f"cannot use {err.filename} ({err.strerror or first_line(err)}); free disk space "
+                             "or fix the path, then rerun the same command") from None
+
+
+def resolver_usage_error(err):
+    """The message of the UsageError a config resolver raised, which OmegaConf wraps (keeping only its
+    text unless OC_CAUSE=1); None for any other resolution error."""
+    cause = err
+    while cause is not None:
+        if isinstance(cause, UsageError):
+            return str(cause)
+        cause = cause.__cause__ or cause.__context__
+    prefix = f"{UsageError.__name__} raised while resolving interpolation: "
+    text = str(err).splitlines()[0] if str(err) else ""
+    return text[len(prefix):] if text.startswith(prefix) else None
 
 
 def composition_error(err):

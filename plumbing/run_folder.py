@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from plumbing.errors import UsageError
-from plumbing.files import atomic_write_text, strict_json
+from plumbing.files import atomic_write_text, read_json, strict_json
 
 OPTIONS_FILE = "run_options.json"
 
@@ -35,7 +35,10 @@ def differences(old, new, ignored=()):
 
 def recorded_options(run_dir):
     path = Path(run_dir) / OPTIONS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return read_json(path, "the run's options file", "delete the run folder, or pass overwrite=true to replace "
+                     "the run")
 
 
 def remove_outputs(run_dir, outputs):
@@ -48,9 +51,9 @@ def check(run_dir, options, ignored, outputs, overwrite=False):
     """The options recorded in `run_dir` when they equal `options` (but for `ignored`), None when
     `run_dir` holds no run or overwrite=true; a one-line UsageError for a run with other options."""
     run_dir = Path(run_dir)
-    old = recorded_options(run_dir)
     if overwrite:
         return None
+    old = recorded_options(run_dir)
     found = [pattern for pattern in outputs if any(run_dir.glob(pattern))]
     if old is None and found:
         raise UsageError(f"{run_dir} already holds a run ({found[0]}) that recorded no options; choose another "

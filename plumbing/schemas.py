@@ -54,7 +54,7 @@ class DatasetConfig:
     files: Dict[str, str] = field(default_factory=dict)
     web_text_csv: Optional[str] = None          # web text of the locality term (meta-training)
     capitalize_answers: bool = key()
-    max_text_len: int = key("positive_int")
+    max_text_len: int = key("document_length")
     max_question_len: int = key("positive_int")
     max_answer_len: int = key("positive_int")
     qa_eos: bool = key()
@@ -155,8 +155,8 @@ class RunConfig:
     tokenizer_name: Optional[str] = key()
     base_model_state_dict: Optional[str] = key()
     base_model_state_dict_path: Optional[str] = key()
-    seed: int = key()
-    device: str = key()
+    seed: int = key("seed")
+    device: str = key("device")
     dtype: str = key(choices=tuple(DTYPES))
     cache_dir: Optional[str] = key()
     wandb: bool = key()
@@ -192,7 +192,7 @@ class EvalConfig(RunConfig):
     lt_optimizer: str = key(choices=OPTIMIZERS)
     lt_grad_acc_steps: int = key("positive_int")
     lt_grad_clip_thresh: float = key("positive")
-    eval: List[str] = key()
+    eval: List[str] = key("eval_modes")
     decoding: str = key(choices=DECODINGS)
     num_beams: int = key("positive_int")
     num_beam_groups: int = key("positive_int")
@@ -254,8 +254,8 @@ class QATuneConfig:
     model: str = key()
     tokenizer_name: Optional[str] = key()
     load_state_dict_path: Optional[str] = key()
-    seed: int = key()
-    device: str = key()
+    seed: int = key("seed")
+    device: str = key("device")
     dtype: str = key(choices=tuple(DTYPES))
     torch_threads: Optional[int] = key("positive_int")
     grad_checkpointing: bool = key()
@@ -292,7 +292,7 @@ class DemoConfig:
     parallel_jobs: int = key("positive_int")
     qa_tune_overrides: List[str] = key("overrides")
     qa_checkpoint: str = key(choices=QA_CHECKPOINTS)
-    meta_train_seeds: List[int] = key()
+    meta_train_seeds: List[int] = key("seeds")
     meta_train_overrides: List[str] = key("overrides")
     weight_checkpoint: str = key("checkpoint_name")
     methods: Dict[str, List[str]] = key()
@@ -301,9 +301,9 @@ class DemoConfig:
     lrs: List[float] = key("positive_numbers")
     max_lr_extensions: int = key("non_negative_int")
     val_downsample_to: int = key("documents_or_all")
-    val_seed: int = key()
+    val_seed: int = key("seed")
     test_downsample_to: int = key("documents_or_all")
-    test_seeds: List[int] = key("not_empty")
+    test_seeds: List[int] = key("seeds")
     eval_overrides: List[str] = key("overrides")
     selection_metric: str = key(choices=SELECTION_METRICS)
     baselines: List[str] = key()
@@ -468,7 +468,22 @@ def register_resolvers():
         OmegaConf.register_new_resolver(name, resolver, replace=True)
 
 
+SEED_RANGE = (0, 2**32 - 1)  # what numpy's seeding accepts
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+
+
+def is_seed(value) -> bool:
+    return isinstance(value, int) and SEED_RANGE[0] <= value <= SEED_RANGE[1]
+
+
 VALUE_RULES = {
+    "seed": (is_seed, f"a seed must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}"),
+    "seeds": (lambda v: len(v) > 0 and all(is_seed(x) for x in v),
+              f"give a list of at least one seed, each an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}"),
+    "device": (lambda v: re.fullmatch(DEVICE_PATTERN, v) is not None, "use auto, cpu, cuda, cuda:<index> or mps"),
+    # the loss of a document predicts each token from the ones before it: one token has none to predict
+    "document_length": (lambda v: isinstance(v, int) and v >= 2,
+                        "a document needs at least 2 tokens to have a loss: use 2 or more"),
     "positive_int": (lambda v: isinstance(v, int) and v > 0, "it must be a positive integer"),
     "non_negative_int": (lambda v: isinstance(v, int) and v >= 0, "it must be an integer >= 0"),
     "positive": (lambda v: v > 0, "it must be a positive number"),
@@ -477,11 +492,12 @@ VALUE_RULES = {
     "count_or_all": (lambda v: v == -1 or v > 0, "use a number, or -1 for all"),
     "at_least_100": (lambda v: v >= 100, "use at least 100"),
     "fraction": (lambda v: 0 <= v <= 1, "it must be a number between 0 and 1"),
-    "seed": (lambda v: 0 <= v < 2**32, "it must be an integer from 0 to 2**32 - 1"),
     "range": (lambda v: len(v) == 2 and 1 <= v[0] <= v[1], "it must be [low, high] with 1 <= low <= high"),
     "positive_numbers": (lambda v: len(v) > 0 and all(x > 0 for x in v),
                          "give a list of positive numbers, e.g. [1e-4,1e-3]"),
     "not_empty": (lambda v: len(v) > 0, "give a list of at least one value"),
+    "eval_modes": (lambda v: len(v) > 0, "nothing would be scored: give at least one mode, e.g. eval=[em] or "
+                   "eval=[em,ppl]"),
     "overrides": (lambda v: all("=" in x for x in v), "give a list of key=value overrides"),
     "checkpoint_name": (lambda v: re.fullmatch(r"best|last|epoch_[1-9]\d*", v) is not None,
                         "use best, last or epoch_<k>"),

@@ -81,7 +81,7 @@ def test_mistyped_values_and_unknown_keys_are_one_line_composition_errors(conf_d
     (["eval_every_k=0"], "eval_every_k=0 is invalid; it must be a positive integer (or null)"),
     (["batch_size=0"], "batch_size=0 is invalid; it must be a positive integer"),
     (["downsample_to=-2"], "downsample_to=-2 is invalid; use a number of documents, or -1 for all"),
-    (["dataset.max_text_len=0"], "dataset.max_text_len=0 is invalid; it must be a positive integer"),
+    (["dataset.max_text_len=0"], "dataset.max_text_len=0 is invalid; a document needs at least 2 tokens"),
     (["model=CaMeLS", "model.activation=relu"], "model.activation=relu is unknown; use one of softplus"),
     (["task=train", "model=CaMeLS", "c_kl=-0.1"], "c_kl=-0.1 is invalid; it must be a number >= 0"),
     (["task=train", "model=CaMeLS", "max_outer_steps=-1"], "max_outer_steps=-1 is invalid; it must be an integer >= 0"),

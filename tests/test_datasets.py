@@ -246,10 +246,11 @@ def test_csv_without_required_column_names_it(tmp_path):
 def test_empty_document_or_answer_names_the_row(tmp_path):
     rows = [("A text.", "Q1?", "a"), ("", "Q2?", "b")]
     cfg = dataset_cfg("streamingqa", data_dir=str(write_streamingqa(tmp_path / "a", rows)))
-    with pytest.raises(UsageError, match="dataset=streamingqa split=train: row 1 has an empty document"):
+    # the header is line 1, so the second row is line 3 of the file
+    with pytest.raises(UsageError, match="dataset=streamingqa split=train: .*train.csv line 3 has an empty document"):
         load_split(cfg, "train")
     cfg = dataset_cfg("streamingqa", data_dir=str(write_streamingqa(tmp_path / "b", [("A text.", "Q1?", "\\ ")])))
-    with pytest.raises(UsageError, match="row 0 has an empty question or answer"):
+    with pytest.raises(UsageError, match="train.csv line 2 has an empty question or answer"):
         load_split(cfg, "train")
 
 
