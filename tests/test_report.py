@@ -70,13 +70,13 @@ def test_aggregate_means_and_sample_std_match_numpy(test_tree):
         values = np.array(per_seed)
         assert row["n_seeds"] == len(per_seed)
         assert row["seeds"] == ";".join(str(s) for s in SEEDS[: len(per_seed)])
-        for index, name in enumerate(["em", "f1", "nll"]):
+        for index, name in enumerate(["em_fraction", "f1_fraction", "nll"]):
             assert row[f"{name}_mean"] == pytest.approx(values[:, index].mean(), abs=1e-12)
             if len(per_seed) > 1:
                 assert row[f"{name}_std"] == pytest.approx(np.std(values[:, index], ddof=1), abs=1e-12)
             else:
                 assert math.isnan(row[f"{name}_std"])
-    assert math.isnan(row_of(table, "uniform", 1e-4)["init_f1_mean"])
+    assert math.isnan(row_of(table, "uniform", 1e-4)["init_f1_fraction_mean"])
 
 
 def test_best_lr_by_f1_and_by_nll(test_tree):
@@ -86,7 +86,7 @@ def test_best_lr_by_f1_and_by_nll(test_tree):
     assert by_nll.loc["uniform", "lr"] == 2.5e-5
     assert by_f1.loc["CaMeLS", "lr"] == 2.5e-5
     assert by_nll.loc["CaMeLS", "lr"] == 2.5e-5  # 2.25 < 2.3
-    assert by_f1.loc["uniform", "f1_mean"] == pytest.approx(np.mean([0.30, 0.34, 0.29]))
+    assert by_f1.loc["uniform", "f1_fraction_mean"] == pytest.approx(np.mean([0.30, 0.34, 0.29]))
     flagged = report.aggregate([test_tree], "nll").query("best").set_index("method")
     assert flagged.loc["uniform", "lr"] == 2.5e-5
 
@@ -138,11 +138,11 @@ def test_select_from_picks_on_validation_and_reports_test(test_tree, tmp_path):
     best = pd.read_csv(out / "best.csv").set_index("method")
     uniform_test = np.array(TEST_RUNS[("uniform", 2.5e-5)])
     assert best.loc["uniform", "lr"] == 2.5e-5
-    assert best.loc["uniform", "f1_mean"] == pytest.approx(uniform_test[:, 1].mean())
+    assert best.loc["uniform", "f1_fraction_mean"] == pytest.approx(uniform_test[:, 1].mean())
     assert best.loc["uniform", "selection_value"] == pytest.approx(0.30)
     assert best.loc["uniform", "selected_on"] == "validation"
     assert best.loc["CaMeLS", "lr"] == 6.25e-6
-    assert math.isnan(best.loc["CaMeLS", "f1_mean"])
+    assert math.isnan(best.loc["CaMeLS", "f1_fraction_mean"])
     assert "no runs at the lr chosen on validation" in best.loc["CaMeLS", "note"]
     assert math.isnan(best.loc["TFIDF", "lr"])
     assert "no validation runs" in best.loc["TFIDF", "note"]
@@ -165,8 +165,8 @@ def test_outputs_parse_back_and_png_is_written(test_tree, tmp_path):
     for (method, lr), per_seed in TEST_RUNS.items():
         row = row_of(results, method, lr)
         f1 = np.array(per_seed)[:, 1]
-        assert row["f1_mean"] == pytest.approx(f1.mean(), abs=1e-12)
-        assert row["max_f1_mean"] == pytest.approx(f1.mean() + 0.1, abs=1e-12)
+        assert row["f1_fraction_mean"] == pytest.approx(f1.mean(), abs=1e-12)
+        assert row["max_f1_fraction_mean"] == pytest.approx(f1.mean() + 0.1, abs=1e-12)
         assert row["n_seeds"] == len(per_seed)
         assert row["dataset"] == "tiny_world" and row["downsample_to"] == 150
 
@@ -183,7 +183,7 @@ def test_mixed_datasets_are_separate_settings(tmp_path):
     write_tree(tmp_path / "runs" / "a", {("uniform", 1e-4): [(0.1, 0.2, 2.0)]}, dataset="squad")
     write_tree(tmp_path / "runs" / "b", {("uniform", 1e-4): [(0.3, 0.4, 2.0)]}, dataset="tiny_world")
     table = report.aggregate([tmp_path / "runs"])
-    assert sorted(zip(table["dataset"], table["f1_mean"])) == [("squad", 0.2), ("tiny_world", 0.4)]
+    assert sorted(zip(table["dataset"], table["f1_fraction_mean"])) == [("squad", 0.2), ("tiny_world", 0.4)]
     assert (table["n_seeds"] == 1).all()
     markdown = report.render_markdown(table, report.best_lrs(table), "f1")
     assert markdown.count("## dataset=") == 2
