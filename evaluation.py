@@ -207,8 +207,8 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     if diverged:
         raise UsageError(f"the adapted model's scores are not finite: the run diverged; lower lr={cfg.lr}. "
                          f"{run_dir / 'summary.json'} marks it diverged")
-    log.info("summary: " + files.strict_json({k: summary[k] for k in ("em_percent", "f1_percent", "max_f1_percent", "nll",
-                                                                       "wall_time_s")}))
+    shown = ("em_percent", "f1_percent", "max_f1_percent", "nll", "wall_time_s")
+    log.info("summary: " + files.strict_json({k: summary[k] for k in shown}))
     run = environment.start_wandb(cfg, run_dir)
     if run is not None:
         run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
