@@ -81,6 +81,8 @@ STREAM_OPTIONS = ("split", "test_path", "downsample_to", "lt_val_questions", "un
 SUMMARY_SETTING_OPTIONS = {"dataset": "dataset.name", "split": "split", "base_model": "base_model",
                            "downsample_to": "downsample_to", "optimizer": "optimizer", "n_epochs": "n_epochs",
                            "decoding": "decoding"}
+# The options the headline columns (HEADLINE_COLUMNS) of every table title show
+HEADLINE_OPTIONS = ("dataset.name", "split", "test_path", "base_model", "downsample_to", "optimizer", "n_epochs")
 UNRECORDED = "<unrecorded>"
 # Means closer than this (fractions, or nats for nll) are a tie, broken toward the smaller lr
 TIE_TOLERANCE = 1e-9
@@ -361,7 +363,7 @@ def setting_labels(setting_keys):
     """setting_key -> the options (beyond the headline fields) in which that setting differs from the
     others among `setting_keys`: '' for a single setting."""
     options = {key: json.loads(key) for key in dict.fromkeys(setting_keys)}
-    headline = set(SUMMARY_SETTING_OPTIONS.values()) | {"test_path"}
+    headline = set(HEADLINE_OPTIONS)
     names = sorted({name for recorded in options.values() for name in recorded} - headline)
     differing = [name for name in names
                  if len({json.dumps(recorded.get(name, UNRECORDED)) for recorded in options.values()}) > 1]

@@ -404,3 +404,12 @@ def test_summaries_give_em_and_f1_in_percent_beside_the_fractions():
     shown = evaluation.with_percents({"em": 0.25, "f1": 0.5, "max_f1": None})
     assert shown["em_percent"] == 25.0 and shown["f1_percent"] == 50.0 and shown["max_f1_percent"] is None
     assert shown["em"] == 0.25  # the fractions stay
+
+
+def test_older_summaries_without_recorded_options_fall_back_to_their_own_fields(tmp_path):
+    write_run(tmp_path / "runs" / "beam", "uniform", 1e-4, 1, 0.1, 0.2, 2.0, decoding="beam")
+    write_run(tmp_path / "runs" / "greedy", "uniform", 1e-4, 1, 0.1, 0.4, 2.0, decoding="greedy")
+    table = report.aggregate([tmp_path / "runs"])
+    assert sorted(table["setting"]) == ["decoding=beam", "decoding=greedy"] and (table["n_seeds"] == 1).all()
+    markdown = report.render_markdown(table, report.best_lrs(table), "f1")
+    assert markdown.count("n_epochs=1, decoding=greedy\n") == 1
