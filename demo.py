@@ -26,7 +26,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -166,14 +165,8 @@ def lr_beyond_edge(cfg, pipeline, method, extension):
     later = {f"beyond_edge_{k}" for k in range(extension, cfg.max_lr_extensions + 1)}
     runs = [r for r in report.load_runs([folder]) if Path(r["run_dir"]).relative_to(folder).parts[0] not in later]
     table = report.aggregate_runs(runs, metric=cfg.selection_metric)
-    best = report.best_lrs(table, metric=cfg.selection_metric).iloc[0]["lr"]
-    tried = sorted(table["lr"])
-    ratio = grid_ratio(cfg.lrs)
-    if np.isclose(best, tried[0], rtol=1e-9, atol=0):
-        return float(f"{best / ratio:.3g}")
-    if np.isclose(best, tried[-1], rtol=1e-9, atol=0):
-        return float(f"{best * ratio:.3g}")
-    return None
+    best = report.best_lrs(table, metric=cfg.selection_metric).iloc[0]["lr"]  # ties: the smaller lr
+    return report.lr_beyond_edge(best, table["lr"], grid_ratio(cfg.lrs))
 
 
 def validation_sweeps(pipeline, cfg, methods, alongside=None):
@@ -325,7 +318,7 @@ def closing_sentences(cfg, pipeline, report_dir, world_root, qa_dir):
                      f"{100 * row['ci_questions_high']:+.1f}] over questions and [{100 * row['ci_streams_low']:+.1f}, "
                      f"{100 * row['ci_streams_high']:+.1f}] over streams and questions "
                      f"({row['n_streams']} streams, {row['n_questions']} questions).")
-    key = "em_mean" if label == "EM" else "f1_mean"
+    key = "em_fraction_mean" if label == "EM" else "f1_fraction_mean"
     for name, role in (("none", "floor (no adaptation)"), ("oracle", "ceiling (answer tokens only)")):
         if name in best.index:
             lines.append(f"The {role}: test {label} {100 * best.loc[name, key]:.1f}.")

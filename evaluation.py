@@ -5,7 +5,8 @@ outputs. demo.py and the tiny world's report reach the same code.
 Each evaluation run folder holds:
     config.yaml    the resolved configuration (Hydra's unresolved copies are in .hydra/)
     results.csv    one row per question, then summary rows (EM, mean F1, max F1, mean NLL)
-    summary.json   the run's numbers in the schema report.py reads
+    summary.json   the run's numbers in the schema report.py reads: EM/F1 as fractions in [0, 1]
+                   (em, f1, max_f1), with the same numbers in % beside them (em_percent, ...)
     metrics.json   details: adaptation loss/steps/time, unrelated-QA before adapting,
                    light-tuning validations, the eval_every_k curve
 """
@@ -29,6 +30,8 @@ from plumbing.errors import UsageError
 from weight_model import WEIGHT_MODELS, build_weight_model, load_weight_model
 
 log = logging.getLogger(__name__)
+# summary.json's fractions that it also gives in percent
+PERCENT_FIELDS = ("em", "f1", "max_f1")
 EVAL_STATE = "eval_state.pt"
 RUN_FOLDER = run_folder.RunProtocol(
     outputs=("summary.json", "results.csv", "metrics.json", "config.yaml", EVAL_STATE),
@@ -215,7 +218,8 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     if diverged:
         raise UsageError(f"the adapted model's scores are not finite: the run diverged; lower lr={cfg.lr}. "
                          f"{run_dir / 'summary.json'} marks it diverged")
-    log.info("summary: " + files.strict_json({k: summary[k] for k in ("em", "f1", "max_f1", "nll", "init", "wall_time_s")}))
+    shown = ("em_percent", "f1_percent", "max_f1_percent", "nll", "wall_time_s")
+    log.info("summary: " + files.strict_json({k: summary[k] for k in shown}))
     run = environment.start_wandb(cfg, run_dir)
     if run is not None:
         run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
@@ -227,7 +231,7 @@ def run_summary(cfg, method, adapts, texts, questions, final, init, unrelated, s
     """summary.json's dict; a diverged run has no metrics (null), only `diverged: true`. `adapts`:
     false for the no-adaptation floor, whose lr is never used."""
     final = {} if diverged or final is None else final
-    return {
+    return with_percents({
         "method": method, "adapts": bool(adapts), "lr": float(cfg.lr), "seed": int(cfg.seed),
         "dataset": str(cfg.dataset.name),
         "split": str(cfg.test_path) if cfg.test_path else str(cfg.split), "base_model": str(cfg.base_model),
@@ -238,7 +242,15 @@ def run_summary(cfg, method, adapts, texts, questions, final, init, unrelated, s
         "decoding": str(cfg.decoding), "init": init, "unrelated": None if diverged else unrelated,
         "diverged": bool(diverged),
         "wall_time_s": time.time() - started, "run_dir": str(run_dir),
-    }
+    })
+
+
+def with_percents(summary):
+    """`summary` with `<name>_percent` beside each EM/F1 fraction (None where it is None): the numbers
+    as a person reads them. Also completes summaries written before those fields existed."""
+    percents = {f"{name}_percent": None if summary.get(name) is None else 100 * summary[name]
+                for name in PERCENT_FIELDS}
+    return {**summary, **percents}
 
 
 def check_folder(cfg, run_dir):

@@ -104,11 +104,11 @@ def paired_comparisons(best, runs, baselines, setting_columns, same_setting, met
     if metric not in ("f1", "em"):
         raise UsageError(f"the paired comparison scores questions by f1 or em, not {metric}")
     for _, group in best.groupby(setting_columns, dropna=False, sort=False):
-        scored = group[group[f"{metric}_mean"].notna()]
+        scored = group[group[f"{metric}_fraction_mean"].notna()]
         candidates = scored[scored["method"].isin(baselines)]
         if candidates.empty:
             continue
-        reference = candidates.sort_values(f"{metric}_mean", ascending=False, kind="stable").iloc[0]
+        reference = candidates.sort_values(f"{metric}_fraction_mean", ascending=False, kind="stable").iloc[0]
 
         def seeds_of(row):
             return {r["seed"]: r["run_dir"] for r in runs if r["method"] == row["method"]

@@ -2,25 +2,41 @@
 
     python report.py PATH [PATH ...] [--out DIR] [--metric f1|em|nll] [--select-from DIR]
 
-Every `summary.json` under the PATHs is one run. Runs are grouped by *setting* — dataset, split
-(or test_path), base model, downsample_to, optimizer, n_epochs: one table each, never an average
-of incomparable runs — and inside a setting by (method, lr), whose seeds are averaged (mean ±
-sample std, ddof=1; blank for one seed). Two runs with the same setting, method, lr and seed are
-refused (one would count twice): narrow the PATH to one of them.
+Every `summary.json` under the PATHs is one run. Runs are grouped by *setting*: every option the run
+recorded in its run_options.json (the resolved configuration) except those in NOT_SETTING_OPTIONS
+below (the seed, lr and method axes, and logging/hardware options that do not change a number).
+Runs without run_options.json (older runs) fall back to the setting fields of their summary. One
+table per setting, its title listing the options in which it differs from the other settings;
+inside a setting, runs are grouped by (method, lr) and their seeds averaged (mean ± sample std,
+ddof=1; blank for one seed). Two runs of one setting, method, lr and seed are refused (one would
+count twice), as are runs of one method whose method options (model.*, weight_model_path, ...)
+differ: give them distinct method_label=... or narrow the PATH.
 
-Each method's best lr is the one with the highest mean --metric (lowest for nll). With
-`--select-from VAL_DIR` the best lr is chosen on the runs under VAL_DIR (a validation sweep) and
-the numbers are reported from the PATH runs (test), so the choice never looks at test; a test
-setting takes the validation runs of its dataset, base model, optimizer and n_epochs. A method
-without validation runs, or without test runs at its chosen lr, keeps a row with a note.
+Each method's best lr is the one with the highest mean --metric (lowest for nll); means within
+TIE_TOLERANCE of the best tie, and a tie goes to the smaller lr. With `--select-from VAL_DIR` the
+best lr is chosen on the runs under VAL_DIR (a validation sweep) and the numbers are reported from
+the PATH runs (test), so the choice never looks at test; a test setting takes the validation runs
+whose options equal its own except for STREAM_OPTIONS (split, stream size). A method without
+validation runs, or without test runs at its chosen lr, keeps a row with a note.
+
+Before naming a best lr the report checks the grid it was chosen on:
+  - incomplete grid: a run folder holding run_options.json but no summary.json is unfinished; and
+    in a Hydra multirun folder (one holding multirun.yaml) every method found there must have a
+    finished run for each lr × seed its `lr=` and `seed=` overrides list. Each lr short of that is
+    missing: a warning line per method lists them, and the best lr is marked "best of an
+    incomplete grid".
+  - edge: a best lr that is the smallest or largest of two or more lrs tried may hide the optimum:
+    a warning line gives the command that runs the next lr beyond that edge (the grid's mean
+    log-ratio, as demo.py extends its sweeps).
 
 Outputs (in --out, default PATH/report for the first PATH, each file written atomically):
-  results.md   full table (EM/F1 × 100, one decimal; best lr in bold) + best-per-method table;
-               also printed
-  results.csv  one row per setting × method × lr; metrics as fractions in [0, 1] (NLL in nats),
-               `<metric>_mean` / `<metric>_std` columns, `best` marks the chosen lr
-  best.csv     one row per setting × method at its chosen lr
-  best_f1.png  bar chart of each method's F1 at its chosen lr, std over seeds as error bars
+  results.md    full table (EM/F1 in %, one decimal; best lr in bold) + best-per-method table and
+                notes; also printed
+  results.csv   one row per setting × method × lr; EM/F1 as fractions in [0, 1] in columns named
+                `*_fraction_mean` / `*_fraction_std`, NLL in nats; `best` marks the chosen lr
+  best.csv      one row per setting × method at its chosen lr, with its grid, edge and notes
+  settings.json each setting's label and full recorded options
+  best_f1.png   bar chart of each method's F1 at its chosen lr, std over seeds as error bars
 
 Library use (e.g. from a demo script):
     table = aggregate(["outputs/eval"], metric="f1")
@@ -28,10 +44,10 @@ Library use (e.g. from a demo script):
     write_report(table, best, "outputs/report", metric="f1")
 """
 import argparse
-import io
+import json
 import math
+import shlex
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -40,22 +56,44 @@ import pandas as pd
 from paired_stats import paired_table
 from plumbing.errors import UsageError, run_cli
 from plumbing.files import atomic_path, atomic_write_text, check_folder_path, read_json
+from plumbing.run_folder import OPTIONS_FILE, differences
+from plumbing.schemas import method_name
+from report_tables import (HEADLINE_COLUMNS, METRIC_COLUMNS, VALUE_COLUMNS, lr_text, render_chart_png,  # noqa: F401
+                           render_markdown, render_paired, settings_json)
 
 SUMMARY_NAME = "summary.json"
-SETTING_COLUMNS = ["dataset", "split", "base_model", "downsample_to", "optimizer", "n_epochs"]
-# Validation and test runs of one experiment differ in split (and often stream size) only
-SELECTION_COLUMNS = ["dataset", "base_model", "optimizer", "n_epochs"]
-# Averaged over seeds; init_* = before adaptation, unrelated_* = held-out QA (forgetting)
-VALUE_COLUMNS = ["em", "f1", "max_f1", "nll", "init_em", "init_f1", "init_nll",
-                 "unrelated_em", "unrelated_f1", "wall_time_s"]
-PERCENT_COLUMNS = {"em", "f1", "max_f1", "init_em", "init_f1", "unrelated_em", "unrelated_f1"}
+MULTIRUN_NAME = "multirun.yaml"
+# Recorded options that are not part of a setting (a name covers the options below it, e.g. hydra.*):
+NOT_SETTING_OPTIONS = (
+    "seed",                                            # the replicate axis: averaged over
+    "lr",                                              # a table axis
+    "method_label", "model", "weight_model_path", "qa_lt_final",  # the method axis (see METHOD_OPTIONS)
+    # logging, hardware, progress and where outputs go: they do not change a number
+    "progress", "wandb", "wandb_project", "device", "torch_threads", "overwrite", "cache_dir",
+    "save_state_every", "eval_batch_size", "hydra",
+)
+# The options that make a method: all runs of one method (one table row label) in a setting must agree
+METHOD_OPTIONS = ("method_label", "model", "weight_model_path", "qa_lt_final")
+# Options in which a validation sweep and its test runs may differ (the stream and its size; the
+# light-tuning and unrelated question counts follow downsample_to by default)
+STREAM_OPTIONS = ("split", "test_path", "downsample_to", "lt_val_questions", "unrelated_questions")
+# An older summary's setting fields, as the options they record
+SUMMARY_SETTING_OPTIONS = {"dataset": "dataset.name", "split": "split", "base_model": "base_model",
+                           "downsample_to": "downsample_to", "optimizer": "optimizer", "n_epochs": "n_epochs",
+                           "decoding": "decoding"}
+# The options the headline columns (HEADLINE_COLUMNS) of every table title show
+HEADLINE_OPTIONS = ("dataset.name", "split", "test_path", "base_model", "downsample_to", "optimizer", "n_epochs")
+UNRECORDED = "<unrecorded>"
+# Means closer than this (fractions, or nats for nll) are a tie, broken toward the smaller lr
+TIE_TOLERANCE = 1e-9
+# summary.json field (fraction in [0, 1]) -> the run's value column
+FRACTION_FIELDS = {"em": "em_fraction", "f1": "f1_fraction", "max_f1": "max_f1_fraction"}
 # The floor (no adaptation) first, the ceiling (oracle: answer tokens only) last
 METHOD_ORDER = ["none", "uniform", "uniform+qa_tune", "ssm", "TFIDF", "surprisal", "excess_loss", "CaMeLS", "oracle"]
 BASELINES = ("uniform", "uniform+qa_tune", "ssm", "TFIDF", "surprisal", "excess_loss")
-METRICS = ("f1", "em", "nll")
-METRIC_LABELS = {"em": "EM", "f1": "F1", "max_f1": "max F1", "nll": "NLL",
-                 "init_em": "EM before", "init_f1": "F1 before", "init_nll": "NLL before",
-                 "unrelated_em": "unrelated EM", "unrelated_f1": "unrelated F1"}
+METRICS = tuple(METRIC_COLUMNS)
+# columns of the table that are kept in memory only (settings.json holds the options)
+INTERNAL_COLUMNS = ["setting_key"]
 
 
 def method_sort_key(method):
@@ -101,31 +139,88 @@ def _number(value, path, key, required):
         raise UsageError(f"{path}: {key!r} is {value!r}, not a number; fix or remove that run") from None
 
 
-def read_summary_file(path):
-    """The JSON object of a summary.json; one line naming the file when it is damaged or no object."""
-    return read_json(path, "run summary", "remove it or rerun that evaluation")
+def _fraction(value, path, key, required):
+    number = _number(value, path, key, required)
+    if not math.isnan(number) and not 0.0 <= number <= 1.0:
+        raise UsageError(f"{path}: {key!r} is {value!r}, not a fraction in [0, 1]; fix or remove that run")
+    return number
+
+
+def _covered(name, prefixes):
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def split_options(options):
+    """(setting options, method options) of a run's recorded options; the others are dropped."""
+    setting = {k: v for k, v in options.items() if not _covered(k, NOT_SETTING_OPTIONS)}
+    method = {k: v for k, v in options.items() if _covered(k, METHOD_OPTIONS)}
+    return setting, method
+
+
+def canonical(options):
+    """One string per set of options (the grouping key)."""
+    return json.dumps(options, sort_keys=True)
+
+
+def recorded_options(run_dir, summary=None):
+    """The run's recorded options (run_options.json); without it (older runs) the setting fields of
+    its summary, as options; None when neither is there."""
+    path = Path(run_dir) / OPTIONS_FILE
+    if path.is_file():
+        return read_json(path, "recorded options", "remove that run folder or rerun it")
+    if summary is None:
+        return None
+    return {option: summary[field] for field, option in SUMMARY_SETTING_OPTIONS.items()
+            if summary.get(field) is not None}
 
 
 def read_summary(path):
-    """One run as a flat dict: setting, method, lr, seed, values (NaN when absent), run_dir."""
-    summary = read_summary_file(path)
+    """One run as a flat dict: setting (headline fields, `setting_key`, `method_options`), method,
+    lr, seed, values (fractions for EM/F1, NaN when absent), run_dir."""
+    summary = read_json(path, "run summary", "remove it or rerun that evaluation")
     if not summary.get("method"):
         raise UsageError(f"{path} has no 'method'; it is not a complete run.py eval summary")
-    run = {column: summary.get(column) for column in SETTING_COLUMNS}
+    run = {column: summary.get(column) for column in HEADLINE_COLUMNS}
     run["method"] = str(summary["method"])
     run["adapts"] = bool(summary.get("adapts", True))
     run["lr"] = _number(summary.get("lr"), path, "lr", required=True)
     run["seed"] = int(_number(summary.get("seed"), path, "seed", required=True))
-    for key in ("em", "f1"):
-        run[key] = _number(summary.get(key), path, key, required=True)
-    for key in ("max_f1", "nll", "wall_time_s"):
+    for key, column in FRACTION_FIELDS.items():
+        run[column] = _fraction(summary.get(key), path, key, required=key != "max_f1")
+    for key in ("nll", "wall_time_s"):
         run[key] = _number(summary.get(key), path, key, required=False)
     for group, keys in (("init", ("em", "f1", "nll")), ("unrelated", ("em", "f1"))):
         nested = summary.get(group) or {}
         for key in keys:
-            run[f"{group}_{key}"] = _number(nested.get(key), path, f"{group}.{key}", required=False)
-    run["run_dir"] = str(Path(path).parent)
+            read = _number if key == "nll" else _fraction
+            column = f"{group}_{key}" + ("" if key == "nll" else "_fraction")
+            run[column] = read(nested.get(key), path, f"{group}.{key}", required=False)
+    run_dir = Path(path).parent
+    setting, method_options = split_options(recorded_options(run_dir, summary))
+    run["setting_key"], run["method_options"] = canonical(setting), canonical(method_options)
+    run["run_dir"] = str(run_dir)
     return run
+
+
+def check_runs(runs):
+    """Refuse a run counted twice (same setting, method, lr and seed) and one method name covering
+    runs of different method options (e.g. two weight models both called CaMeLS) in one setting."""
+    seen, methods = {}, {}
+    for run in runs:
+        key = (run["setting_key"], run["method"], run["lr"], run["seed"])
+        if key in seen:
+            raise UsageError(
+                f"runs {seen[key]} and {run['run_dir']} are both method={run['method']} "
+                f"lr={run['lr']:g} seed={run['seed']} on the same setting; pass a PATH that "
+                "holds only one of them"
+            )
+        seen[key] = run["run_dir"]
+        first = methods.setdefault((run["setting_key"], run["method"]), run)
+        if first["method_options"] != run["method_options"]:
+            changed = differences(json.loads(first["method_options"]), json.loads(run["method_options"]))
+            raise UsageError(f"runs {first['run_dir']} and {run['run_dir']} are both method={run['method']} on one "
+                             f"setting but differ in {changed[0]}; give them distinct method_label=... or pass a "
+                             "PATH that holds only one of them")
 
 
 def load_runs(paths):
@@ -137,67 +232,116 @@ def load_runs(paths):
             f"no {SUMMARY_NAME} under {shown}; point report.py at the output folders of "
             "`python run.py task=eval` runs (finished runs write summary.json)"
         )
-    diverged = [path for path in summaries if read_summary_file(path).get("diverged") is True]
+    diverged = [path for path in summaries if read_json(path, "run summary", "remove it or rerun that evaluation").get("diverged") is True]
     if diverged:  # no metrics to compare: such an lr is not a candidate
         print(f"report: leaving out {len(diverged)} diverged run(s), e.g. {diverged[0].parent}", file=sys.stderr)
     runs = [read_summary(path) for path in summaries if path not in diverged]
     if not runs:
         raise UsageError(f"every run under {' '.join(str(p) for p in paths)} diverged; there is nothing to report")
-    seen = {}
-    for run in runs:
-        key = tuple(run[c] for c in SETTING_COLUMNS) + (run["method"], run["lr"], run["seed"])
-        if key in seen:
-            raise UsageError(
-                f"runs {seen[key]} and {run['run_dir']} are both method={run['method']} "
-                f"lr={run['lr']:g} seed={run['seed']} on the same setting; pass a PATH that "
-                "holds only one of them"
-            )
-        seen[key] = run["run_dir"]
+    check_runs(runs)
     return runs
 
 
 # ---------------------------------------------------------------------------------------------
-# Aggregation and lr selection
+# Grid points without a finished run
 
 
-def _setting_sort_key(setting):
-    return tuple("" if value is None else str(value) for value in setting)
+def _method_of(options):
+    return str(options.get("method_label") or method_name(options.get("model.name"), options.get("qa_lt_final")))
 
 
-def _mean_std(values):
-    values = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
-    if len(values) == 0:
-        return math.nan, math.nan
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-    return float(np.mean(values)), std
+def _sweep_values(manifest):
+    """(lrs, number of seeds) of the Hydra multirun recorded in `manifest` (multirun.yaml): its `lr=`
+    override's values and its `seed=` override's count (1 without a seed sweep); None when it
+    names no lr or cannot be read."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [str(o) for o in OmegaConf.load(manifest).hydra.overrides.task])
+    except Exception:  # a damaged or foreign multirun.yaml: its unfinished folders are still found
+        return None
+    by_key = {override.key_or_group: override for override in overrides}
+
+    def values(key):
+        override = by_key.get(key)
+        if override is None:
+            return None
+        if override.is_sweep_override():
+            return list(override.sweep_string_iterator())
+        return [str(override.value())]
+
+    lrs = values("lr")
+    if lrs is None:
+        return None
+    return [float(lr) for lr in lrs], len(values("seed") or [None])
 
 
-def aggregate_runs(runs, metric="f1"):
-    """One row per setting × method × lr: seeds, n_seeds, `<value>_mean`/`_std`, own-tree `best`."""
-    groups = {}
-    for run in runs:
-        setting = tuple(run[c] for c in SETTING_COLUMNS)
-        groups.setdefault((setting, run["method"], run["lr"]), []).append(run)
-    order = sorted(groups, key=lambda k: (_setting_sort_key(k[0]), method_sort_key(k[1]), k[2]))
-    rows = []
-    for setting, method, lr in order:
-        members = sorted(groups[(setting, method, lr)], key=lambda r: r["seed"])
-        row = dict(zip(SETTING_COLUMNS, setting))
-        row.update(method=method, lr=lr, adapts=all(r["adapts"] for r in members), n_seeds=len(members),
-                   seeds=";".join(str(r["seed"]) for r in members))
-        for column in VALUE_COLUMNS:
-            row[f"{column}_mean"], row[f"{column}_std"] = _mean_std([r[column] for r in members])
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    chosen = best_lrs(table, metric)
-    table["best"] = _is_chosen(table, chosen)
-    return table
+def find_gaps(paths, runs):
+    """The grid points of the sweeps under `paths` that have no finished run in `runs` (see the
+    module docstring): dicts with setting_key, method, lr, why (text), where (a folder)."""
+    def same_point(run, setting_key, method, lr):
+        return (run["setting_key"], run["method"]) == (setting_key, method) and np.isclose(run["lr"], lr, rtol=1e-9,
+                                                                                          atol=0)
+
+    gaps, started = [], []
+    folders = [Path(p) for p in paths if Path(p).is_dir()]
+    for folder in folders:
+        for options_path in folder.rglob(OPTIONS_FILE):
+            run_dir = options_path.parent
+            if (run_dir / SUMMARY_NAME).exists():
+                continue  # finished (or diverged: run, with no numbers)
+            options = recorded_options(run_dir)
+            if options.get("task_name", "eval") != "eval" or "lr" not in options:
+                continue
+            setting, _ = split_options(options)
+            point = dict(setting_key=canonical(setting), method=_method_of(options), lr=float(options["lr"]),
+                         run_dir=run_dir.resolve())
+            started.append(point)
+            if not any(same_point(r, point["setting_key"], point["method"], point["lr"])
+                       and r["seed"] == options.get("seed") for r in runs):  # not finished elsewhere
+                gaps.append(dict(point, why="unfinished", where=str(run_dir)))
+    for manifest in sorted({m.resolve() for folder in folders for m in folder.rglob(MULTIRUN_NAME)}):
+        sweep = _sweep_values(manifest)
+        if sweep is None:
+            continue
+        lrs, n_seeds = sweep
+        root = manifest.parent
+        members = [r for r in runs if root in Path(r["run_dir"]).resolve().parents]
+        members += [s for s in started if root in s["run_dir"].parents]
+        for setting_key, method in sorted({(m["setting_key"], m["method"]) for m in members}):
+            for lr in lrs:
+                seeds = {r["seed"] for r in runs if same_point(r, setting_key, method, lr)}
+                if len(seeds) < n_seeds:
+                    gaps.append(dict(setting_key=setting_key, method=method, lr=lr, where=str(root),
+                                     why=f"{len(seeds)} of {n_seeds} seeds finished"))
+    return gaps
 
 
-def aggregate(paths, metric="f1"):
-    """Read every summary.json under `paths` and aggregate; see `aggregate_runs`."""
-    _check_metric(metric)
-    return aggregate_runs(load_runs(paths), metric)
+def missing_lrs(gaps):
+    """(setting_key, method) -> the sorted distinct lrs of `gaps`."""
+    missing = {}
+    for gap in gaps:
+        lrs = missing.setdefault((gap["setting_key"], gap["method"]), [])
+        if not any(np.isclose(gap["lr"], lr, rtol=1e-9, atol=0) for lr in lrs):
+            lrs.append(gap["lr"])
+    return {key: sorted(lrs) for key, lrs in missing.items()}
+
+
+def gap_warnings(gaps):
+    """One warning line per method (and setting) whose grid has lrs without a finished run."""
+    lines = []
+    for (setting_key, method), lrs in missing_lrs(gaps).items():
+        mine = [g for g in gaps if (g["setting_key"], g["method"]) == (setting_key, method)]
+        details = "; ".join(dict.fromkeys(f"{g['lr']:g}: {g['why']} ({g['where']})" for g in mine))
+        lines.append(f"warning: {method}'s lr grid is incomplete, missing lr {', '.join(f'{lr:g}' for lr in lrs)} "
+                     f"({details}); its best lr is the best of an incomplete grid")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation
 
 
 def _check_metric(metric):
@@ -205,227 +349,239 @@ def _check_metric(metric):
         raise UsageError(f"metric {metric!r} is unknown; use one of {', '.join(METRICS)}")
 
 
-def _key_equal(row, other, columns):
-    return all(_same(row[c], other[c]) for c in columns)
+def setting_labels(setting_keys):
+    """setting_key -> the options (beyond the headline fields) in which that setting differs from the
+    others among `setting_keys`: '' for a single setting."""
+    options = {key: json.loads(key) for key in dict.fromkeys(setting_keys)}
+    headline = set(HEADLINE_OPTIONS)
+    names = sorted({name for recorded in options.values() for name in recorded} - headline)
+    differing = [name for name in names
+                 if len({json.dumps(recorded.get(name, UNRECORDED)) for recorded in options.values()}) > 1]
+    shown, hidden = differing[:6], len(differing) - 6
+    labels = {}
+    for key, recorded in options.items():
+        parts = [f"{name}={recorded.get(name, UNRECORDED)}" for name in shown]
+        if hidden > 0:
+            parts.append(f"and {hidden} more options (settings.json)")
+        labels[key] = ", ".join(parts)
+    return labels
 
 
-def _same(a, b):
-    """Equality where two missing values (None / NaN) match, as for settings without that field."""
-    a_missing = a is None or (isinstance(a, float) and math.isnan(a))
-    b_missing = b is None or (isinstance(b, float) and math.isnan(b))
-    return (a_missing and b_missing) or (not a_missing and not b_missing and a == b)
+def _seed_list(seeds):
+    return ";".join(str(int(seed)) for seed in seeds)
+
+
+def aggregate_runs(runs, metric="f1", gaps=()):
+    """One row per setting × method × lr: setting_key, setting (what tells it apart), the headline
+    fields, seeds, n_seeds, `<value>_mean`/`_std` over seeds (pandas; std with ddof=1), missing_lrs
+    (lrs of that method's grid without a finished run, from `gaps`: find_gaps) and own-tree `best`."""
+    _check_metric(metric)
+    frame = pd.DataFrame(runs).sort_values("seed", kind="stable")
+    for column in VALUE_COLUMNS:  # runs from older code may lack a column
+        if column not in frame:
+            frame[column] = math.nan
+    named = {"n_seeds": ("seed", "size"), "seeds": ("seed", _seed_list), "adapts": ("adapts", "all")}
+    named.update({column: (column, "first") for column in HEADLINE_COLUMNS})
+    for column in VALUE_COLUMNS:
+        named[f"{column}_mean"] = (column, "mean")
+        named[f"{column}_std"] = (column, "std")  # pandas' sample std (ddof=1); NaN for one seed
+    table = frame.groupby(["setting_key", "method", "lr"], sort=False).agg(**named).reset_index()
+
+    labels = setting_labels(table["setting_key"])
+    table.insert(1, "setting", table["setting_key"].map(labels))
+    missing = missing_lrs(gaps)
+    table["missing_lrs"] = [";".join(f"{lr:g}" for lr in missing.get((key, method), []))
+                            for key, method in zip(table["setting_key"], table["method"])]
+
+    def order(index):
+        row = table.loc[index]
+        headline = tuple("" if pd.isna(row[c]) else str(row[c]) for c in HEADLINE_COLUMNS)
+        return headline, row["setting_key"], method_sort_key(row["method"]), row["lr"]
+
+    table = table.loc[sorted(table.index, key=order)].reset_index(drop=True)
+    table["best"] = _is_chosen(table, best_lrs(table, metric))
+    return table
+
+
+def aggregate(paths, metric="f1"):
+    """Read every summary.json under `paths` and aggregate; see `aggregate_runs`."""
+    _check_metric(metric)
+    runs = load_runs(paths)
+    return aggregate_runs(runs, metric, find_gaps(paths, runs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate selection
 
 
 def _pick_lr(rows, metric, where):
-    """The lr of `rows` (one method, one setting) with the best mean metric; ties go to the smaller lr."""
-    scored = rows[rows[f"{metric}_mean"].notna()]
+    """The row of `rows` (one method, one setting) with the best mean metric; means within
+    TIE_TOLERANCE of the best tie, and the smaller lr wins a tie."""
+    column = f"{METRIC_COLUMNS[metric]}_mean"
+    scored = rows[rows[column].notna()]
     if scored.empty:
         method = rows.iloc[0]["method"]
         raise UsageError(
             f"no {metric} in the {where}runs of method {method}; evaluate with that metric "
             "(nll needs eval to include ppl) or choose another --metric"
         )
-    ascending = metric == "nll"
-    ranked = scored.sort_values([f"{metric}_mean", "lr"], ascending=[ascending, True], kind="stable")
-    return ranked.iloc[0]
+    best_value = scored[column].min() if metric == "nll" else scored[column].max()
+    tied = scored[(scored[column] - best_value).abs() <= TIE_TOLERANCE]
+    return tied.sort_values("lr", kind="stable").iloc[0]
+
+
+def grid_ratio(lrs):
+    """The mean factor between neighbouring values of a log-spaced grid: (largest / smallest) ** (1 / (n - 1))."""
+    lrs = sorted(float(lr) for lr in lrs)
+    return (lrs[-1] / lrs[0]) ** (1 / (len(lrs) - 1))
+
+
+def lr_beyond_edge(best, lrs, ratio=None):
+    """When `best` is the smallest or largest of the two or more `lrs`, the next value beyond that edge
+    (`ratio` away, by default the grid's grid_ratio; 3 significant digits); else None."""
+    lrs = sorted(float(lr) for lr in lrs)
+    if len(lrs) < 2:
+        return None
+    ratio = ratio or grid_ratio(lrs)
+    if np.isclose(best, lrs[0], rtol=1e-9, atol=0):
+        return float(f"{best / ratio:.3g}")
+    if np.isclose(best, lrs[-1], rtol=1e-9, atol=0):
+        return float(f"{best * ratio:.3g}")
+    return None
+
+
+def _grid_facts(candidates, winner):
+    """The grid the winner was chosen from: its lrs (tried and missing), the edge the winner sits
+    at, the lr beyond it, the missing lrs, and a note."""
+    missing = [float(lr) for lr in str(candidates.iloc[0].get("missing_lrs") or "").split(";") if lr]
+    grid = sorted(set(candidates["lr"].astype(float)) | set(missing))
+    facts = dict(grid=";".join(f"{lr:g}" for lr in grid), edge="", next_lr=math.nan,
+                 missing_lrs=";".join(f"{lr:g}" for lr in missing))
+    notes = []
+    if not bool(winner.get("adapts", True)):
+        return facts, notes  # the lr of a method that never adapts changes nothing
+    if missing:
+        notes.append(f"best of an incomplete grid (missing lr {', '.join(f'{lr:g}' for lr in missing)})")
+    beyond = lr_beyond_edge(winner["lr"], grid)
+    if beyond is not None:
+        facts.update(edge="smallest" if beyond < winner["lr"] else "largest", next_lr=beyond)
+        notes.append(f"the {facts['edge']} lr of its grid: try lr={beyond:g}")
+    elif len(grid) == 1:
+        notes.append("one lr run: not a sweep")
+    return facts, notes
 
 
 def best_lrs(table, metric="f1", selection=None):
     """Each method's chosen lr per setting of `table`, with that lr's numbers from `table`.
 
     Without `selection` the lr is chosen on `table` itself. With `selection` (the aggregate of a
-    validation tree) it is chosen there, among the validation runs of the same method whose
-    dataset, base model, optimizer and n_epochs match. Columns: the setting, method, lr, the
-    numbers of `table` at that lr, `selected_on` ("same runs" or "validation"), `selection_value`
-    (mean metric that won) and `note` (why a row has no numbers).
+    validation tree) it is chosen there, among the validation runs of the same method whose options
+    equal the setting's but for STREAM_OPTIONS. Columns: the setting, method, lr, the numbers of
+    `table` at that lr, `selected_on` ("same runs" or "validation"), `selection_value` (mean metric
+    that won), the grid it was chosen from (`grid`, `missing_lrs`), `edge` (smallest/largest when
+    the winner sits there), `next_lr` (the lr beyond that edge) and `note`.
     """
     _check_metric(metric)
     rows = []
-    for _, group in table.groupby(SETTING_COLUMNS + ["method"], dropna=False, sort=False):
+    for _, group in table.groupby(["setting_key", "method"], sort=False):
         if selection is None:
             winner = _pick_lr(group, metric, "")
             chosen = winner.to_dict()
-            chosen.update(selected_on="same runs", selection_value=winner[f"{metric}_mean"], note="")
+            facts, notes = _grid_facts(group, winner)
+            chosen.update(selected_on="same runs", selection_value=winner[f"{METRIC_COLUMNS[metric]}_mean"],
+                          **facts, note="; ".join(notes))
             rows.append(chosen)
         else:
             rows.append(_select_from_validation(group, selection, metric))
-    return pd.DataFrame(rows, columns=list(table.columns.drop("best", errors="ignore"))
-                        + ["selected_on", "selection_value", "note"])
+    columns = [c for c in table.columns if c not in ("best", "missing_lrs")]
+    return pd.DataFrame(rows, columns=columns + ["selected_on", "selection_value", "grid", "missing_lrs", "edge",
+                                                 "next_lr", "note"])
+
+
+def _selection_key(setting_key):
+    options = json.loads(setting_key)
+    return canonical({k: v for k, v in options.items() if not _covered(k, STREAM_OPTIONS)})
 
 
 def _select_from_validation(group, selection, metric):
     first = group.iloc[0]
-    candidates = selection[selection["method"] == first["method"]]
-    candidates = candidates[[_key_equal(first, other, SELECTION_COLUMNS)
-                             for _, other in candidates.iterrows()]]
-    empty_row = {c: first[c] for c in SETTING_COLUMNS + ["method"]}
+    candidates = selection[(selection["method"] == first["method"])
+                           & (selection["setting_key"].map(_selection_key) == _selection_key(first["setting_key"]))]
+    empty_row = {c: first[c] for c in ["setting_key", "setting", *HEADLINE_COLUMNS, "method"]}
     empty_row.update(lr=math.nan, n_seeds=0, selected_on="validation", selection_value=math.nan)
     if candidates.empty:
         empty_row["note"] = "no validation runs of this method"
         return empty_row
-    val_settings = candidates.groupby(SETTING_COLUMNS, dropna=False, sort=False)
-    if val_settings.ngroups > 1:
-        shown = "; ".join(", ".join(f"{c}={v}" for c, v in zip(SETTING_COLUMNS, key)) for key in val_settings.groups)
-        raise UsageError(f"validation runs of method {first['method']} come from {val_settings.ngroups} "
-                         f"settings ({shown}); narrow --select-from to one of them")
+    val_settings = candidates["setting_key"].unique()
+    if len(val_settings) > 1:
+        changed = differences(json.loads(val_settings[0]), json.loads(val_settings[1]))
+        raise UsageError(f"validation runs of method {first['method']} come from {len(val_settings)} settings "
+                         f"(e.g. {changed[0]}); narrow --select-from to one of them")
     winner = _pick_lr(candidates, metric, "validation ")
+    facts, notes = _grid_facts(candidates, winner)
     # Sweeps written as 2.5e-5 and 0.000025 parse to the same float, but a computed lr may not
     at_lr = group[np.isclose(group["lr"], winner["lr"], rtol=1e-9, atol=0)]
+    winning_value = winner[f"{METRIC_COLUMNS[metric]}_mean"]
     if at_lr.empty:
-        empty_row.update(lr=winner["lr"], selection_value=winner[f"{metric}_mean"],
-                         note=f"no runs at the lr chosen on validation ({winner['lr']:g})")
+        notes.insert(0, f"no runs at the lr chosen on validation ({winner['lr']:g})")
+        empty_row.update(lr=winner["lr"], selection_value=winning_value, **facts, note="; ".join(notes))
         return empty_row
     chosen = at_lr.iloc[0].to_dict()
-    chosen.update(selected_on="validation", selection_value=winner[f"{metric}_mean"], note="")
+    chosen.update(selected_on="validation", selection_value=winning_value, **facts, note="; ".join(notes))
     return chosen
 
 
 def _is_chosen(table, best):
-    chosen = {_row_key(row) for _, row in best.iterrows() if row["n_seeds"]}
-    return [_row_key(row) in chosen for _, row in table.iterrows()]
+    chosen = {(row["setting_key"], row["method"], row["lr"]) for _, row in best.iterrows() if row["n_seeds"]}
+    return [(row["setting_key"], row["method"], row["lr"]) in chosen for _, row in table.iterrows()]
 
 
-def _row_key(row):
-    return _setting_sort_key([row[c] for c in SETTING_COLUMNS]) + (row["method"], row["lr"])
+def extension_commands(best, runs):
+    """For each best lr at an edge of its grid, a warning line with the command that runs the next
+    lr beyond it: the overrides of one of its runs (.hydra/overrides.yaml), with that lr and the
+    seeds of the best lr's runs. `runs`: the runs the lr was chosen on."""
+    lines = []
+    for _, row in best[best["next_lr"].notna()].iterrows():
+        # validation runs share the test setting's options but for the stream's
+        key = _selection_key if row["selected_on"] == "validation" else (lambda setting_key: setting_key)
+        at_best = [r for r in runs if key(r["setting_key"]) == key(row["setting_key"]) and r["method"] == row["method"]
+                   and np.isclose(r["lr"], row["lr"], rtol=1e-9, atol=0)]
+        seeds, example = sorted({r["seed"] for r in at_best}), at_best[0]
+        overrides = _job_overrides(Path(example["run_dir"]))
+        kept = ([shlex.quote(o) for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("lr", "seed")
+                 and not o.lstrip("+~").startswith("hydra.")] if overrides is not None
+                else [f"<the options of {example['run_dir']}>"])
+        command = " ".join(["python run.py -m", *kept, f"lr={row['next_lr']:g}",
+                            f"seed={','.join(str(s) for s in seeds)}"])
+        lines.append(f"warning: {row['method']}'s best lr {row['lr']:g} is the {row['edge']} of its grid "
+                     f"({row['grid'].replace(';', ', ')}); the optimum may lie beyond it, run: {command}")
+    return lines
+
+
+def _job_overrides(run_dir):
+    """A Hydra job's command-line overrides (.hydra/overrides.yaml), None without that file."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    try:
+        return [str(o) for o in OmegaConf.load(path)]
+    except Exception:  # a damaged file: the command names the run folder instead
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
-# Rendering
+# Writing
 
 
-def _format_value(column, mean, std):
-    if mean is None or math.isnan(mean):
-        return ""
-    scale, digits = (100.0, 1) if column in PERCENT_COLUMNS else (1.0, 3)
-    text = f"{scale * mean:.{digits}f}"
-    if std is not None and not math.isnan(std):
-        text += f" ± {scale * std:.{digits}f}"
-    return text
-
-
-def _setting_title(row):
-    parts = [f"{c}={row[c]}" for c in SETTING_COLUMNS if not _same(row[c], None)]
-    return ", ".join(parts) or "runs without setting fields"
-
-
-def _markdown_table(header, lines):
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(line) + " |" for line in lines]
-    return "\n".join(out)
-
-
-def _shown_columns(frame, always):
-    """`always` plus the optional value columns that have numbers somewhere in `frame`."""
-    optional = [c for c in VALUE_COLUMNS if c not in always and c != "wall_time_s"
-                and frame[f"{c}_mean"].notna().any()]
-    return list(always) + optional
-
-
-def render_paired(paired, setting_row, metric):
-    """The paired-comparison table of one setting ('' when it has none)."""
-    rows = paired[[_key_equal(setting_row, row, SETTING_COLUMNS) for _, row in paired.iterrows()]] \
-        if not paired.empty else paired
-    if rows.empty:
-        return ""
-    label = METRIC_LABELS[metric]
-    baseline = rows.iloc[0]["baseline"]
-    lines = [[row["method"], f"{100 * row['difference']:+.1f}",
-              f"[{100 * row['ci_questions_low']:+.1f}, {100 * row['ci_questions_high']:+.1f}]",
-              f"[{100 * row['ci_streams_low']:+.1f}, {100 * row['ci_streams_high']:+.1f}]",
-              str(row["n_streams"]), str(row["n_questions"])] for _, row in rows.iterrows()]
-    header = ["Method", f"{label} − {baseline}", "95% CI (questions)", "95% CI (streams and questions)",
-              "Streams", "Questions"]
-    return (f"### Paired comparison with the best baseline ({baseline})\n\nDifference of test {label} (points) "
-            f"to {baseline}, the baseline with the highest test {label}, on the same streams and questions; "
-            "95% intervals by a paired bootstrap over the questions of each stream, and over the streams "
-            "and their questions.\n\n" + _markdown_table(header, lines))
-
-
-def lr_text(row):
-    """The lr as tables show it; "–" for a method that never adapts (a missing `adapts` adapts)."""
-    adapts = row.get("adapts")
-    return "–" if isinstance(adapts, (bool, np.bool_)) and not adapts else f"{row['lr']:g}"
-
-
-def render_markdown(table, best, metric, paired=None):
-    """results.md: per setting the full method × lr table, the best-per-method table, and the
-    paired comparison with the best baseline."""
-    label = METRIC_LABELS[metric]
-    via_validation = (best["selected_on"] == "validation").any()
-    chosen_by = f"mean {label} on the validation runs" if via_validation else f"mean {label}"
-    direction = "lowest" if metric == "nll" else "highest"
-    sections = [f"# Online adaptation results\n\nBest lr of each method = {direction} {chosen_by} "
-                "(bold in the full table). EM and F1 in %, mean ± sample std over seeds."]
-    for _, group in table.groupby(SETTING_COLUMNS, dropna=False, sort=False):
-        columns = _shown_columns(group, ["em", "f1"])
-        header = ["Method", "LR"] + [METRIC_LABELS[c] for c in columns] + ["Seeds"]
-        lines = []
-        for _, row in group.iterrows():
-            lr = lr_text(row)
-            lines.append([row["method"], f"**{lr}**" if row["best"] else lr]
-                         + [_format_value(c, row[f"{c}_mean"], row[f"{c}_std"]) for c in columns]
-                         + [str(row["n_seeds"])])
-        sections.append(f"## {_setting_title(group.iloc[0])}\n\n" + _markdown_table(header, lines))
-
-        best_here = best[[_key_equal(group.iloc[0], row, SETTING_COLUMNS) for _, row in best.iterrows()]]
-        best_columns = ["em", "f1"] + (["nll"] if best_here["nll_mean"].notna().any() else [])
-        best_header = ["Method", "LR"] + [METRIC_LABELS[c] for c in best_columns] + ["Seeds"]
-        if via_validation:
-            best_header.append(f"{label} on validation")
-        best_lines = []
-        for _, row in best_here.iterrows():
-            lr = "" if math.isnan(row["lr"]) else lr_text(row)
-            line = ([row["method"], lr]
-                    + [_format_value(c, row[f"{c}_mean"], row[f"{c}_std"]) for c in best_columns]
-                    + [str(row["n_seeds"])])
-            if via_validation:
-                value = _format_value(metric, row["selection_value"], None)
-                line.append("; ".join(text for text in (value, row["note"]) if text))
-            best_lines.append(line)
-        sections.append("### Best lr per method\n\n" + _markdown_table(best_header, best_lines))
-        if paired is not None:
-            sections.append(render_paired(paired, group.iloc[0], "em" if metric == "em" else "f1"))
-    sections = [section for section in sections if section]
-    return "\n\n".join(sections) + "\n"
-
-
-def render_chart_png(best):
-    """PNG bytes: per setting, each method's F1 (%) at its chosen lr with std error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plotted = best[best["f1_mean"].notna()]
-    settings = list(plotted.groupby(SETTING_COLUMNS, dropna=False, sort=False))
-    fig, axes = plt.subplots(len(settings) or 1, 1, squeeze=False,
-                             figsize=(max(4.0, 1.3 * plotted["method"].nunique() + 1.5),
-                                      3.6 * max(1, len(settings))))
-    for ax, (_, group) in zip(axes[:, 0], settings):
-        names = [f"{row['method']}\nlr={lr_text(row)}" for _, row in group.iterrows()]
-        means = 100 * group["f1_mean"].to_numpy(dtype=float)
-        stds = 100 * group["f1_std"].to_numpy(dtype=float)
-        bars = ax.bar(names, means, yerr=np.nan_to_num(stds), capsize=4, color="#4c72b0")
-        ax.bar_label(bars, labels=[f"{m:.1f}" for m in means], padding=2, fontsize=8)
-        ax.set_ylabel("F1 (%)")
-        # wrapped to the figure's width: a setting names the base model's full path
-        width = int(14 * fig.get_figwidth())
-        ax.set_title("\n".join(textwrap.wrap(_setting_title(group.iloc[0]), width) +
-                               ["F1 at each method's chosen lr (error bars: std over seeds)"]), fontsize=8)
-        ax.margins(y=0.15)
-    if not settings:
-        axes[0, 0].text(0.5, 0.5, "no F1 at the chosen lrs", ha="center", va="center")
-        axes[0, 0].set_axis_off()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
+def _for_csv(frame):
+    return frame.drop(columns=INTERNAL_COLUMNS, errors="ignore").to_csv(index=False)
 
 
 def write_report(table, best, out_dir, metric="f1", paired=None):
-    """Write results.md, results.csv, best.csv, best_f1.png (and paired.csv with `paired`, from
-    paired_stats.paired_table) into `out_dir`; return the markdown.
+    """Write results.md, results.csv, best.csv, settings.json, best_f1.png (and paired.csv with
+    `paired`, from paired_stats.paired_table) into `out_dir`; return the markdown.
 
     `table["best"]` is re-marked from `best`, so lrs chosen on a validation tree are the ones
     flagged. Everything is rendered before the first file is written.
@@ -440,10 +596,11 @@ def write_report(table, best, out_dir, metric="f1", paired=None):
     markdown = render_markdown(table, best, metric, paired)
     png = render_chart_png(best)
     if paired is not None:
-        atomic_write_text(paired.to_csv(index=False), out_dir / "paired.csv")
+        atomic_write_text(_for_csv(paired), out_dir / "paired.csv")
     atomic_write_text(markdown, out_dir / "results.md")
-    atomic_write_text(table.to_csv(index=False), out_dir / "results.csv")
-    atomic_write_text(best.to_csv(index=False), out_dir / "best.csv")
+    atomic_write_text(_for_csv(table), out_dir / "results.csv")
+    atomic_write_text(_for_csv(best), out_dir / "best.csv")
+    atomic_write_text(settings_json(table), out_dir / "settings.json")
     with atomic_path(out_dir / "best_f1.png") as tmp:
         tmp.write_bytes(png)
     return markdown
@@ -480,19 +637,28 @@ def main(argv=None):
     check_folder_path(out_dir, "--out")
 
     runs = load_runs(args.paths)
-    _check_metric(args.metric)
-    table = aggregate_runs(runs, args.metric)
-    selection = aggregate([args.select_from], args.metric) if args.select_from else None
+    gaps = find_gaps(args.paths, runs)
+    table = aggregate_runs(runs, args.metric, gaps)
+    chooser_runs, selection = runs, None
+    if args.select_from:
+        chooser_runs = load_runs([args.select_from])
+        selection_gaps = find_gaps([args.select_from], chooser_runs)
+        gaps = selection_gaps + gaps
+        selection = aggregate_runs(chooser_runs, args.metric, selection_gaps)
     best = best_lrs(table, args.metric, selection)
     baselines = [name for name in args.baselines.split(",") if name]
     paired = None
     if baselines:
-        paired = paired_table(best, runs, baselines, SETTING_COLUMNS,
-                              lambda a, b: _key_equal(a, b, SETTING_COLUMNS),
+        columns = ["setting_key", "setting", *HEADLINE_COLUMNS]
+        paired = paired_table(best, runs, baselines, columns, lambda a, b: a["setting_key"] == b["setting_key"],
                               "em" if args.metric == "em" else "f1", args.bootstrap)
+    warnings = gap_warnings(gaps) + extension_commands(best, chooser_runs)
+    for line in warnings:  # before the tables that name the best lrs
+        print(line)
     markdown = write_report(table, best, out_dir, args.metric, paired)
     print(markdown)
-    print(f"wrote {out_dir}/results.md, results.csv, best.csv, best_f1.png" + (", paired.csv" if baselines else ""))
+    print(f"wrote {out_dir}/results.md, results.csv, best.csv, settings.json, best_f1.png"
+          + (", paired.csv" if baselines else ""))
 
 
 if __name__ == "__main__":

@@ -110,10 +110,10 @@ def world_comparisons(out_dir, metric, baselines):
             raise UsageError(f"{out_dir} has no {phase}/ folder; give demo output folders (demo.py's out_dir)")
     runs = report.load_runs([out_dir / "test"])
     best = report.best_lrs(report.aggregate_runs(runs, metric), metric, report.aggregate([out_dir / "val"], metric))
-    if best.groupby(report.SETTING_COLUMNS, dropna=False).ngroups > 1:
+    if best["setting_key"].nunique() > 1:
         raise UsageError(f"{out_dir / 'test'} holds runs of several settings; pool folders of one demo each")
     # one setting: every run shares it
-    compared = paired_comparisons(best, runs, baselines, report.SETTING_COLUMNS, lambda a, b: True,
+    compared = paired_comparisons(best, runs, baselines, ["setting_key"], lambda a, b: True,
                                   "em" if metric == "em" else "f1")
     return {entry["method"]: (entry, differences) for entry, differences in compared}
 

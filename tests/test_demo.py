@@ -100,9 +100,9 @@ def test_miniature_demo_runs_end_to_end_and_resumes(tiny_world_small, tmp_path, 
     assert sorted(test) == sorted((m, best.loc[m, "lr"], s) for m in methods for s in (1, 2))
     for method in methods:
         seeds = [test[method, best.loc[method, "lr"], s] for s in (1, 2)]
-        assert best.loc[method, "f1_mean"] == pytest.approx(sum(seeds) / 2)
+        assert best.loc[method, "f1_fraction_mean"] == pytest.approx(sum(seeds) / 2)
     assert best["nll_mean"].notna().all(), "eval=[em,ppl] puts the answer NLL in the table"
-    assert best.loc["none", "f1_mean"] == pytest.approx(test["none", best.loc["none", "lr"], 1] / 2
+    assert best.loc["none", "f1_fraction_mean"] == pytest.approx(test["none", best.loc["none", "lr"], 1] / 2
                                                         + test["none", best.loc["none", "lr"], 2] / 2)
 
     for name in ("results.md", "results.csv", "best.csv", "best_f1.png", "paired.csv", "environment.json"):

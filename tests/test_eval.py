@@ -22,7 +22,8 @@ from subroutines import AdaptationSettings, Decoding, LightTuneSettings, evaluat
 
 SUMMARY_KEYS = {"method", "adapts", "lr", "seed", "dataset", "split", "base_model", "downsample_to", "optimizer",
                 "n_epochs", "n_documents", "n_questions", "em", "f1", "max_f1", "top_k", "em_at_k", "f1_at_k",
-                "decoding", "nll", "init", "unrelated", "diverged", "wall_time_s", "run_dir"}
+                "decoding", "nll", "init", "unrelated", "diverged", "wall_time_s", "run_dir", "em_percent",
+                "f1_percent", "max_f1_percent"}
 GREEDY4 = Decoding(method="greedy", max_new_tokens=4, first_line=True)
 
 
