@@ -16,6 +16,7 @@ OUT/logs/. A step that finished is not run again, so an interrupted demo resumes
 a step whose command changed (e.g. other qa_tune_overrides) is recomputed, and so is every step
 after it. All options, and the configuration of every command, are checked before the first step.
 """
+
 import json
 import os
 import shutil
@@ -26,8 +27,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from plumbing import checks, errors, files, loading, schemas  # noqa: F401 - schemas: demo_schema and the resolvers
@@ -70,8 +71,12 @@ class Pipeline:
                 print(f"[demo] {name}: done before, skipped", flush=True)
                 continue
             if recorded is not None:
-                print(f"[demo] {name}: " + ("its options changed" if recorded != command else "an earlier step was "
-                      "recomputed") + "; recomputing it", flush=True)
+                print(
+                    f"[demo] {name}: "
+                    + ("its options changed" if recorded != command else "an earlier step was recomputed")
+                    + "; recomputing it",
+                    flush=True,
+                )
             started = self.recorded(self.started / name)
             if output is not None and (recorded is not None or (started is not None and started != command)):
                 shutil.rmtree(output, ignore_errors=True)  # the output of other options
@@ -87,8 +92,10 @@ class Pipeline:
         with ThreadPoolExecutor(self.parallel_jobs if quiet else 1) as pool:
             failures = [f for f in pool.map(lambda item: self._run(*item, quiet), todo.items()) if f]
         if failures:
-            raise UsageError(f"step {failures[0]} failed; fix the error above and rerun the demo, which resumes "
-                             "from the unfinished steps")
+            raise UsageError(
+                f"step {failures[0]} failed; fix the error above and rerun the demo, which resumes "
+                "from the unfinished steps"
+            )
 
     @staticmethod
     def recorded(marker):
@@ -127,13 +134,28 @@ class Pipeline:
 def eval_sweeps(pipeline, cfg, phase, lrs, seeds, downsample_to, folder=None):
     """One Hydra multirun per method of `lrs` (method -> its lrs) × seeds on the `phase` split, as
     named commands; each into OUT/<phase>/<method>[/<folder>]."""
-    return {f"{phase}_{method}" + (f"_{folder}" if folder else ""): ([
-        "run.py", "-m", "task=eval", f"dataset={cfg.dataset}", *cfg.world_overrides, f"split={phase}",
-        f"base_model={cfg.base_model}", f"lr={','.join(str(lr) for lr in method_lrs)}",
-        f"seed={','.join(str(s) for s in seeds)}", f"downsample_to={downsample_to}", *pipeline.thread_overrides,
-        *cfg.all_methods[method], *cfg.eval_overrides,
-        f"hydra.sweep.dir={pipeline.out / phase / method / (folder or '')}",
-    ], pipeline.out / phase / method / (folder or "")) for method, method_lrs in lrs.items()}
+    return {
+        f"{phase}_{method}" + (f"_{folder}" if folder else ""): (
+            [
+                "run.py",
+                "-m",
+                "task=eval",
+                f"dataset={cfg.dataset}",
+                *cfg.world_overrides,
+                f"split={phase}",
+                f"base_model={cfg.base_model}",
+                f"lr={','.join(str(lr) for lr in method_lrs)}",
+                f"seed={','.join(str(s) for s in seeds)}",
+                f"downsample_to={downsample_to}",
+                *pipeline.thread_overrides,
+                *cfg.all_methods[method],
+                *cfg.eval_overrides,
+                f"hydra.sweep.dir={pipeline.out / phase / method / (folder or '')}",
+            ],
+            pipeline.out / phase / method / (folder or ""),
+        )
+        for method, method_lrs in lrs.items()
+    }
 
 
 def grid_ratio(lrs):
@@ -144,8 +166,10 @@ def grid_ratio(lrs):
         raise UsageError(f"lrs={lrs} must hold at least two positive learning rates")
     ratios = [b / a for a, b in zip(lrs, lrs[1:])]
     if max(ratios) / min(ratios) > 1.25 or min(ratios) <= 1:
-        raise UsageError(f"lrs={lrs} is not log-spaced (neighbour ratios {[round(r, 3) for r in ratios]}); "
-                         "give a grid such as [3e-4, 1e-3, 3e-3]")
+        raise UsageError(
+            f"lrs={lrs} is not log-spaced (neighbour ratios {[round(r, 3) for r in ratios]}); "
+            "give a grid such as [3e-4, 1e-3, 3e-3]"
+        )
     return (lrs[-1] / lrs[0]) ** (1 / (len(lrs) - 1))
 
 
@@ -174,15 +198,19 @@ def validation_sweeps(pipeline, cfg, methods, alongside=None):
     `alongside`); then, while a method's best lr is at an edge of what it was run with, one more
     run beyond that edge (at most `max_lr_extensions` per method). Selection reads validation only."""
     grid = {m: [cfg.lrs[0]] if m in cfg.unswept_methods else cfg.lrs for m in methods}
-    pipeline.steps({**eval_sweeps(pipeline, cfg, "val", grid, [cfg.val_seed], cfg.val_downsample_to),
-                    **(alongside or {})})
+    pipeline.steps(
+        {**eval_sweeps(pipeline, cfg, "val", grid, [cfg.val_seed], cfg.val_downsample_to), **(alongside or {})}
+    )
     swept = [m for m in methods if m not in cfg.unswept_methods]
     for extension in range(1, cfg.max_lr_extensions + 1):
         beyond = {m: [lr] for m in swept if (lr := lr_beyond_edge(cfg, pipeline, m, extension)) is not None}
         if not beyond:
             return
-        pipeline.steps(eval_sweeps(pipeline, cfg, "val", beyond, [cfg.val_seed], cfg.val_downsample_to,
-                                   folder=f"beyond_edge_{extension}"))
+        pipeline.steps(
+            eval_sweeps(
+                pipeline, cfg, "val", beyond, [cfg.val_seed], cfg.val_downsample_to, folder=f"beyond_edge_{extension}"
+            )
+        )
 
 
 def best_lrs(cfg, pipeline, methods):
@@ -232,41 +260,88 @@ def run_demo(cfg):
     environment = record_environment(pipeline)
 
     pipeline.step("tiny_world", ["-m", "tiny_world", *cfg.tiny_world_overrides, f"out_dir={world_root}"])
-    pipeline.step("qa_tune", ["train_qa.py", f"dataset={cfg.dataset}", f"model={world_root / 'base_model'}",
-                              *cfg.world_overrides, *cfg.qa_tune_overrides, f"hydra.run.dir={qa_dir}"], qa_dir)
+    pipeline.step(
+        "qa_tune",
+        [
+            "train_qa.py",
+            f"dataset={cfg.dataset}",
+            f"model={world_root / 'base_model'}",
+            *cfg.world_overrides,
+            *cfg.qa_tune_overrides,
+            f"hydra.run.dir={qa_dir}",
+        ],
+        qa_dir,
+    )
 
     # meta-training (once per seed) runs side by side with the validation sweeps of the methods
     # that do not need it, then the meta-trained methods' sweeps beside the others' test runs
     learned = [m for m in cfg.all_methods if m not in cfg.methods or m in cfg.meta_trained_methods]
     fixed = [m for m in cfg.all_methods if m not in learned]
-    meta_training = {f"meta_train_seed{seed}": (
-        meta_train_command(cfg, world_root, seed, pipeline.thread_overrides, pipeline.out),
-        pipeline.out / "meta_train" / f"seed{seed}") for seed in cfg.meta_train_seeds}
+    meta_training = {
+        f"meta_train_seed{seed}": (
+            meta_train_command(cfg, world_root, seed, pipeline.thread_overrides, pipeline.out),
+            pipeline.out / "meta_train" / f"seed{seed}",
+        )
+        for seed in cfg.meta_train_seeds
+    }
     validation_sweeps(pipeline, cfg, fixed, alongside=meta_training)
-    validation_sweeps(pipeline, cfg, learned, alongside=eval_sweeps(
-        pipeline, cfg, "test", best_lrs(cfg, pipeline, fixed), cfg.test_seeds, cfg.test_downsample_to))
-    pipeline.steps(eval_sweeps(pipeline, cfg, "test", best_lrs(cfg, pipeline, learned), cfg.test_seeds,
-                               cfg.test_downsample_to))
+    validation_sweeps(
+        pipeline,
+        cfg,
+        learned,
+        alongside=eval_sweeps(
+            pipeline, cfg, "test", best_lrs(cfg, pipeline, fixed), cfg.test_seeds, cfg.test_downsample_to
+        ),
+    )
+    pipeline.steps(
+        eval_sweeps(pipeline, cfg, "test", best_lrs(cfg, pipeline, learned), cfg.test_seeds, cfg.test_downsample_to)
+    )
 
     report_dir = pipeline.out / "report"
-    pipeline.step("report", ["report.py", str(pipeline.out / "test"), "--select-from", str(pipeline.out / "val"),
-                             "--metric", cfg.selection_metric, "--out", str(report_dir),
-                             "--baselines", ",".join(cfg.baselines), "--bootstrap", str(cfg.bootstrap_resamples)],
-                  report_dir)
+    pipeline.step(
+        "report",
+        [
+            "report.py",
+            str(pipeline.out / "test"),
+            "--select-from",
+            str(pipeline.out / "val"),
+            "--metric",
+            cfg.selection_metric,
+            "--out",
+            str(report_dir),
+            "--baselines",
+            ",".join(cfg.baselines),
+            "--bootstrap",
+            str(cfg.bootstrap_resamples),
+        ],
+        report_dir,
+    )
     files.atomic_write_text(json.dumps(environment, indent=1) + "\n", report_dir / "environment.json")
     describe_weightings(cfg, report_dir)
     minutes = (time.time() - started) / 60
     closing = closing_sentences(cfg, pipeline, report_dir, world_root, qa_dir)
     files.atomic_write_text(closing + "\n", report_dir / "summary.md")
-    print(f"\n[demo] finished in {minutes:.1f} min (step times in {pipeline.timings_path}); table, chart and "
-          f"weight heat-maps in {report_dir}\n\n{closing}")
+    print(
+        f"\n[demo] finished in {minutes:.1f} min (step times in {pipeline.timings_path}); table, chart and "
+        f"weight heat-maps in {report_dir}\n\n{closing}"
+    )
     return report_dir
 
 
 def meta_train_command(cfg, world_root, seed, thread_overrides, out):
-    return ["run.py", "task=train", "model=CaMeLS", f"dataset={cfg.dataset}", *cfg.world_overrides,
-            f"model.pretrained_model={world_root / 'base_model'}", f"base_model={cfg.base_model}", f"seed={seed}",
-            *thread_overrides, *cfg.meta_train_overrides, f"hydra.run.dir={out / 'meta_train' / f'seed{seed}'}"]
+    return [
+        "run.py",
+        "task=train",
+        "model=CaMeLS",
+        f"dataset={cfg.dataset}",
+        *cfg.world_overrides,
+        f"model.pretrained_model={world_root / 'base_model'}",
+        f"base_model={cfg.base_model}",
+        f"seed={seed}",
+        *thread_overrides,
+        *cfg.meta_train_overrides,
+        f"hydra.run.dir={out / 'meta_train' / f'seed{seed}'}",
+    ]
 
 
 def check_demo_config(cfg, world_root):
@@ -284,17 +359,27 @@ def record_environment(pipeline):
 
     cpu = platform.processor() or platform.machine()
     try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     except OSError:
         pass
     import transformers
 
-    environment = dict(torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
-                       platform=platform.platform(), cpu=cpu, cpu_count=os.cpu_count(),
-                       torch_threads_per_step=1 if pipeline.thread_overrides else torch.get_num_threads(),
-                       parallel_jobs=pipeline.parallel_jobs, cuda=torch.cuda.is_available())
+    environment = dict(
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        python=platform.python_version(),
+        platform=platform.platform(),
+        cpu=cpu,
+        cpu_count=os.cpu_count(),
+        torch_threads_per_step=1 if pipeline.thread_overrides else torch.get_num_threads(),
+        parallel_jobs=pipeline.parallel_jobs,
+        cuda=torch.cuda.is_available(),
+    )
     pipeline.out.mkdir(parents=True, exist_ok=True)
     files.atomic_write_text(json.dumps(environment, indent=1) + "\n", pipeline.out / "environment.json")
     return environment
@@ -313,11 +398,13 @@ def closing_sentences(cfg, pipeline, report_dir, world_root, qa_dir):
     for _, row in paired.iterrows():
         if row["method"] in cfg.baselines:
             continue
-        lines.append(f"{row['method']} − {row['baseline']} (the best baseline): {100 * row['difference']:+.1f} test "
-                     f"{label} points, 95% interval [{100 * row['ci_questions_low']:+.1f}, "
-                     f"{100 * row['ci_questions_high']:+.1f}] over questions and [{100 * row['ci_streams_low']:+.1f}, "
-                     f"{100 * row['ci_streams_high']:+.1f}] over streams and questions "
-                     f"({row['n_streams']} streams, {row['n_questions']} questions).")
+        lines.append(
+            f"{row['method']} − {row['baseline']} (the best baseline): {100 * row['difference']:+.1f} test "
+            f"{label} points, 95% interval [{100 * row['ci_questions_low']:+.1f}, "
+            f"{100 * row['ci_questions_high']:+.1f}] over questions and [{100 * row['ci_streams_low']:+.1f}, "
+            f"{100 * row['ci_streams_high']:+.1f}] over streams and questions "
+            f"({row['n_streams']} streams, {row['n_questions']} questions)."
+        )
     key = "em_fraction_mean" if label == "EM" else "f1_fraction_mean"
     for name, role in (("none", "floor (no adaptation)"), ("oracle", "ceiling (answer tokens only)")):
         if name in best.index:
@@ -327,10 +414,12 @@ def closing_sentences(cfg, pipeline, report_dir, world_root, qa_dir):
         rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
         if rows:
             top, low = max(rows, key=lambda r: r["val_f1"]), min(rows, key=lambda r: r["val_nll"])
-            lines.append(f"QA pre-tuning: validation F1 {100 * rows[0]['val_f1']:.1f} before, "
-                         f"{100 * top['val_f1']:.1f} at its best (step {top['step']}); answer NLL "
-                         f"{rows[0]['val_nll']:.3f} before, {low['val_nll']:.3f} at its lowest (step {low['step']}); "
-                         f"the demo adapts its {cfg.qa_checkpoint} checkpoint.")
+            lines.append(
+                f"QA pre-tuning: validation F1 {100 * rows[0]['val_f1']:.1f} before, "
+                f"{100 * top['val_f1']:.1f} at its best (step {top['step']}); answer NLL "
+                f"{rows[0]['val_nll']:.3f} before, {low['val_nll']:.3f} at its lowest (step {low['step']}); "
+                f"the demo adapts its {cfg.qa_checkpoint} checkpoint."
+            )
     lines.append(f"Tiny world: {world_root} (sanity report {world_root / 'report.md'}).")
     return "\n".join(lines)
 
@@ -343,8 +432,8 @@ def describe_weightings(cfg, report_dir):
 
     import evaluation
     from exp_datasets import QACollator, load_split, make_stream
-    from weight_analysis import answer_mass, render_document_weights
     from exp_datasets.answer_spans import document_batch
+    from weight_analysis import answer_mass, render_document_weights
     from weight_model import WEIGHT_MODELS
 
     tokenizer = loading.load_tokenizer(cfg.base_model)
@@ -352,10 +441,18 @@ def describe_weightings(cfg, report_dir):
     lines = ["| weighting | weight on answer tokens | answer tokens |", "|---|---|---|"]
     drawn = set()
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
-        for method, overrides in cfg.all_methods.items():
-            run_cfg = compose("config", overrides=["task=eval", f"dataset={cfg.dataset}", *cfg.world_overrides,
-                                                    f"base_model={cfg.base_model}", *overrides,
-                                                    *cfg.eval_overrides])
+        for overrides in cfg.all_methods.values():
+            run_cfg = compose(
+                "config",
+                overrides=[
+                    "task=eval",
+                    f"dataset={cfg.dataset}",
+                    *cfg.world_overrides,
+                    f"base_model={cfg.base_model}",
+                    *overrides,
+                    *cfg.eval_overrides,
+                ],
+            )
             name = run_cfg.method_label or run_cfg.model.name
             if not WEIGHT_MODELS[run_cfg.model.name].adapts:
                 continue
@@ -365,21 +462,33 @@ def describe_weightings(cfg, report_dir):
             stream = make_stream(load_split(run_cfg.dataset, "test"), cfg.test_downsample_to, cfg.test_seeds[0])
             weight_model = evaluation.load_weight_model_for_eval(run_cfg, tokenizer, stream, base_model)
             collator = QACollator.from_config(tokenizer, run_cfg.dataset)
-            weigh = lambda batch: weight_model(batch["text_ids"], batch["text_mask"])  # noqa: E731
+
+            def weigh(batch, weight_model=weight_model):
+                return weight_model(batch["text_ids"], batch["text_mask"])
+
             totals = [0.0, 0.0, 0, 0]
             for start in range(0, len(stream), 16):
-                batch = document_batch(collator, [d.examples for d in stream[start:start + 16]], "cpu")
+                batch = document_batch(collator, [d.examples for d in stream[start : start + 16]], "cpu")
                 with torch.no_grad():
                     mass = answer_mass(weigh(batch), batch)
                 totals = [t + m for t, m in zip(totals, mass or (0.0, 0.0, 0, 0))]
             if totals[1] and totals[3]:
                 lines.append(f"| {name} | {100 * totals[0] / totals[1]:.1f}% | {100 * totals[2] / totals[3]:.1f}% |")
-            render_document_weights(tokenizer, collator, [d.examples for d in stream[:cfg.heatmap_documents]],
-                                    weigh, "cpu", report_dir / f"weights_{name}",
-                                    heading=f"{name} weights on test documents")
-    text = (f"Share of each weighting's total weight on the answer tokens of the {len(stream)} documents of "
-            f"the first test stream (seed {cfg.test_seeds[0]}), beside those tokens' share of all tokens.\n\n"
-            + "\n".join(lines) + "\n")
+            render_document_weights(
+                tokenizer,
+                collator,
+                [d.examples for d in stream[: cfg.heatmap_documents]],
+                weigh,
+                "cpu",
+                report_dir / f"weights_{name}",
+                heading=f"{name} weights on test documents",
+            )
+    text = (
+        f"Share of each weighting's total weight on the answer tokens of the {len(stream)} documents of "
+        f"the first test stream (seed {cfg.test_seeds[0]}), beside those tokens' share of all tokens.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     files.atomic_write_text(text, report_dir / "answer_mass.md")
     print("\n" + text, flush=True)
 

@@ -12,8 +12,9 @@ def check_options(cfg):
     schemas.check_values(cfg)
     for key in ("meta_trained_methods", "unswept_methods", "baselines"):
         if not set(cfg[key]) <= set(cfg.methods):
-            raise UsageError(f"{key}={list(cfg[key])} is invalid; give a list of names among methods "
-                             f"({', '.join(cfg.methods)})")
+            raise UsageError(
+                f"{key}={list(cfg[key])} is invalid; give a list of names among methods ({', '.join(cfg.methods)})"
+            )
     if cfg.meta_trained_methods and not cfg.meta_train_seeds:
         raise UsageError("meta_train_seeds=[] is invalid; a meta-trained method needs seeds, e.g. [0,1]")
 
@@ -33,21 +34,32 @@ def compose(config_dir, overrides, what):
 def check_commands(cfg, meta_train_overrides):
     """The configurations of QA tuning, meta-training and every evaluation sweep job, composed as the
     steps will compose them and checked by the checks those commands run first."""
-    import meta_train
     import evaluation
+    import meta_train
     import train_qa
 
     qa_cfg = compose("qa_conf", [f"dataset={cfg.dataset}", *cfg.qa_tune_overrides], "qa_tune_overrides")
     reword(train_qa.check_config, qa_cfg, "qa_tune_overrides")
-    reword(meta_train.check_config, compose("conf", meta_train_overrides, "meta_train_overrides"),
-           "meta_train_overrides")
+    reword(
+        meta_train.check_config, compose("conf", meta_train_overrides, "meta_train_overrides"), "meta_train_overrides"
+    )
     # every method row as the demo runs it (a meta-trained method once per meta-training seed)
     for method, overrides in cfg.all_methods.items():
         for lr in cfg.lrs:
             what = f"methods.{method} with lr={lr}"
-            eval_cfg = compose("conf", ["task=eval", f"dataset={cfg.dataset}", *cfg.world_overrides,
-                                        f"base_model={cfg.base_model}", f"lr={lr}", *overrides,
-                                        *cfg.eval_overrides], what)
+            eval_cfg = compose(
+                "conf",
+                [
+                    "task=eval",
+                    f"dataset={cfg.dataset}",
+                    *cfg.world_overrides,
+                    f"base_model={cfg.base_model}",
+                    f"lr={lr}",
+                    *overrides,
+                    *cfg.eval_overrides,
+                ],
+                what,
+            )
             reword(evaluation.check_config, eval_cfg, what)
 
 

@@ -16,6 +16,7 @@ group-size other candidates continue. A group is finished once it holds group-si
 open beams join them after the last step. The answers are the best hypotheses over all groups,
 ties going to the later one in group order as in transformers.
 """
+
 import inspect
 
 import torch
@@ -25,10 +26,31 @@ from transformers.cache_utils import Cache, DynamicLayer
 ATTENTIONS = ("eager", "sdpa")
 # Generation-config keys that leave diverse beam search unchanged here: token ids, the knobs that the
 # call sets itself and those only sampling reads. Any other key set on the model falls back to generate.
-NEUTRAL_KEYS = {"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "transformers_version",
-                "_from_model_config", "max_length", "max_new_tokens", "num_beams", "num_beam_groups",
-                "diversity_penalty", "early_stopping", "num_return_sequences", "length_penalty", "use_cache",
-                "do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"}
+NEUTRAL_KEYS = {
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "decoder_start_token_id",
+    "transformers_version",
+    "_from_model_config",
+    "max_length",
+    "max_new_tokens",
+    "num_beams",
+    "num_beam_groups",
+    "diversity_penalty",
+    "early_stopping",
+    "num_return_sequences",
+    "length_penalty",
+    "use_cache",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+}
 
 
 def supports(model) -> bool:
@@ -39,8 +61,13 @@ def supports(model) -> bool:
     extra = set(model.generation_config.to_diff_dict()) - NEUTRAL_KEYS
     sliding = getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None)
     takes = set(inspect.signature(model.forward).parameters)
-    return (not config.is_encoder_decoder and getattr(config, "_attn_implementation", None) in ATTENTIONS
-            and not sliding and {"position_ids", "cache_position"} <= takes and not extra)
+    return (
+        not config.is_encoder_decoder
+        and getattr(config, "_attn_implementation", None) in ATTENTIONS
+        and not sliding
+        and {"position_ids", "cache_position"} <= takes
+        and not extra
+    )
 
 
 class BeamLayer(DynamicLayer):
@@ -89,17 +116,26 @@ class Hypotheses:
 
 
 @torch.no_grad()
-def search(model, gen_ids: torch.Tensor, gen_mask: torch.Tensor, num_beams: int, num_beam_groups: int,
-           diversity_penalty: float, max_new_tokens: int, num_return_sequences: int,
-           pad_token_id: int) -> list:
+def search(
+    model,
+    gen_ids: torch.Tensor,
+    gen_mask: torch.Tensor,
+    num_beams: int,
+    num_beam_groups: int,
+    diversity_penalty: float,
+    max_new_tokens: int,
+    num_return_sequences: int,
+    pad_token_id: int,
+) -> list:
     """The `num_return_sequences` best continuations (lists of generated token ids, EOS excluded,
     best first) of each left-padded prompt in `gen_ids` (mask `gen_mask`)."""
     n_prompts, prompt_len = gen_ids.shape
     beams, group = num_beams, num_beams // num_beam_groups
     device = gen_ids.device
     eos = model.generation_config.eos_token_id
-    eos_ids = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), device=device,
-                           dtype=torch.long)
+    eos_ids = torch.tensor(
+        [] if eos is None else [eos] if isinstance(eos, int) else list(eos), device=device, dtype=torch.long
+    )
     n_candidates = max(2, 1 + len(eos_ids)) * group
     if pad_token_id is None and len(eos_ids):  # generate's default: finished groups feed EOS
         pad_token_id = int(eos_ids[0])
@@ -109,8 +145,15 @@ def search(model, gen_ids: torch.Tensor, gen_mask: torch.Tensor, num_beams: int,
     # The whole prompt once per question (positions from the mask, as generate derives them).
     positions = (gen_mask.long().cumsum(-1) - 1).masked_fill(gen_mask == 0, 1)
     cache = Cache(layer_class_to_replicate=BeamLayer)
-    out = model(input_ids=gen_ids, attention_mask=gen_mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, cache_position=torch.arange(prompt_len, device=device), **_last_logits_only(model))
+    out = model(
+        input_ids=gen_ids,
+        attention_mask=gen_mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        cache_position=torch.arange(prompt_len, device=device),
+        **_last_logits_only(model),
+    )
     logprobs = torch.log_softmax(out.logits[:, -1, :].to(device=device, dtype=torch.float32), dim=-1)
     vocab = logprobs.shape[-1]
     logprobs = logprobs.unsqueeze(1).expand(n_prompts, beams, vocab)
@@ -140,13 +183,13 @@ def search(model, gen_ids: torch.Tensor, gen_mask: torch.Tensor, num_beams: int,
             group_scores = logprobs[:, part]
             if g:
                 counts = torch.zeros(n_live, vocab, dtype=torch.long, device=device)
-                counts.scatter_add_(1, chosen[:, :g * group], ones[:n_live, :g * group])
+                counts.scatter_add_(1, chosen[:, : g * group], ones[:n_live, : g * group])
                 group_scores = group_scores - (diversity_penalty * counts).unsqueeze(1)
             group_scores = group_scores + scores[:, part].unsqueeze(-1)
             top, index = torch.topk(group_scores.reshape(n_live, group * vocab), n_candidates, dim=1)
             token, beam = index % vocab, index // vocab
             is_eos = torch.isin(token, eos_ids)
-            was_done = done[:, g:g + 1].clone()  # finishing at this step still picks this step's beams
+            was_done = done[:, g : g + 1].clone()  # finishing at this step still picks this step's beams
             ending = is_eos[:, :group] & ~was_done
             if ending.any():
                 rows = (torch.arange(n_live, device=device) * beams + g * group).unsqueeze(1) + beam
@@ -175,9 +218,14 @@ def search(model, gen_ids: torch.Tensor, gen_mask: torch.Tensor, num_beams: int,
         in_cache[active] = torch.arange(len(active), device=device)
         question = live[active // beams]
         width = prompt_len + step + 1
-        out = model(input_ids=chosen.view(-1)[active].unsqueeze(1), attention_mask=mask[question, ..., :width],
-                    position_ids=(lengths[question] + step).unsqueeze(1), past_key_values=cache, use_cache=True,
-                    cache_position=torch.tensor([width - 1], device=device))
+        out = model(
+            input_ids=chosen.view(-1)[active].unsqueeze(1),
+            attention_mask=mask[question, ..., :width],
+            position_ids=(lengths[question] + step).unsqueeze(1),
+            past_key_values=cache,
+            use_cache=True,
+            cache_position=torch.tensor([width - 1], device=device),
+        )
         logprobs = torch.log_softmax(out.logits[:, -1, :].to(device=device, dtype=torch.float32), dim=-1)
         if len(active) < len(live) * beams:  # finished groups' rows: any value, their results are dropped
             logprobs = logprobs.new_zeros(len(live) * beams, vocab).index_copy_(0, active, logprobs)
@@ -191,7 +239,7 @@ def search(model, gen_ids: torch.Tensor, gen_mask: torch.Tensor, num_beams: int,
         for g in range(num_beam_groups):
             if not done[i, g]:
                 for b in range(g * group, (g + 1) * group):
-                    finished[question][g].add(open_scores[i][b] / (n_steps ** length_penalty), open_tokens[i][b])
+                    finished[question][g].add(open_scores[i][b] / (n_steps**length_penalty), open_tokens[i][b])
     answers = []
     for groups in finished:
         candidates = [beam for hyps in groups for beam in hyps.beams]

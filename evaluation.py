@@ -20,13 +20,21 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from plumbing import distributed, environment, files, loading, run_folder, schemas
-from plumbing.schemas import method_name, stream_name
 from exp_datasets import QACollator, load_split, make_stream
-from plumbing.schemas import SPLITS
-from subroutines import (AdaptationSettings, Decoding, LightTuneSettings, check_optimizer, evaluate_qa, light_tune, parse_eval_modes, question_sample,
-                         weighted_train)
+from plumbing import distributed, environment, files, loading, run_folder, schemas
 from plumbing.errors import UsageError
+from plumbing.schemas import SPLITS, method_name, stream_name
+from subroutines import (
+    AdaptationSettings,
+    Decoding,
+    LightTuneSettings,
+    check_optimizer,
+    evaluate_qa,
+    light_tune,
+    parse_eval_modes,
+    question_sample,
+    weighted_train,
+)
 from weight_model import WEIGHT_MODELS, build_weight_model, load_weight_model
 
 log = logging.getLogger(__name__)
@@ -35,8 +43,16 @@ PERCENT_FIELDS = ("em", "f1", "max_f1")
 EVAL_STATE = "eval_state.pt"
 RUN_FOLDER = run_folder.RunProtocol(
     outputs=("summary.json", "results.csv", "metrics.json", "config.yaml", EVAL_STATE),
-    resumable=("progress", "wandb", "wandb_project", "device", "torch_threads", "overwrite", "cache_dir",
-               "save_state_every"),
+    resumable=(
+        "progress",
+        "wandb",
+        "wandb_project",
+        "device",
+        "torch_threads",
+        "overwrite",
+        "cache_dir",
+        "save_state_every",
+    ),
     state=EVAL_STATE,
 )
 
@@ -92,8 +108,9 @@ def load_weight_model_for_eval(cfg, tokenizer, stream, base_model):
         cfg.model.pretrained_model = weight_model.options["pretrained_model"]  # record the real body
         return weight_model.bind(base_model)
     texts = [document.text for document in stream]
-    return build_weight_model(cfg.model, tokenizer, documents=lambda: dataset_texts(cfg.dataset, texts),
-                              stream=stream).bind(base_model)
+    return build_weight_model(
+        cfg.model, tokenizer, documents=lambda: dataset_texts(cfg.dataset, texts), stream=stream
+    ).bind(base_model)
 
 
 def metric_subset(summary):
@@ -102,13 +119,35 @@ def metric_subset(summary):
 
 def results_frame(rows, summary):
     """Per-question rows, then one summary row per metric (its value in that metric's column)."""
-    columns = ["question", "answer", "golds", "prediction", "predictions", "f1s", "f1", "max_f1", "em", "em_at_k",
-               "f1_at_k", "nll", "n_answer_tokens"]
+    columns = [
+        "question",
+        "answer",
+        "golds",
+        "prediction",
+        "predictions",
+        "f1s",
+        "f1",
+        "max_f1",
+        "em",
+        "em_at_k",
+        "f1_at_k",
+        "nll",
+        "n_answer_tokens",
+    ]
     frame = pd.DataFrame(rows, columns=columns)
-    labels = {"em": "EM", "f1": "mean F1", "max_f1": "max F1", "em_at_k": "EM top-K (any)",
-              "f1_at_k": "mean F1 top-K (mean over K)", "nll": "mean NLL (over answer tokens)"}
-    extra = [{"question": "<summary>", "answer": label, key: summary[key]}
-             for key, label in labels.items() if summary[key] is not None]
+    labels = {
+        "em": "EM",
+        "f1": "mean F1",
+        "max_f1": "max F1",
+        "em_at_k": "EM top-K (any)",
+        "f1_at_k": "mean F1 top-K (mean over K)",
+        "nll": "mean NLL (over answer tokens)",
+    }
+    extra = [
+        {"question": "<summary>", "answer": label, key: summary[key]}
+        for key, label in labels.items()
+        if summary[key] is not None
+    ]
     return pd.concat([frame, pd.DataFrame(extra, columns=columns)], ignore_index=True)
 
 
@@ -118,18 +157,41 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     check_config(cfg)
     old = RUN_FOLDER.claim(run_dir, cfg)
     if old is not None and (run_dir / "summary.json").is_file():
-        summary = files.read_json(run_dir / "summary.json", "the evaluation summary", "delete it to run the "
-                                  "evaluation again, or pass overwrite=true", keys=("diverged",))
+        summary = files.read_json(
+            run_dir / "summary.json",
+            "the evaluation summary",
+            "delete it to run the evaluation again, or pass overwrite=true",
+            keys=("diverged",),
+        )
         if summary.get("diverged"):
-            raise UsageError(f"{run_dir} holds this evaluation, which diverged; lower lr={cfg.lr}, or pass "
-                             "overwrite=true to run it again")
+            raise UsageError(
+                f"{run_dir} holds this evaluation, which diverged; lower lr={cfg.lr}, or pass "
+                "overwrite=true to run it again"
+            )
         log.info(f"{run_dir} holds this evaluation already complete; nothing to do")
         return summary
     state_path = run_dir / EVAL_STATE
-    resume_state = files.load_tensors(
-        state_path, "evaluation state", keys=("model", "optimizer", "n_steps", "n_batches", "total_loss",
-                                              "documents_seen", "rng", "metrics", "init", "curve"),
-        fix="delete it to run the stream from its start") if old is not None and state_path.is_file() else None
+    resume_state = (
+        files.load_tensors(
+            state_path,
+            "evaluation state",
+            keys=(
+                "model",
+                "optimizer",
+                "n_steps",
+                "n_batches",
+                "total_loss",
+                "documents_seen",
+                "rng",
+                "metrics",
+                "init",
+                "curve",
+            ),
+            fix="delete it to run the stream from its start",
+        )
+        if old is not None and state_path.is_file()
+        else None
+    )
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
     device = environment.pick_device(cfg.device)
@@ -144,8 +206,9 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     texts = [document.text for document in stream]
     questions = [example for document in stream for example in document.examples]
     weight_model = load_weight_model_for_eval(cfg, tokenizer, stream, base_model)
-    collator = QACollator.from_config(tokenizer, cfg.dataset, models=[base_model, weight_model],
-                                      answer_match=cfg.answer_match)
+    collator = QACollator.from_config(
+        tokenizer, cfg.dataset, models=[base_model, weight_model], answer_match=cfg.answer_match
+    )
     decoding = Decoding.from_config(cfg)
     unrelated = None
     if cfg.unrelated_qa_eval:
@@ -159,12 +222,24 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     base_model.to(device)
     weight_model.to(device)
     method = cfg.method_label or method_name(cfg.model.name, cfg.qa_lt_final)
-    log.info(f"{method} on {cfg.dataset.name}/{stream_name(cfg.split, cfg.test_path)}: {len(texts)} documents, "
-             f"{len(questions)} questions, base {cfg.base_model}, lr {cfg.lr}, device {device}; output {run_dir}")
+    log.info(
+        f"{method} on {cfg.dataset.name}/{stream_name(cfg.split, cfg.test_path)}: {len(texts)} documents, "
+        f"{len(questions)} questions, base {cfg.base_model}, lr {cfg.lr}, device {device}; output {run_dir}"
+    )
 
     def score(examples, desc):
-        return evaluate_qa(base_model, tokenizer, examples, collator, device, eval_modes, cfg.eval_batch_size,
-                           decoding, desc=desc, progress=progress)
+        return evaluate_qa(
+            base_model,
+            tokenizer,
+            examples,
+            collator,
+            device,
+            eval_modes,
+            cfg.eval_batch_size,
+            decoding,
+            desc=desc,
+            progress=progress,
+        )
 
     if resume_state is not None:  # the scores before adapting and along the stream so far were saved with it
         metrics, init_summary, curve = resume_state["metrics"], resume_state["init"], resume_state["curve"]
@@ -185,39 +260,74 @@ def evaluate(cfg: DictConfig, run_dir: Path):
 
     adapt_started = time.time()
     if weight_model.adapts:
-        adaptation = weighted_train(base_model, weight_model, texts, collator, device,
-                                    AdaptationSettings.from_config(cfg), progress=progress, callback=record,
-                                    resume_state=resume_state, save_state=save_state)
+        adaptation = weighted_train(
+            base_model,
+            weight_model,
+            texts,
+            collator,
+            device,
+            AdaptationSettings.from_config(cfg),
+            progress=progress,
+            callback=record,
+            resume_state=resume_state,
+            save_state=save_state,
+        )
     else:  # the no-adaptation floor: the base model as it is
         adaptation = dict(n_steps=0, n_batches=0, mean_loss=None, diverged=None)
     metrics["adaptation"] = dict(adaptation, wall_time_s=time.time() - adapt_started)
     diverged = adaptation["diverged"]
     if diverged and diverged["before_any_update"]:
-        raise UsageError(f"the weighted loss of document {diverged['document']} is not finite ({diverged['value']}) "
-                         "before any update, so no learning rate causes it: check the base model, the weight model "
-                         f"(model={cfg.model.name}) and the dataset's lengths "
-                         f"(max_text_len={cfg.dataset.max_text_len})")
+        raise UsageError(
+            f"the weighted loss of document {diverged['document']} is not finite ({diverged['value']}) "
+            "before any update, so no learning rate causes it: check the base model, the weight model "
+            f"(model={cfg.model.name}) and the dataset's lengths "
+            f"(max_text_len={cfg.dataset.max_text_len})"
+        )
     if diverged:
-        summary = run_summary(cfg, method, weight_model.adapts, texts, questions, None, None, None, started, run_dir,
-                              diverged=True)
+        summary = run_summary(
+            cfg, method, weight_model.adapts, texts, questions, None, None, None, started, run_dir, diverged=True
+        )
         write_outputs(cfg, run_dir, [], None, summary, metrics)
-        raise UsageError(f"adaptation diverged at document {diverged['document']} of {len(texts)} "
-                         f"({diverged['value']}); lr={cfg.lr} is too large for optimizer={cfg.optimizer}: lower lr. "
-                         f"{run_dir / 'summary.json'} marks the run diverged")
+        raise UsageError(
+            f"adaptation diverged at document {diverged['document']} of {len(texts)} "
+            f"({diverged['value']}); lr={cfg.lr} is too large for optimizer={cfg.optimizer}: lower lr. "
+            f"{run_dir / 'summary.json'} marks the run diverged"
+        )
     if cfg.qa_lt_final:
-        metrics["light_tuning"] = light_tune(base_model, tokenizer, lt_train, lt_val, collator, device,
-                                             LightTuneSettings.from_config(cfg), progress=progress)
+        metrics["light_tuning"] = light_tune(
+            base_model,
+            tokenizer,
+            lt_train,
+            lt_val,
+            collator,
+            device,
+            LightTuneSettings.from_config(cfg),
+            progress=progress,
+        )
     rows, final = score(questions, "QA after")
     unrelated_summary = metric_subset(score(unrelated, "unrelated QA after")[1]) if unrelated is not None else None
     metrics["curve"] = curve
 
     diverged = not all(math.isfinite(final[k]) for k in ("em", "f1", "nll") if final[k] is not None)
-    summary = run_summary(cfg, method, weight_model.adapts, texts, questions, final, metric_subset(init_summary),
-                          unrelated_summary, started, run_dir, diverged)
+    summary = run_summary(
+        cfg,
+        method,
+        weight_model.adapts,
+        texts,
+        questions,
+        final,
+        metric_subset(init_summary),
+        unrelated_summary,
+        started,
+        run_dir,
+        diverged,
+    )
     write_outputs(cfg, run_dir, rows, final, summary, metrics)
     if diverged:
-        raise UsageError(f"the adapted model's scores are not finite: the run diverged; lower lr={cfg.lr}. "
-                         f"{run_dir / 'summary.json'} marks it diverged")
+        raise UsageError(
+            f"the adapted model's scores are not finite: the run diverged; lower lr={cfg.lr}. "
+            f"{run_dir / 'summary.json'} marks it diverged"
+        )
     shown = ("em_percent", "f1_percent", "max_f1_percent", "nll", "wall_time_s")
     log.info("summary: " + files.strict_json({k: summary[k] for k in shown}))
     run = environment.start_wandb(cfg, run_dir)
@@ -231,25 +341,43 @@ def run_summary(cfg, method, adapts, texts, questions, final, init, unrelated, s
     """summary.json's dict; a diverged run has no metrics (null), only `diverged: true`. `adapts`:
     false for the no-adaptation floor, whose lr is never used."""
     final = {} if diverged or final is None else final
-    return with_percents({
-        "method": method, "adapts": bool(adapts), "lr": float(cfg.lr), "seed": int(cfg.seed),
-        "dataset": str(cfg.dataset.name),
-        "split": str(cfg.test_path) if cfg.test_path else str(cfg.split), "base_model": str(cfg.base_model),
-        "downsample_to": int(cfg.downsample_to), "optimizer": str(cfg.optimizer), "n_epochs": int(cfg.n_epochs),
-        "n_documents": len(texts), "n_questions": len(questions),
-        "em": final.get("em"), "f1": final.get("f1"), "max_f1": final.get("max_f1"), "top_k": final.get("top_k"),
-        "em_at_k": final.get("em_at_k"), "f1_at_k": final.get("f1_at_k"), "nll": final.get("nll"),
-        "decoding": str(cfg.decoding), "init": init, "unrelated": None if diverged else unrelated,
-        "diverged": bool(diverged),
-        "wall_time_s": time.time() - started, "run_dir": str(run_dir),
-    })
+    return with_percents(
+        {
+            "method": method,
+            "adapts": bool(adapts),
+            "lr": float(cfg.lr),
+            "seed": int(cfg.seed),
+            "dataset": str(cfg.dataset.name),
+            "split": str(cfg.test_path) if cfg.test_path else str(cfg.split),
+            "base_model": str(cfg.base_model),
+            "downsample_to": int(cfg.downsample_to),
+            "optimizer": str(cfg.optimizer),
+            "n_epochs": int(cfg.n_epochs),
+            "n_documents": len(texts),
+            "n_questions": len(questions),
+            "em": final.get("em"),
+            "f1": final.get("f1"),
+            "max_f1": final.get("max_f1"),
+            "top_k": final.get("top_k"),
+            "em_at_k": final.get("em_at_k"),
+            "f1_at_k": final.get("f1_at_k"),
+            "nll": final.get("nll"),
+            "decoding": str(cfg.decoding),
+            "init": init,
+            "unrelated": None if diverged else unrelated,
+            "diverged": bool(diverged),
+            "wall_time_s": time.time() - started,
+            "run_dir": str(run_dir),
+        }
+    )
 
 
 def with_percents(summary):
     """`summary` with `<name>_percent` beside each EM/F1 fraction (None where it is None): the numbers
     as a person reads them. Also completes summaries written before those fields existed."""
-    percents = {f"{name}_percent": None if summary.get(name) is None else 100 * summary[name]
-                for name in PERCENT_FIELDS}
+    percents = {
+        f"{name}_percent": None if summary.get(name) is None else 100 * summary[name] for name in PERCENT_FIELDS
+    }
     return {**summary, **percents}
 
 
@@ -273,5 +401,3 @@ def write_outputs(cfg, run_dir, rows, final, summary, metrics):
     files.atomic_write_text(files.strict_json(metrics, indent=2), run_dir / "metrics.json")
     files.atomic_write_text(files.strict_json(summary, indent=2), run_dir / "summary.json")
     (run_dir / EVAL_STATE).unlink(missing_ok=True)
-
-

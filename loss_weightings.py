@@ -14,6 +14,7 @@ not part of the weight model: its parameters, .to() and state dict stay the call
 takes its reference model there too (by default a frozen copy of the model as bound). The losses are
 computed without gradients and in eval mode (no dropout), the model's mode restored afterwards.
 """
+
 import copy
 import math
 
@@ -22,8 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from plumbing.errors import UsageError
-from util import at_least_float32
 from plumbing.loading import load_causal_lm
+from util import at_least_float32
 
 
 def token_losses(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -97,8 +98,10 @@ class Surprisal(nn.Module):
 
     def adapted(self):
         if self.adapted_model is None:
-            raise UsageError(f"model={self.name} weighs with the model being adapted and has none; "
-                             "call bind(base_model) first (run.py does)")
+            raise UsageError(
+                f"model={self.name} weighs with the model being adapted and has none; "
+                "call bind(base_model) first (run.py does)"
+            )
         return self.adapted_model
 
     def token_scores(self, input_ids, attention_mask):
@@ -132,9 +135,11 @@ class ExcessLoss(Surprisal):
         name = model_cfg.reference_model
         reference = None if name is None else load_causal_lm(name)
         if reference is not None and tokenizer is not None and len(tokenizer) > reference.config.vocab_size:
-            raise UsageError(f"model.reference_model={name} has {reference.config.vocab_size} token embeddings but "
-                             f"the base model's tokenizer has {len(tokenizer)} tokens; use a reference of the "
-                             "base model's tokenizer family")
+            raise UsageError(
+                f"model.reference_model={name} has {reference.config.vocab_size} token embeddings but "
+                f"the base model's tokenizer has {len(tokenizer)} tokens; use a reference of the "
+                "base model's tokenizer family"
+            )
         return cls(model_cfg.top_k_percent, name, reference)
 
     def bind(self, base_model):
@@ -145,8 +150,9 @@ class ExcessLoss(Surprisal):
         return self
 
     def token_scores(self, input_ids, attention_mask):
-        return (token_losses(self.adapted(), input_ids, attention_mask)
-                - token_losses(self.reference, input_ids, attention_mask))
+        return token_losses(self.adapted(), input_ids, attention_mask) - token_losses(
+            self.reference, input_ids, attention_mask
+        )
 
     def kept_weights(self, scores, kept):
         return kept.to(scores.dtype)

@@ -11,8 +11,9 @@ gradient); forward estimates the gradient with forward-mode directional derivati
 directions (memory flat in the depth), optionally as the correction of a first-order
 meta-gradient (`forward_mix`).
 """
-from contextlib import contextmanager, nullcontext
+
 import dataclasses
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from plumbing.errors import UsageError
 from plumbing.schemas import INNER_BACKENDS
 from util import answer_nll, kl_locality, weighted_lm_loss
-
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,20 @@ class MetaSettings:
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(inner_lr=float(cfg.inner_lr), num_inner_steps=int(cfg.num_inner_steps),
-                   sequential_update=bool(cfg.sequential_update), max_text_len=int(cfg.dataset.max_text_len),
-                   c_kl=float(cfg.c_kl), c_norm=float(cfg.c_norm), backend=str(cfg.inner_backend),
-                   grad_checkpointing=bool(cfg.grad_checkpointing),
-                   checkpoint_every=int(cfg.checkpoint_every), forward_probes=int(cfg.forward_probes),
-                   forward_mix=bool(cfg.forward_mix), inner_autocast=cfg.inner_autocast)
+        return cls(
+            inner_lr=float(cfg.inner_lr),
+            num_inner_steps=int(cfg.num_inner_steps),
+            sequential_update=bool(cfg.sequential_update),
+            max_text_len=int(cfg.dataset.max_text_len),
+            c_kl=float(cfg.c_kl),
+            c_norm=float(cfg.c_norm),
+            backend=str(cfg.inner_backend),
+            grad_checkpointing=bool(cfg.grad_checkpointing),
+            checkpoint_every=int(cfg.checkpoint_every),
+            forward_probes=int(cfg.forward_probes),
+            forward_mix=bool(cfg.forward_mix),
+            inner_autocast=cfg.inner_autocast,
+        )
 
     def autocast(self, device):
         """The base model's forward passes after the start of the inner loop run under this."""
@@ -61,11 +69,14 @@ class MetaSettings:
 def check_meta_options(cfg) -> None:
     """A one-line error for meta-gradient options that do not go together, before any work."""
     if cfg.grad_checkpointing and cfg.inner_backend != "torch_func":
-        raise UsageError("grad_checkpointing=true needs inner_backend=torch_func (higher's patched modules "
-                         "cannot recompute activations with the right fast weights)")
+        raise UsageError(
+            "grad_checkpointing=true needs inner_backend=torch_func (higher's patched modules "
+            "cannot recompute activations with the right fast weights)"
+        )
     if cfg.checkpoint_every > 1 and not cfg.grad_checkpointing:
-        raise UsageError(f"checkpoint_every={cfg.checkpoint_every} needs grad_checkpointing=true "
-                         "(inner_backend=torch_func)")
+        raise UsageError(
+            f"checkpoint_every={cfg.checkpoint_every} needs grad_checkpointing=true (inner_backend=torch_func)"
+        )
     if cfg.forward_mix and cfg.inner_backend != "forward":
         raise UsageError("forward_mix=true needs inner_backend=forward")
 
@@ -77,7 +88,11 @@ def inner_batches(text_ids, text_mask, weights, settings):
     for _ in range(settings.num_inner_steps):
         if settings.sequential_update:
             for row, length in enumerate(lengths):
-                yield text_ids[row:row + 1, :length], text_mask[row:row + 1, :length], weights[row:row + 1, :length]
+                yield (
+                    text_ids[row : row + 1, :length],
+                    text_mask[row : row + 1, :length],
+                    weights[row : row + 1, :length],
+                )
         else:
             yield text_ids, text_mask, weights
 
@@ -167,7 +182,7 @@ class CheckpointedSegment(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, base, batches, *inputs):
-        ws, params = inputs[:len(batches)], inputs[len(batches):]
+        ws, params = inputs[: len(batches)], inputs[len(batches) :]
         ctx.base, ctx.batches, ctx.rngs = base, batches, []
         ctx.save_for_backward(*inputs)
         for index, ((ids, mask), w) in enumerate(zip(batches, ws)):
@@ -180,7 +195,7 @@ class CheckpointedSegment(torch.autograd.Function):
         count, base = len(ctx.batches), ctx.base
         saved = ctx.saved_tensors
         ws, start = saved[:count], saved[count:]
-        needs_w, needs_start = ctx.needs_input_grad[2:2 + count], ctx.needs_input_grad[2 + count:]
+        needs_w, needs_start = ctx.needs_input_grad[2 : 2 + count], ctx.needs_input_grad[2 + count :]
         w_grads, grads = [None] * count, grad_outputs
         for step in reversed(range(count)):
             params = start
@@ -216,8 +231,14 @@ def replayed_rng(state, device):
 
 
 @contextmanager
-def inner_loop(base_model, text_ids: torch.Tensor, text_mask: torch.Tensor, weights: torch.Tensor,
-               settings: "MetaSettings", differentiable: bool = True):
+def inner_loop(
+    base_model,
+    text_ids: torch.Tensor,
+    text_mask: torch.Tensor,
+    weights: torch.Tensor,
+    settings: "MetaSettings",
+    differentiable: bool = True,
+):
     """Run the inner SGD steps on a copy of `base_model` whose initial weights get no gradient.
 
     differentiable=True keeps the graph of every step (second-order gradients reach `weights`;
@@ -229,8 +250,9 @@ def inner_loop(base_model, text_ids: torch.Tensor, text_mask: torch.Tensor, weig
         import higher
 
         inner_opt = torch.optim.SGD(base_model.parameters(), lr=settings.inner_lr)
-        with higher.innerloop_ctx(base_model, inner_opt, copy_initial_weights=True,
-                                  track_higher_grads=differentiable) as (fmodel, diffopt):
+        with higher.innerloop_ctx(
+            base_model, inner_opt, copy_initial_weights=True, track_higher_grads=differentiable
+        ) as (fmodel, diffopt):
             with settings.autocast(text_ids.device):
                 for ids, mask, w in steps:
                     diffopt.step(weighted_lm_loss(lm_call(fmodel, ids, mask), ids, mask, w, settings.max_text_len))
@@ -249,9 +271,10 @@ def inner_loop(base_model, text_ids: torch.Tensor, text_mask: torch.Tensor, weig
             if checkpointed:
                 steps = list(steps)
                 for first in range(0, len(steps), settings.checkpoint_every):
-                    segment = steps[first:first + settings.checkpoint_every]
-                    params = CheckpointedSegment.apply(base, [(ids, mask) for ids, mask, _ in segment],
-                                                       *[w for _, _, w in segment], *params)
+                    segment = steps[first : first + settings.checkpoint_every]
+                    params = CheckpointedSegment.apply(
+                        base, [(ids, mask) for ids, mask, _ in segment], *[w for _, _, w in segment], *params
+                    )
             else:
                 for index, (ids, mask, w) in enumerate(steps):
                     # without a graph (forward mode, validation) a step overwrites the weights of the
@@ -261,8 +284,9 @@ def inner_loop(base_model, text_ids: torch.Tensor, text_mask: torch.Tensor, weig
         def logits(ids, mask):
             if checkpointed:
                 # the mode of this call, also when the backward pass recomputes it outside eval_mode
-                return torch.utils.checkpoint.checkpoint(base.logits_in_mode, base_model.training, params, ids,
-                                                         mask, use_reentrant=False)
+                return torch.utils.checkpoint.checkpoint(
+                    base.logits_in_mode, base_model.training, params, ids, mask, use_reentrant=False
+                )
             return base.logits(params, ids, mask)
 
         yield AdaptedModel(logits, base.all_params(params), base_model)
@@ -286,10 +310,15 @@ def reference_outputs(base_model, batch, loc_batches, diagnostics=False, one_at_
     """What the base model does before the update: QA loss, locality logits (the KL's reference)
     and, for diagnostics, the document loss."""
     unchanged = AdaptedModel(lambda ids, mask: lm_call(base_model, ids, mask), list(base_model.parameters()))
-    return dict(qa=answer_loss(unchanged, batch, one_at_a_time),
-                loc={name: lm_call(base_model, ids, mask) for name, (ids, mask) in loc_batches.items()},
-                text=(text_nll(lm_call(base_model, batch["text_ids"], batch["text_mask"]), batch["text_ids"],
-                               batch["text_mask"]) if diagnostics else None))
+    return dict(
+        qa=answer_loss(unchanged, batch, one_at_a_time),
+        loc={name: lm_call(base_model, ids, mask) for name, (ids, mask) in loc_batches.items()},
+        text=(
+            text_nll(lm_call(base_model, batch["text_ids"], batch["text_mask"]), batch["text_ids"], batch["text_mask"])
+            if diagnostics
+            else None
+        ),
+    )
 
 
 def scaled(value, factor):
@@ -307,8 +336,10 @@ def answer_loss(adapted, batch, one_at_a_time=False):
     counts = (batch["qa_labels"][:, 1:] != -100).sum(1)
     total = 0
     for row in counts.nonzero().flatten().tolist():
-        nll = answer_nll(adapted.logits(batch["qa_ids"][row:row + 1], batch["qa_mask"][row:row + 1]),
-                         batch["qa_labels"][row:row + 1])
+        nll = answer_nll(
+            adapted.logits(batch["qa_ids"][row : row + 1], batch["qa_mask"][row : row + 1]),
+            batch["qa_labels"][row : row + 1],
+        )
         total = total + nll * counts[row].to(nll.dtype)
     return total / counts.sum().clamp(min=1)
 
@@ -318,8 +349,10 @@ def adapted_loss(adapted, weights, batch, loc_batches, before, settings, one_at_
     qa_after = answer_loss(adapted, batch, one_at_a_time)
     loss = qa_after
     with torch.set_grad_enabled(torch.is_grad_enabled() and settings.c_kl != 0):
-        kls = {name: kl_locality(before["loc"][name], adapted.logits(ids, mask), mask)
-               for name, (ids, mask) in loc_batches.items()}
+        kls = {
+            name: kl_locality(before["loc"][name], adapted.logits(ids, mask), mask)
+            for name, (ids, mask) in loc_batches.items()
+        }
     if kls and settings.c_kl != 0:
         loss = loss + scaled(sum(kls.values()), settings.c_kl / len(kls))
     if settings.c_norm != 0:
@@ -328,14 +361,25 @@ def adapted_loss(adapted, weights, batch, loc_batches, before, settings, one_at_
 
 
 def loss_metrics(loss, terms, before):
-    metrics = dict(outer_loss=loss.item(), qa_loss=terms["qa_loss"].item(), qa_before=before["qa"].item(),
-                   qa_gain=before["qa"].item() - terms["qa_loss"].item())
+    metrics = dict(
+        outer_loss=loss.item(),
+        qa_loss=terms["qa_loss"].item(),
+        qa_before=before["qa"].item(),
+        qa_gain=before["qa"].item() - terms["qa_loss"].item(),
+    )
     metrics.update({name: value.item() for name, value in terms.items() if name.startswith("kl_")})
     return metrics
 
 
-def outer_loss(base_model, weights: torch.Tensor, batch: dict, loc_batches: list, settings: "MetaSettings",
-               differentiable: bool = True, diagnostics: bool = False):
+def outer_loss(
+    base_model,
+    weights: torch.Tensor,
+    batch: dict,
+    loc_batches: list,
+    settings: "MetaSettings",
+    differentiable: bool = True,
+    diagnostics: bool = False,
+):
     """The meta-objective of one batch, given its per-token weights.
 
     The "before" numbers and the inner steps run in the base model's own mode (train mode: with
@@ -347,17 +391,23 @@ def outer_loss(base_model, weights: torch.Tensor, batch: dict, loc_batches: list
     diagnostics=True also measures the document loss before and after the update.
     """
     before = reference_outputs(base_model, batch, loc_batches, diagnostics)
-    with inner_loop(base_model, batch["text_ids"], batch["text_mask"], weights, settings, differentiable) as adapted, \
-            eval_mode(adapted.module):
+    with (
+        inner_loop(base_model, batch["text_ids"], batch["text_mask"], weights, settings, differentiable) as adapted,
+        eval_mode(adapted.module),
+    ):
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             loss, terms = adapted_loss(adapted, weights, batch, loc_batches, before, settings)
         metrics = loss_metrics(loss, terms, before)
         if diagnostics:
             with torch.no_grad():
-                text_after = text_nll(adapted.logits(batch["text_ids"], batch["text_mask"]), batch["text_ids"],
-                                      batch["text_mask"])
-            metrics.update(text_loss=text_after.item(), text_before=before["text"].item(),
-                           text_gain=before["text"].item() - text_after.item())
+                text_after = text_nll(
+                    adapted.logits(batch["text_ids"], batch["text_mask"]), batch["text_ids"], batch["text_mask"]
+                )
+            metrics.update(
+                text_loss=text_after.item(),
+                text_before=before["text"].item(),
+                text_gain=before["text"].item() - text_after.item(),
+            )
         updated = [p.detach() for p in adapted.params]
     return loss, metrics, updated
 
@@ -383,10 +433,16 @@ def forward_meta_gradient(weight_model, base_model, batch, loc_batches, settings
     def objective(current):
         # documents and questions one at a time, so that memory does not grow with update_batch_size
         params = {**frozen, **dict(zip(names, current))}
-        weights = torch.cat([torch.func.functional_call(weight_model, params, (ids[None], mask[None]))
-                             for ids, mask in zip(batch["text_ids"], batch["text_mask"])])
-        with inner_loop(base_model, batch["text_ids"], batch["text_mask"], weights, settings) as adapted, \
-                eval_mode(adapted.module):
+        weights = torch.cat(
+            [
+                torch.func.functional_call(weight_model, params, (ids[None], mask[None]))
+                for ids, mask in zip(batch["text_ids"], batch["text_mask"])
+            ]
+        )
+        with (
+            inner_loop(base_model, batch["text_ids"], batch["text_mask"], weights, settings) as adapted,
+            eval_mode(adapted.module),
+        ):
             loss, terms = adapted_loss(adapted, weights, batch, loc_batches, before, settings, one_at_a_time=True)
             return loss, (terms, tuple(adapted.params), weights)
 
@@ -394,8 +450,9 @@ def forward_meta_gradient(weight_model, base_model, batch, loc_batches, settings
         return torch.func.jvp(objective, (theta,), (tangent,), has_aux=True)
 
     if probes is None:
-        probes = tuple(torch.randint(0, 2, (settings.forward_probes, *p.shape), device=p.device).to(p.dtype) * 2 - 1
-                       for p in theta)
+        probes = tuple(
+            torch.randint(0, 2, (settings.forward_probes, *p.shape), device=p.device).to(p.dtype) * 2 - 1 for p in theta
+        )
     # forward-mode AD is not implemented for the fused attention kernels (CPU flash attention):
     # a body loaded with SDPA attention runs its composite math kernel instead
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
@@ -405,8 +462,9 @@ def forward_meta_gradient(weight_model, base_model, batch, loc_batches, settings
     if settings.forward_mix:
         # a control variate: h + mean_k (d_k - v_k.h) v_k has the mean of mean_k (d_k v_k) for any
         # h drawn independently of the probes, and a variance that shrinks as h nears the gradient
-        first_order = first_order_meta_gradient(weight_model, base_model, batch, loc_batches, settings, before,
-                                                params, weights[0])
+        first_order = first_order_meta_gradient(
+            weight_model, base_model, batch, loc_batches, settings, before, params, weights[0]
+        )
         slopes = slopes - sum((v * h).flatten(1).sum(1) for v, h in zip(probes, first_order))
     else:
         first_order = [0] * len(probes)
@@ -446,18 +504,27 @@ def first_order_weight_gradient(base_model, weights, batch, loc_batches, setting
     trainable = [p.requires_grad for p in base_model.parameters()]
     final = tuple(p.detach().requires_grad_() for p, keep in zip(final_params, trainable) if keep)
     # recomputed in the backward pass: the graph keeps each question's logits, not its activations
-    adapted = AdaptedModel(lambda ids, mask: torch.utils.checkpoint.checkpoint(base.logits, final, ids, mask,
-                                                                               use_reentrant=False),
-                           base.all_params(final))
+    adapted = AdaptedModel(
+        lambda ids, mask: torch.utils.checkpoint.checkpoint(base.logits, final, ids, mask, use_reentrant=False),
+        base.all_params(final),
+    )
     with torch.enable_grad():
         with eval_mode(base_model):
-            outer, _ = adapted_loss(adapted, weights, batch, loc_batches, before,
-                                    dataclasses.replace(settings, c_norm=0.0), one_at_a_time=True)
+            outer, _ = adapted_loss(
+                adapted,
+                weights,
+                batch,
+                loc_batches,
+                before,
+                dataclasses.replace(settings, c_norm=0.0),
+                one_at_a_time=True,
+            )
         outer_grad = torch.autograd.grad(outer, final)
         token_weights = weights.detach().requires_grad_()
         params = base.start
-        for index, (ids, mask, w) in enumerate(inner_batches(batch["text_ids"], batch["text_mask"], token_weights,
-                                                             settings)):
+        for index, (ids, mask, w) in enumerate(
+            inner_batches(batch["text_ids"], batch["text_mask"], token_weights, settings)
+        ):
             start = tuple(p.detach().requires_grad_() for p in params)
             step_loss = weighted_lm_loss(base.logits(start, ids, mask), ids, mask, w, settings.max_text_len)
             grads = torch.autograd.grad(step_loss, start, create_graph=True)
@@ -469,21 +536,24 @@ def first_order_weight_gradient(base_model, weights, batch, loc_batches, setting
     return token_weights.grad
 
 
-def accumulate_meta_gradient(weight_model, base_model, batch: dict, loc_batches: list, settings: "MetaSettings",
-                             scale: float = 1.0) -> tuple:
+def accumulate_meta_gradient(
+    weight_model, base_model, batch: dict, loc_batches: list, settings: "MetaSettings", scale: float = 1.0
+) -> tuple:
     """One batch of meta-training: adds scale x the meta-gradient of its outer loss (exact, or the
     forward-mode estimate for inner_backend=forward) to the .grad of the weight model's trainable
     parameters. Returns (weights (detached), metrics, updated base weights)."""
     trainable = [p for p in weight_model.parameters() if p.requires_grad]
     if settings.backend == "forward":
-        _, metrics, updated, weights, estimates = forward_meta_gradient(weight_model, base_model, batch,
-                                                                        loc_batches, settings)
+        _, metrics, updated, weights, estimates = forward_meta_gradient(
+            weight_model, base_model, batch, loc_batches, settings
+        )
         for p, estimate in zip(trainable, estimates):
             p.grad = scale * estimate if p.grad is None else p.grad + scale * estimate
         return weights, metrics, updated
     if settings.grad_checkpointing:
-        weights = torch.utils.checkpoint.checkpoint(weight_model, batch["text_ids"], batch["text_mask"],
-                                                    use_reentrant=False)
+        weights = torch.utils.checkpoint.checkpoint(
+            weight_model, batch["text_ids"], batch["text_mask"], use_reentrant=False
+        )
     else:
         weights = weight_model(batch["text_ids"], batch["text_mask"])
     loss, metrics, updated = outer_loss(base_model, weights, batch, loc_batches, settings, differentiable=True)

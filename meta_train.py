@@ -3,6 +3,7 @@
 The loop over batches accumulates the meta-gradient of meta_objective.outer_loss into the weight
 model, steps Adam, carries and resets the base model, validates, checkpoints and resumes.
 """
+
 import dataclasses
 import json
 import math
@@ -13,26 +14,38 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from plumbing import distributed, environment, files, loading, run_folder, schemas
 import subroutines
 from exp_datasets import QACollator, group_shuffle, load_split, load_web_text
+from exp_datasets.answer_spans import make_batch
 from meta_objective import MetaSettings, accumulate_meta_gradient, check_meta_options, outer_loss
+from plumbing import distributed, environment, files, loading, run_folder, schemas
 from plumbing.errors import UsageError
 from weight_analysis import answer_mass, render_document_weights
-from exp_datasets.answer_spans import make_batch
 
 RESUME_FILE = "trainer_state.pt"
 RUN_FOLDER = run_folder.RunProtocol(
     outputs=("metrics.jsonl", "summary.json", "checkpoints", "samples", "config.yaml", "config_resumed_at_step_*.yaml"),
-    resumable=("max_outer_steps", "n_epochs", "progress", "wandb", "wandb_project", "device", "torch_threads",
-               "output_dir", "resume_from", "overwrite", "cache_dir", "dist_timeout_min"),
+    resumable=(
+        "max_outer_steps",
+        "n_epochs",
+        "progress",
+        "wandb",
+        "wandb_project",
+        "device",
+        "torch_threads",
+        "output_dir",
+        "resume_from",
+        "overwrite",
+        "cache_dir",
+        "dist_timeout_min",
+    ),
     state=f"checkpoints/last/{RESUME_FILE}",
 )
 
 
 def batched(items, size):
     """Consecutive batches of `size`; the last may be smaller (as a DataLoader without drop_last)."""
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def epoch_order(examples, batch_order, rng):
@@ -57,13 +70,16 @@ def check_config(cfg) -> None:
     schemas.check_values(cfg)
     loading.base_state_dict(cfg)
     if cfg.reset_base_freq % cfg.update_batch_size:
-        raise UsageError(f"reset_base_freq={cfg.reset_base_freq} must be a multiple of "
-                         f"update_batch_size={cfg.update_batch_size}")
+        raise UsageError(
+            f"reset_base_freq={cfg.reset_base_freq} must be a multiple of update_batch_size={cfg.update_batch_size}"
+        )
     distributed.check_grad_acc_steps(cfg.grad_acc_steps)
     check_meta_options(cfg)
     if cfg.web_text_loc and not web_text_path(cfg):
-        raise UsageError("web_text_loc=true needs web_text_csv=/path/to/openwebtext.csv "
-                         f"(dataset={cfg.dataset.name} names none), or set web_text_loc=false")
+        raise UsageError(
+            "web_text_loc=true needs web_text_csv=/path/to/openwebtext.csv "
+            f"(dataset={cfg.dataset.name} names none), or set web_text_loc=false"
+        )
     environment.pick_device(cfg.device)
     for option in ("output_dir", "resume_from"):
         if cfg.get(option):
@@ -71,8 +87,10 @@ def check_config(cfg) -> None:
     if cfg.resume_from:
         files.recover_dir(Path(cfg.resume_from) / "checkpoints" / "last")
     if cfg.resume_from and not (Path(cfg.resume_from) / "checkpoints" / "last" / RESUME_FILE).is_file():
-        raise UsageError(f"resume_from={cfg.resume_from} holds no checkpoints/last/{RESUME_FILE}; "
-                         "point it at the folder of a task=train run that validated at least once")
+        raise UsageError(
+            f"resume_from={cfg.resume_from} holds no checkpoints/last/{RESUME_FILE}; "
+            "point it at the folder of a task=train run that validated at least once"
+        )
     environment.check_wandb(cfg)
 
 
@@ -96,8 +114,19 @@ class MetaTrainer:
     """State of a meta-training run: the base model (carried across batches, reset on schedule),
     its starting weights, the weight model and its optimiser, data and logs."""
 
-    def __init__(self, cfg, base_model, weight_model, tokenizer, train_examples, val_examples, web_texts, out_dir,
-                 device, val_web_texts=None):
+    def __init__(
+        self,
+        cfg,
+        base_model,
+        weight_model,
+        tokenizer,
+        train_examples,
+        val_examples,
+        web_texts,
+        out_dir,
+        device,
+        val_web_texts=None,
+    ):
         self.cfg = cfg
         self.base_model = base_model
         self.weight_model = weight_model
@@ -111,11 +140,14 @@ class MetaTrainer:
         self.optimizer = torch.optim.Adam(self.trainable, lr=float(cfg.outer_lr))
         self.train_examples = train_examples
         # one fixed order of the validation rows, drawn as a training epoch's
-        self.val_batches = batched(epoch_order(val_examples, cfg.batch_order, random.Random(cfg.seed)),
-                                   cfg.update_batch_size)[: cfg.val_batches]
+        self.val_batches = batched(
+            epoch_order(val_examples, cfg.batch_order, random.Random(cfg.seed)), cfg.update_batch_size
+        )[: cfg.val_batches]
         if min(len(train_examples), len(val_examples)) < cfg.update_batch_size:
-            raise UsageError(f"the train and val splits need at least update_batch_size={cfg.update_batch_size} "
-                             f"examples each (have {len(train_examples)} and {len(val_examples)})")
+            raise UsageError(
+                f"the train and val splits need at least update_batch_size={cfg.update_batch_size} "
+                f"examples each (have {len(train_examples)} and {len(val_examples)})"
+            )
         self.web_texts = web_texts
         self.val_web_texts = web_texts if val_web_texts is None else val_web_texts
         self.loc_rng = random.Random(cfg.seed + 1)
@@ -154,9 +186,14 @@ class MetaTrainer:
     def train_batch(self, examples):
         """Forward and backward of one batch (gradients accumulate in the weight model)."""
         batch = make_batch(self.collator, examples, self.device)
-        weights, metrics, updated = accumulate_meta_gradient(self.weight_model, self.base_model, batch,
-                                                             self.loc_batches(self.loc_rng), self.settings,
-                                                             scale=1.0 / self.cfg.grad_acc_steps)
+        weights, metrics, updated = accumulate_meta_gradient(
+            self.weight_model,
+            self.base_model,
+            batch,
+            self.loc_batches(self.loc_rng),
+            self.settings,
+            scale=1.0 / self.cfg.grad_acc_steps,
+        )
         self.advance_base(updated, len(examples))
         metrics["weight_mean"] = (weights.detach() * batch["text_mask"]).sum().item() / batch["text_mask"].sum().item()
         mass = answer_mass(weights, batch)
@@ -184,9 +221,15 @@ class MetaTrainer:
         for examples in tqdm(self.val_batches, desc="validation", leave=False, disable=not self.cfg.progress):
             batch = make_batch(self.collator, examples, self.device)
             weights = self.batch_weights(batch)
-            _, metrics, updated = outer_loss(self.base_model, weights, batch,
-                                             self.loc_batches(loc_rng, self.val_web_texts), self.settings,
-                                             differentiable=False, diagnostics=True)
+            _, metrics, updated = outer_loss(
+                self.base_model,
+                weights,
+                batch,
+                self.loc_batches(loc_rng, self.val_web_texts),
+                self.settings,
+                differentiable=False,
+                diagnostics=True,
+            )
             self.advance_base(updated, len(examples))
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -210,8 +253,9 @@ class MetaTrainer:
         files.append_line(files.strict_json(row), self.metrics_path)
         if self.wandb_run is not None:
             split = row["split"]
-            self.wandb_run.log({f"{split}/{k}": v for k, v in row.items() if k not in ("split", "step")},
-                               step=row["step"])
+            self.wandb_run.log(
+                {f"{split}/{k}": v for k, v in row.items() if k not in ("split", "step")}, step=row["step"]
+            )
 
     @distributed.main_only
     def save_checkpoint(self, name, info):
@@ -232,9 +276,15 @@ class MetaTrainer:
     def render_samples(self):
         was_training = self.weight_model.training
         self.weight_model.eval()
-        render_document_weights(self.tokenizer, self.collator, self.sample_documents(), self.batch_weights,
-                                self.device, self.out_dir / "samples" / f"step_{self.step:06d}",
-                                heading=f"CaMeLS weights after {self.step} outer steps")
+        render_document_weights(
+            self.tokenizer,
+            self.collator,
+            self.sample_documents(),
+            self.batch_weights,
+            self.device,
+            self.out_dir / "samples" / f"step_{self.step:06d}",
+            heading=f"CaMeLS weights after {self.step} outer steps",
+        )
         self.weight_model.train(was_training)
 
     @distributed.main_only
@@ -254,38 +304,68 @@ class MetaTrainer:
             return
         folder = self.out_dir / "checkpoints"
         saved = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
-        kept = f"the checkpoints saved before it are kept: {', '.join(saved)} in {folder}" if saved else \
-            "no checkpoint was saved"
-        raise UsageError(f"meta-training diverged: {what} is {value} ({kept}); the learning rates are likely too "
-                         f"large: lower inner_lr={self.cfg.inner_lr} or outer_lr={self.cfg.outer_lr}")
+        kept = (
+            f"the checkpoints saved before it are kept: {', '.join(saved)} in {folder}"
+            if saved
+            else "no checkpoint was saved"
+        )
+        raise UsageError(
+            f"meta-training diverged: {what} is {value} ({kept}); the learning rates are likely too "
+            f"large: lower inner_lr={self.cfg.inner_lr} or outer_lr={self.cfg.outer_lr}"
+        )
 
     # -- resuming -----------------------------------------------------------------------------
     def save_last(self, val):
         """checkpoints/last/: the weight model, plus everything needed to continue the run from
         this optimiser step exactly (taken only between optimiser steps, with no pending gradients)."""
-        own = dict(base_params=subroutines.snapshot_parameters(self.base_model, "cpu"),
-                   docs_since_reset=self.docs_since_reset, rng=environment.rng_state())
+        own = dict(
+            base_params=subroutines.snapshot_parameters(self.base_model, "cpu"),
+            docs_since_reset=self.docs_since_reset,
+            rng=environment.rng_state(),
+        )
         ranks = distributed.all_gather_objects(own)  # under torchrun each rank carries its own base model
         if not distributed.is_main():
             return
-        state = dict(step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
-                     epoch_rng_state=self.epoch_rng_state, loc_rng_state=self.loc_rng.getstate(),
-                     best_val=self.best_val, val_start=self.val_start, optimizer=self.optimizer.state_dict(), **own,
-                     ranks=ranks if len(ranks) > 1 else None)
+        state = dict(
+            step=self.step,
+            epoch=self.epoch,
+            batch_in_epoch=self.batch_in_epoch,
+            epoch_rng_state=self.epoch_rng_state,
+            loc_rng_state=self.loc_rng.getstate(),
+            best_val=self.best_val,
+            val_start=self.val_start,
+            optimizer=self.optimizer.state_dict(),
+            **own,
+            ranks=ranks if len(ranks) > 1 else None,
+        )
         with files.atomic_dir(self.out_dir / "checkpoints" / "last") as folder:
             self.weight_model.save(folder)
-            (folder / "training_state.json").write_text(json.dumps(dict(step=self.step, epoch=self.epoch, val=val),
-                                                                   indent=1))
+            (folder / "training_state.json").write_text(
+                json.dumps(dict(step=self.step, epoch=self.epoch, val=val), indent=1)
+            )
             files.save_tensors(state, folder / RESUME_FILE)
 
     def resume(self, folder):
         from weight_model import load_weight_model
 
-        state = files.load_tensors(Path(folder) / RESUME_FILE, "meta-training state",
-                                   keys=("optimizer", "base_params", "step", "epoch", "batch_in_epoch",
-                                         "epoch_rng_state", "docs_since_reset", "best_val", "val_start",
-                                         "loc_rng_state", "rng"),
-                                   fix="delete the folder checkpoints/last to start afresh, or pass overwrite=true")
+        state = files.load_tensors(
+            Path(folder) / RESUME_FILE,
+            "meta-training state",
+            keys=(
+                "optimizer",
+                "base_params",
+                "step",
+                "epoch",
+                "batch_in_epoch",
+                "epoch_rng_state",
+                "docs_since_reset",
+                "best_val",
+                "val_start",
+                "loc_rng_state",
+                "rng",
+            ),
+            fix="delete the folder checkpoints/last to start afresh, or pass overwrite=true",
+        )
         self.weight_model.load_state_dict(load_weight_model(folder).state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         subroutines.restore_parameters(self.base_model, state["base_params"])
@@ -306,8 +386,11 @@ class MetaTrainer:
         run are logged again by the continuation, so they go, and so does a last line cut short by a full disk."""
         if not self.metrics_path.is_file():
             return
-        rows = [line if line.endswith("\n") else line + "\n" for line in
-                self.metrics_path.read_text().splitlines(keepends=True) if complete_row(line, self.step)]
+        rows = [
+            line if line.endswith("\n") else line + "\n"
+            for line in self.metrics_path.read_text().splitlines(keepends=True)
+            if complete_row(line, self.step)
+        ]
         files.atomic_write_text("".join(rows), self.metrics_path)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -323,8 +406,12 @@ class MetaTrainer:
             self.val_start = self.run_validation(started)
             self.render_samples()
         last_val = self.val_start
-        progress = tqdm(total=total_steps, initial=self.step, desc="meta-train",
-                        disable=not cfg.progress or not distributed.is_main())
+        progress = tqdm(
+            total=total_steps,
+            initial=self.step,
+            desc="meta-train",
+            disable=not cfg.progress or not distributed.is_main(),
+        )
         self.weight_model.train()
         self.optimizer.zero_grad(set_to_none=True)
         window, accumulated, step_started = [], 0, time.time()
@@ -337,14 +424,25 @@ class MetaTrainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, float(cfg.grad_clip_thresh))
             self.check_finite(f"the weight model's gradient norm at outer step {self.step + 1}", grad_norm.item())
             self.optimizer.step()
-            self.check_finite(f"a weight-model parameter after outer step {self.step + 1}",
-                              0.0 if all(torch.isfinite(p).all() for p in self.trainable) else math.nan)
+            self.check_finite(
+                f"a weight-model parameter after outer step {self.step + 1}",
+                0.0 if all(torch.isfinite(p).all() for p in self.trainable) else math.nan,
+            )
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            means = {k: sum(m[k] for m in window if k in m) / sum(k in m for m in window)
-                     for k in dict.fromkeys(k for m in window for k in m)}
-            row = dict(split="train", step=self.step, epoch=epoch, **means, grad_norm=grad_norm.item(),
-                       step_s=time.time() - step_started, elapsed_s=time.time() - started)
+            means = {
+                k: sum(m[k] for m in window if k in m) / sum(k in m for m in window)
+                for k in dict.fromkeys(k for m in window for k in m)
+            }
+            row = dict(
+                split="train",
+                step=self.step,
+                epoch=epoch,
+                **means,
+                grad_norm=grad_norm.item(),
+                step_s=time.time() - step_started,
+                elapsed_s=time.time() - started,
+            )
             self.log(row)
             progress.update(1)
             if last_val is not None:
@@ -365,8 +463,9 @@ class MetaTrainer:
                 self.reset_base()
             # the same generator state gives the same order, also when a resumed run re-enters an epoch
             self.shuffle_rng.setstate(self.epoch_rng_state)
-            batches = batched(epoch_order(self.train_examples, cfg.batch_order, self.shuffle_rng),
-                              cfg.update_batch_size)
+            batches = batched(
+                epoch_order(self.train_examples, cfg.batch_order, self.shuffle_rng), cfg.update_batch_size
+            )
             for index, examples in enumerate(batches):
                 if index < self.batch_in_epoch:
                     continue
@@ -393,8 +492,15 @@ class MetaTrainer:
             last_val = self.run_validation(started)
         self.render_samples()
         self.save_last(last_val)
-        summary = dict(steps=self.step, epochs=self.epoch, wall_s=time.time() - started, val_start=self.val_start,
-                       val_end=last_val, best_val_total=self.best_val, output_dir=str(self.out_dir))
+        summary = dict(
+            steps=self.step,
+            epochs=self.epoch,
+            wall_s=time.time() - started,
+            val_start=self.val_start,
+            val_end=last_val,
+            best_val_total=self.best_val,
+            output_dir=str(self.out_dir),
+        )
         if distributed.is_main():
             files.atomic_write_text(files.strict_json(summary, indent=1), self.out_dir / "summary.json")
         return summary
@@ -408,7 +514,7 @@ def check_folder(cfg, run_dir) -> None:
 
 
 def claim_run_folder(cfg, out_dir):
-    """"complete" when `out_dir` holds this very run finished, True when it holds it unfinished
+    """ "complete" when `out_dir` holds this very run finished, True when it holds it unfinished
     (resume), False for a fresh start; a run with other options there is refused (run_folder.claim)."""
     from omegaconf import OmegaConf
 
@@ -459,8 +565,12 @@ def train(cfg) -> dict:
     out_dir = distributed.broadcast_object(output_dir(cfg))  # rank 0's folder, claimed by rank 0
     resume = distributed.broadcast_object(claim_run_folder(cfg, out_dir) if distributed.is_main() else None)
     if resume == "complete":
-        summary = files.read_json(out_dir / "summary.json", "the meta-training summary", "delete it to run the "
-                                  "training again, or pass overwrite=true", keys=("steps",))
+        summary = files.read_json(
+            out_dir / "summary.json",
+            "the meta-training summary",
+            "delete it to run the training again, or pass overwrite=true",
+            keys=("steps",),
+        )
         if distributed.is_main():
             print(f"meta-training in {out_dir} is already complete ({summary['steps']} outer steps); nothing to do")
         return summary
@@ -471,8 +581,9 @@ def train(cfg) -> dict:
     val_web_texts = load_web_text(cfg.web_text_val_csv) if cfg.web_text_loc and cfg.web_text_val_csv else None
     tokenizer = loading.load_tokenizer(cfg.tokenizer_name or cfg.base_model)
     # second-order gradients through SDPA attention are not implemented on every device
-    base_model = loading.load_causal_lm(cfg.base_model, loading.base_state_dict(cfg), attn_implementation="eager",
-                                     torch_dtype=dtype).to(device)
+    base_model = loading.load_causal_lm(
+        cfg.base_model, loading.base_state_dict(cfg), attn_implementation="eager", torch_dtype=dtype
+    ).to(device)
     # dropout as the reference: on in the inner loop and for the "before" logits (meta_objective
     # switches it off for the losses after the update); meta_dropout=false: off throughout
     base_model.train(bool(cfg.meta_dropout))
@@ -480,8 +591,18 @@ def train(cfg) -> dict:
     distributed.broadcast_parameters(weight_model.parameters())
     if distributed.rank():  # each rank its own dropout masks and forward-mode probes; rank 0 draws one process's
         torch.manual_seed(cfg.seed + distributed.rank())
-    trainer = MetaTrainer(cfg, base_model, weight_model, tokenizer, train_examples, val_examples, web_texts,
-                          out_dir, device, val_web_texts)
+    trainer = MetaTrainer(
+        cfg,
+        base_model,
+        weight_model,
+        tokenizer,
+        train_examples,
+        val_examples,
+        web_texts,
+        out_dir,
+        device,
+        val_web_texts,
+    )
     if resume:
         trainer.resume(out_dir / "checkpoints" / "last")
     if distributed.is_main():
@@ -498,6 +619,8 @@ def train(cfg) -> dict:
     if not distributed.is_main():
         return summary
     val_start, val_end = summary["val_start"], summary["val_end"]
-    print(f"meta-training: {summary['steps']} outer steps in {summary['wall_s']:.0f}s; validation outer loss "
-          f"{val_start['total']:.4f} -> {val_end['total']:.4f}; checkpoints in {out_dir / 'checkpoints'}")
+    print(
+        f"meta-training: {summary['steps']} outer steps in {summary['wall_s']:.0f}s; validation outer loss "
+        f"{val_start['total']:.4f} -> {val_end['total']:.4f}; checkpoints in {out_dir / 'checkpoints'}"
+    )
     return summary

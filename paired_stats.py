@@ -13,6 +13,7 @@ Across worlds (several tiny worlds, each with its streams): `pooled_compare` giv
 worlds of the per-world difference, with an interval from a hierarchical bootstrap that resamples
 the worlds, the streams within each drawn world and the questions within each drawn stream.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,10 @@ def paired_differences(runs, reference_runs, metric="f1"):
         questions, answers, scores = question_scores(runs[seed], metric)
         other_questions, other_answers, other_scores = question_scores(reference_runs[seed], metric)
         if questions != other_questions or answers != other_answers:
-            raise UsageError(f"runs {runs[seed]} and {reference_runs[seed]} have seed {seed} but not the same "
-                             "questions; compare runs of one stream (same split, downsample_to and seed)")
+            raise UsageError(
+                f"runs {runs[seed]} and {reference_runs[seed]} have seed {seed} but not the same "
+                "questions; compare runs of one stream (same split, downsample_to and seed)"
+            )
         differences.append(scores - other_scores)
     return seeds, differences
 
@@ -62,8 +65,9 @@ def bootstrap_replicates(differences, n_resamples: int = 10_000, seed: int = 0, 
         raise ValueError("every stream needs at least one question")
     rng = np.random.default_rng(seed)
     # per stream, n_resamples question resamples -> n_streams x n_resamples means
-    stream_means = np.stack([np.asarray(d, dtype=float)[rng.integers(0, len(d), (n_resamples, len(d)))].mean(1)
-                             for d in differences])
+    stream_means = np.stack(
+        [np.asarray(d, dtype=float)[rng.integers(0, len(d), (n_resamples, len(d)))].mean(1) for d in differences]
+    )
     if not over_streams:
         return stream_means.mean(0)
     n_streams = len(differences)
@@ -82,9 +86,15 @@ def compare(differences, n_resamples: int = 10_000, seed: int = 0) -> dict:
     estimate = float(np.mean([np.mean(d) for d in differences]))
     questions = interval(bootstrap_replicates(differences, n_resamples, seed, over_streams=False))
     streams = interval(bootstrap_replicates(differences, n_resamples, seed, over_streams=True))
-    return dict(difference=estimate, ci_questions_low=questions[0], ci_questions_high=questions[1],
-                ci_streams_low=streams[0], ci_streams_high=streams[1], n_streams=len(differences),
-                n_questions=int(sum(len(d) for d in differences)))
+    return dict(
+        difference=estimate,
+        ci_questions_low=questions[0],
+        ci_questions_high=questions[1],
+        ci_streams_low=streams[0],
+        ci_streams_high=streams[1],
+        n_streams=len(differences),
+        n_questions=int(sum(len(d) for d in differences)),
+    )
 
 
 def paired_table(best, runs, baselines, setting_columns, same_setting, metric="f1", n_resamples=10_000, seed=0):
@@ -93,8 +103,12 @@ def paired_table(best, runs, baselines, setting_columns, same_setting, metric="f
     highest mean test metric: the hardest comparison) with both intervals. `runs`: report.load_runs
     of the test tree; `same_setting(a, b)`: whether two rows share the `setting_columns`. Rows:
     setting columns, method, lr, baseline, and compare()'s fields."""
-    return pd.DataFrame([dict(entry, **compare(differences, n_resamples, seed)) for entry, differences in
-                         paired_comparisons(best, runs, baselines, setting_columns, same_setting, metric)])
+    return pd.DataFrame(
+        [
+            dict(entry, **compare(differences, n_resamples, seed))
+            for entry, differences in paired_comparisons(best, runs, baselines, setting_columns, same_setting, metric)
+        ]
+    )
 
 
 def paired_comparisons(best, runs, baselines, setting_columns, same_setting, metric="f1"):
@@ -111,8 +125,13 @@ def paired_comparisons(best, runs, baselines, setting_columns, same_setting, met
         reference = candidates.sort_values(f"{metric}_fraction_mean", ascending=False, kind="stable").iloc[0]
 
         def seeds_of(row):
-            return {r["seed"]: r["run_dir"] for r in runs if r["method"] == row["method"]
-                    and np.isclose(r["lr"], row["lr"], rtol=1e-9, atol=0) and same_setting(r, row)}
+            return {
+                r["seed"]: r["run_dir"]
+                for r in runs
+                if r["method"] == row["method"]
+                and np.isclose(r["lr"], row["lr"], rtol=1e-9, atol=0)
+                and same_setting(r, row)
+            }
 
         reference_runs = seeds_of(reference)
         for _, row in scored.iterrows():
@@ -122,8 +141,13 @@ def paired_comparisons(best, runs, baselines, setting_columns, same_setting, met
             if not differences:
                 continue
             entry = {c: row[c] for c in setting_columns}
-            entry.update(method=row["method"], lr=row["lr"], baseline=reference["method"],
-                         baseline_lr=reference["lr"], seeds=";".join(map(str, stream_seeds)))
+            entry.update(
+                method=row["method"],
+                lr=row["lr"],
+                baseline=reference["method"],
+                baseline_lr=reference["lr"],
+                seeds=";".join(map(str, stream_seeds)),
+            )
             yield entry, differences
 
 
@@ -151,11 +175,14 @@ def hierarchical_replicates(worlds, n_resamples: int = 10_000, seed: int = 0):
         raise ValueError("every stream needs at least one question")
     rng = np.random.default_rng(seed)
     # every stream's question resamples first, then each world's stream draws (the single-world order)
-    stream_means = [np.stack([np.asarray(d, dtype=float)[rng.integers(0, len(d), (n_resamples, len(d)))].mean(1)
-                              for d in streams]) for streams in worlds]
+    stream_means = [
+        np.stack([np.asarray(d, dtype=float)[rng.integers(0, len(d), (n_resamples, len(d)))].mean(1) for d in streams])
+        for streams in worlds
+    ]
     resample = np.arange(n_resamples)[:, None]
-    world_means = np.stack([means[rng.integers(0, len(means), (n_resamples, len(means))), resample].mean(1)
-                            for means in stream_means])
+    world_means = np.stack(
+        [means[rng.integers(0, len(means), (n_resamples, len(means))), resample].mean(1) for means in stream_means]
+    )
     drawn = rng.integers(0, len(worlds), (n_resamples, len(worlds)))
     # the j-th world drawn in replicate r takes the world's resample (r + j) mod n_resamples
     return world_means[drawn, (resample + np.arange(len(worlds))) % n_resamples].mean(1)
@@ -167,8 +194,14 @@ def pooled_compare(worlds, n_resamples: int = 10_000, seed: int = 0) -> dict:
     min; max), as a dict."""
     per_world = np.array([np.mean([np.mean(d) for d in streams]) for streams in worlds])
     low, high = interval(hierarchical_replicates(worlds, n_resamples, seed))
-    return dict(difference=float(per_world.mean()), ci_low=low, ci_high=high, n_worlds=len(worlds),
-                world_sd=float(per_world.std(ddof=1)) if len(worlds) > 1 else float("nan"),
-                world_min=float(per_world.min()), world_max=float(per_world.max()),
-                n_streams=sum(len(streams) for streams in worlds),
-                n_questions=int(sum(len(d) for streams in worlds for d in streams)))
+    return dict(
+        difference=float(per_world.mean()),
+        ci_low=low,
+        ci_high=high,
+        n_worlds=len(worlds),
+        world_sd=float(per_world.std(ddof=1)) if len(worlds) > 1 else float("nan"),
+        world_min=float(per_world.min()),
+        world_max=float(per_world.max()),
+        n_streams=sum(len(streams) for streams in worlds),
+        n_questions=int(sum(len(d) for streams in worlds for d in streams)),
+    )

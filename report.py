@@ -43,6 +43,7 @@ Library use (e.g. from a demo script):
     best = best_lrs(table, metric="f1", selection=aggregate(["outputs/val"], "f1"))
     write_report(table, best, "outputs/report", metric="f1")
 """
+
 import argparse
 import json
 import math
@@ -58,19 +59,38 @@ from plumbing.errors import UsageError, run_cli
 from plumbing.files import atomic_path, atomic_write_text, check_folder_path, read_json
 from plumbing.run_folder import OPTIONS_FILE, differences
 from plumbing.schemas import method_name
-from report_tables import (HEADLINE_COLUMNS, METRIC_COLUMNS, VALUE_COLUMNS, lr_text, render_chart_png,  # noqa: F401
-                           render_markdown, render_paired, settings_json)
+from report_tables import (  # noqa: F401
+    HEADLINE_COLUMNS,
+    METRIC_COLUMNS,
+    VALUE_COLUMNS,
+    lr_text,
+    render_chart_png,
+    render_markdown,
+    render_paired,
+    settings_json,
+)
 
 SUMMARY_NAME = "summary.json"
 MULTIRUN_NAME = "multirun.yaml"
 # Recorded options that are not part of a setting (a name covers the options below it, e.g. hydra.*):
 NOT_SETTING_OPTIONS = (
-    "seed",                                            # the replicate axis: averaged over
-    "lr",                                              # a table axis
-    "method_label", "model", "weight_model_path", "qa_lt_final",  # the method axis (see METHOD_OPTIONS)
+    "seed",  # the replicate axis: averaged over
+    "lr",  # a table axis
+    "method_label",
+    "model",
+    "weight_model_path",
+    "qa_lt_final",  # the method axis (see METHOD_OPTIONS)
     # logging, hardware, progress and where outputs go: they do not change a number
-    "progress", "wandb", "wandb_project", "device", "torch_threads", "overwrite", "cache_dir",
-    "save_state_every", "eval_batch_size", "hydra",
+    "progress",
+    "wandb",
+    "wandb_project",
+    "device",
+    "torch_threads",
+    "overwrite",
+    "cache_dir",
+    "save_state_every",
+    "eval_batch_size",
+    "hydra",
 )
 # The options that make a method: all runs of one method (one table row label) in a setting must agree
 METHOD_OPTIONS = ("method_label", "model", "weight_model_path", "qa_lt_final")
@@ -78,9 +98,15 @@ METHOD_OPTIONS = ("method_label", "model", "weight_model_path", "qa_lt_final")
 # light-tuning and unrelated question counts follow downsample_to by default)
 STREAM_OPTIONS = ("split", "test_path", "downsample_to", "lt_val_questions", "unrelated_questions")
 # An older summary's setting fields, as the options they record
-SUMMARY_SETTING_OPTIONS = {"dataset": "dataset.name", "split": "split", "base_model": "base_model",
-                           "downsample_to": "downsample_to", "optimizer": "optimizer", "n_epochs": "n_epochs",
-                           "decoding": "decoding"}
+SUMMARY_SETTING_OPTIONS = {
+    "dataset": "dataset.name",
+    "split": "split",
+    "base_model": "base_model",
+    "downsample_to": "downsample_to",
+    "optimizer": "optimizer",
+    "n_epochs": "n_epochs",
+    "decoding": "decoding",
+}
 # The options the headline columns (HEADLINE_COLUMNS) of every table title show
 HEADLINE_OPTIONS = ("dataset.name", "split", "test_path", "base_model", "downsample_to", "optimizer", "n_epochs")
 UNRECORDED = "<unrecorded>"
@@ -170,8 +196,9 @@ def recorded_options(run_dir, summary=None):
         return read_json(path, "recorded options", "remove that run folder or rerun it")
     if summary is None:
         return None
-    return {option: summary[field] for field, option in SUMMARY_SETTING_OPTIONS.items()
-            if summary.get(field) is not None}
+    return {
+        option: summary[field] for field, option in SUMMARY_SETTING_OPTIONS.items() if summary.get(field) is not None
+    }
 
 
 def read_summary(path):
@@ -218,9 +245,11 @@ def check_runs(runs):
         first = methods.setdefault((run["setting_key"], run["method"]), run)
         if first["method_options"] != run["method_options"]:
             changed = differences(json.loads(first["method_options"]), json.loads(run["method_options"]))
-            raise UsageError(f"runs {first['run_dir']} and {run['run_dir']} are both method={run['method']} on one "
-                             f"setting but differ in {changed[0]}; give them distinct method_label=... or pass a "
-                             "PATH that holds only one of them")
+            raise UsageError(
+                f"runs {first['run_dir']} and {run['run_dir']} are both method={run['method']} on one "
+                f"setting but differ in {changed[0]}; give them distinct method_label=... or pass a "
+                "PATH that holds only one of them"
+            )
 
 
 def load_runs(paths):
@@ -232,7 +261,11 @@ def load_runs(paths):
             f"no {SUMMARY_NAME} under {shown}; point report.py at the output folders of "
             "`python run.py task=eval` runs (finished runs write summary.json)"
         )
-    diverged = [path for path in summaries if read_json(path, "run summary", "remove it or rerun that evaluation").get("diverged") is True]
+    diverged = [
+        path
+        for path in summaries
+        if read_json(path, "run summary", "remove it or rerun that evaluation").get("diverged") is True
+    ]
     if diverged:  # no metrics to compare: such an lr is not a candidate
         print(f"report: leaving out {len(diverged)} diverged run(s), e.g. {diverged[0].parent}", file=sys.stderr)
     runs = [read_summary(path) for path in summaries if path not in diverged]
@@ -259,7 +292,8 @@ def _sweep_values(manifest):
 
     try:
         overrides = OverridesParser.create().parse_overrides(
-            [str(o) for o in OmegaConf.load(manifest).hydra.overrides.task])
+            [str(o) for o in OmegaConf.load(manifest).hydra.overrides.task]
+        )
     except Exception:  # a damaged or foreign multirun.yaml: its unfinished folders are still found
         return None
     by_key = {override.key_or_group: override for override in overrides}
@@ -281,9 +315,11 @@ def _sweep_values(manifest):
 def find_gaps(paths, runs):
     """The grid points of the sweeps under `paths` that have no finished run in `runs` (see the
     module docstring): dicts with setting_key, method, lr, why (text), where (a folder)."""
+
     def same_point(run, setting_key, method, lr):
-        return (run["setting_key"], run["method"]) == (setting_key, method) and np.isclose(run["lr"], lr, rtol=1e-9,
-                                                                                          atol=0)
+        return (run["setting_key"], run["method"]) == (setting_key, method) and np.isclose(
+            run["lr"], lr, rtol=1e-9, atol=0
+        )
 
     gaps, started = [], []
     folders = [Path(p) for p in paths if Path(p).is_dir()]
@@ -296,11 +332,17 @@ def find_gaps(paths, runs):
             if options.get("task_name", "eval") != "eval" or "lr" not in options:
                 continue
             setting, _ = split_options(options)
-            point = dict(setting_key=canonical(setting), method=_method_of(options), lr=float(options["lr"]),
-                         run_dir=run_dir.resolve())
+            point = dict(
+                setting_key=canonical(setting),
+                method=_method_of(options),
+                lr=float(options["lr"]),
+                run_dir=run_dir.resolve(),
+            )
             started.append(point)
-            if not any(same_point(r, point["setting_key"], point["method"], point["lr"])
-                       and r["seed"] == options.get("seed") for r in runs):  # not finished elsewhere
+            if not any(
+                same_point(r, point["setting_key"], point["method"], point["lr"]) and r["seed"] == options.get("seed")
+                for r in runs
+            ):  # not finished elsewhere
                 gaps.append(dict(point, why="unfinished", where=str(run_dir)))
     for manifest in sorted({m.resolve() for folder in folders for m in folder.rglob(MULTIRUN_NAME)}):
         sweep = _sweep_values(manifest)
@@ -314,8 +356,15 @@ def find_gaps(paths, runs):
             for lr in lrs:
                 seeds = {r["seed"] for r in runs if same_point(r, setting_key, method, lr)}
                 if len(seeds) < n_seeds:
-                    gaps.append(dict(setting_key=setting_key, method=method, lr=lr, where=str(root),
-                                     why=f"{len(seeds)} of {n_seeds} seeds finished"))
+                    gaps.append(
+                        dict(
+                            setting_key=setting_key,
+                            method=method,
+                            lr=lr,
+                            where=str(root),
+                            why=f"{len(seeds)} of {n_seeds} seeds finished",
+                        )
+                    )
     return gaps
 
 
@@ -335,8 +384,10 @@ def gap_warnings(gaps):
     for (setting_key, method), lrs in missing_lrs(gaps).items():
         mine = [g for g in gaps if (g["setting_key"], g["method"]) == (setting_key, method)]
         details = "; ".join(dict.fromkeys(f"{g['lr']:g}: {g['why']} ({g['where']})" for g in mine))
-        lines.append(f"warning: {method}'s lr grid is incomplete, missing lr {', '.join(f'{lr:g}' for lr in lrs)} "
-                     f"({details}); its best lr is the best of an incomplete grid")
+        lines.append(
+            f"warning: {method}'s lr grid is incomplete, missing lr {', '.join(f'{lr:g}' for lr in lrs)} "
+            f"({details}); its best lr is the best of an incomplete grid"
+        )
     return lines
 
 
@@ -355,8 +406,9 @@ def setting_labels(setting_keys):
     options = {key: json.loads(key) for key in dict.fromkeys(setting_keys)}
     headline = set(HEADLINE_OPTIONS)
     names = sorted({name for recorded in options.values() for name in recorded} - headline)
-    differing = [name for name in names
-                 if len({json.dumps(recorded.get(name, UNRECORDED)) for recorded in options.values()}) > 1]
+    differing = [
+        name for name in names if len({json.dumps(recorded.get(name, UNRECORDED)) for recorded in options.values()}) > 1
+    ]
     shown, hidden = differing[:6], len(differing) - 6
     labels = {}
     for key, recorded in options.items():
@@ -390,8 +442,10 @@ def aggregate_runs(runs, metric="f1", gaps=()):
     labels = setting_labels(table["setting_key"])
     table.insert(1, "setting", table["setting_key"].map(labels))
     missing = missing_lrs(gaps)
-    table["missing_lrs"] = [";".join(f"{lr:g}" for lr in missing.get((key, method), []))
-                            for key, method in zip(table["setting_key"], table["method"])]
+    table["missing_lrs"] = [
+        ";".join(f"{lr:g}" for lr in missing.get((key, method), []))
+        for key, method in zip(table["setting_key"], table["method"])
+    ]
 
     def order(index):
         row = table.loc[index]
@@ -455,8 +509,12 @@ def _grid_facts(candidates, winner):
     at, the lr beyond it, the missing lrs, and a note."""
     missing = [float(lr) for lr in str(candidates.iloc[0].get("missing_lrs") or "").split(";") if lr]
     grid = sorted(set(candidates["lr"].astype(float)) | set(missing))
-    facts = dict(grid=";".join(f"{lr:g}" for lr in grid), edge="", next_lr=math.nan,
-                 missing_lrs=";".join(f"{lr:g}" for lr in missing))
+    facts = dict(
+        grid=";".join(f"{lr:g}" for lr in grid),
+        edge="",
+        next_lr=math.nan,
+        missing_lrs=";".join(f"{lr:g}" for lr in missing),
+    )
     notes = []
     if not bool(winner.get("adapts", True)):
         return facts, notes  # the lr of a method that never adapts changes nothing
@@ -488,14 +546,19 @@ def best_lrs(table, metric="f1", selection=None):
             winner = _pick_lr(group, metric, "")
             chosen = winner.to_dict()
             facts, notes = _grid_facts(group, winner)
-            chosen.update(selected_on="same runs", selection_value=winner[f"{METRIC_COLUMNS[metric]}_mean"],
-                          **facts, note="; ".join(notes))
+            chosen.update(
+                selected_on="same runs",
+                selection_value=winner[f"{METRIC_COLUMNS[metric]}_mean"],
+                **facts,
+                note="; ".join(notes),
+            )
             rows.append(chosen)
         else:
             rows.append(_select_from_validation(group, selection, metric))
     columns = [c for c in table.columns if c not in ("best", "missing_lrs")]
-    return pd.DataFrame(rows, columns=columns + ["selected_on", "selection_value", "grid", "missing_lrs", "edge",
-                                                 "next_lr", "note"])
+    return pd.DataFrame(
+        rows, columns=columns + ["selected_on", "selection_value", "grid", "missing_lrs", "edge", "next_lr", "note"]
+    )
 
 
 def _selection_key(setting_key):
@@ -505,8 +568,10 @@ def _selection_key(setting_key):
 
 def _select_from_validation(group, selection, metric):
     first = group.iloc[0]
-    candidates = selection[(selection["method"] == first["method"])
-                           & (selection["setting_key"].map(_selection_key) == _selection_key(first["setting_key"]))]
+    candidates = selection[
+        (selection["method"] == first["method"])
+        & (selection["setting_key"].map(_selection_key) == _selection_key(first["setting_key"]))
+    ]
     empty_row = {c: first[c] for c in ["setting_key", "setting", *HEADLINE_COLUMNS, "method"]}
     empty_row.update(lr=math.nan, n_seeds=0, selected_on="validation", selection_value=math.nan)
     if candidates.empty:
@@ -515,8 +580,10 @@ def _select_from_validation(group, selection, metric):
     val_settings = candidates["setting_key"].unique()
     if len(val_settings) > 1:
         changed = differences(json.loads(val_settings[0]), json.loads(val_settings[1]))
-        raise UsageError(f"validation runs of method {first['method']} come from {len(val_settings)} settings "
-                         f"(e.g. {changed[0]}); narrow --select-from to one of them")
+        raise UsageError(
+            f"validation runs of method {first['method']} come from {len(val_settings)} settings "
+            f"(e.g. {changed[0]}); narrow --select-from to one of them"
+        )
     winner = _pick_lr(candidates, metric, "validation ")
     facts, notes = _grid_facts(candidates, winner)
     # Sweeps written as 2.5e-5 and 0.000025 parse to the same float, but a computed lr may not
@@ -544,17 +611,31 @@ def extension_commands(best, runs):
     for _, row in best[best["next_lr"].notna()].iterrows():
         # validation runs share the test setting's options but for the stream's
         key = _selection_key if row["selected_on"] == "validation" else (lambda setting_key: setting_key)
-        at_best = [r for r in runs if key(r["setting_key"]) == key(row["setting_key"]) and r["method"] == row["method"]
-                   and np.isclose(r["lr"], row["lr"], rtol=1e-9, atol=0)]
+        at_best = [
+            r
+            for r in runs
+            if key(r["setting_key"]) == key(row["setting_key"])
+            and r["method"] == row["method"]
+            and np.isclose(r["lr"], row["lr"], rtol=1e-9, atol=0)
+        ]
         seeds, example = sorted({r["seed"] for r in at_best}), at_best[0]
         overrides = _job_overrides(Path(example["run_dir"]))
-        kept = ([shlex.quote(o) for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("lr", "seed")
-                 and not o.lstrip("+~").startswith("hydra.")] if overrides is not None
-                else [f"<the options of {example['run_dir']}>"])
-        command = " ".join(["python run.py -m", *kept, f"lr={row['next_lr']:g}",
-                            f"seed={','.join(str(s) for s in seeds)}"])
-        lines.append(f"warning: {row['method']}'s best lr {row['lr']:g} is the {row['edge']} of its grid "
-                     f"({row['grid'].replace(';', ', ')}); the optimum may lie beyond it, run: {command}")
+        kept = (
+            [
+                shlex.quote(o)
+                for o in overrides
+                if o.split("=", 1)[0].lstrip("+~") not in ("lr", "seed") and not o.lstrip("+~").startswith("hydra.")
+            ]
+            if overrides is not None
+            else [f"<the options of {example['run_dir']}>"]
+        )
+        command = " ".join(
+            ["python run.py -m", *kept, f"lr={row['next_lr']:g}", f"seed={','.join(str(s) for s in seeds)}"]
+        )
+        lines.append(
+            f"warning: {row['method']}'s best lr {row['lr']:g} is the {row['edge']} of its grid "
+            f"({row['grid'].replace(';', ', ')}); the optimum may lie beyond it, run: {command}"
+        )
     return lines
 
 
@@ -589,8 +670,7 @@ def write_report(table, best, out_dir, metric="f1", paired=None):
     _check_metric(metric)
     out_dir = Path(out_dir)
     if (out_dir / SUMMARY_NAME).exists():
-        raise UsageError(f"--out {out_dir} is a run folder (its results.csv would be replaced); "
-                         "choose another folder")
+        raise UsageError(f"--out {out_dir} is a run folder (its results.csv would be replaced); choose another folder")
     table = table.copy()
     table["best"] = _is_chosen(table, best)
     markdown = render_markdown(table, best, metric, paired)
@@ -617,18 +697,25 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv=None):
     parser = _Parser(description="Aggregate run.py eval runs into result tables and a chart.")
-    parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="run folders or trees of them (Hydra multirun included)")
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="run folders or trees of them (Hydra multirun included)"
+    )
     parser.add_argument("--out", help="output folder (default: PATH/report for the first PATH)")
-    parser.add_argument("--metric", default="f1", choices=METRICS,
-                        help="metric that picks each method's best lr (nll: lowest wins)")
-    parser.add_argument("--select-from", metavar="DIR",
-                        help="pick the best lrs on the runs under DIR (validation), report PATH's")
-    parser.add_argument("--baselines", default=",".join(BASELINES),
-                        help="comma-separated methods, the best of which every other method is compared to "
-                             "(paired bootstrap over the shared streams' questions; empty: no comparison)")
-    parser.add_argument("--bootstrap", type=int, default=10_000, metavar="N",
-                        help="bootstrap resamples of the paired comparison")
+    parser.add_argument(
+        "--metric", default="f1", choices=METRICS, help="metric that picks each method's best lr (nll: lowest wins)"
+    )
+    parser.add_argument(
+        "--select-from", metavar="DIR", help="pick the best lrs on the runs under DIR (validation), report PATH's"
+    )
+    parser.add_argument(
+        "--baselines",
+        default=",".join(BASELINES),
+        help="comma-separated methods, the best of which every other method is compared to "
+        "(paired bootstrap over the shared streams' questions; empty: no comparison)",
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=10_000, metavar="N", help="bootstrap resamples of the paired comparison"
+    )
     args = parser.parse_args(argv)
     if args.bootstrap < 100:
         raise UsageError(f"--bootstrap {args.bootstrap} is too few resamples for a 95% interval; use at least 100")
@@ -650,15 +737,24 @@ def main(argv=None):
     paired = None
     if baselines:
         columns = ["setting_key", "setting", *HEADLINE_COLUMNS]
-        paired = paired_table(best, runs, baselines, columns, lambda a, b: a["setting_key"] == b["setting_key"],
-                              "em" if args.metric == "em" else "f1", args.bootstrap)
+        paired = paired_table(
+            best,
+            runs,
+            baselines,
+            columns,
+            lambda a, b: a["setting_key"] == b["setting_key"],
+            "em" if args.metric == "em" else "f1",
+            args.bootstrap,
+        )
     warnings = gap_warnings(gaps) + extension_commands(best, chooser_runs)
     for line in warnings:  # before the tables that name the best lrs
         print(line)
     markdown = write_report(table, best, out_dir, args.metric, paired)
     print(markdown)
-    print(f"wrote {out_dir}/results.md, results.csv, best.csv, settings.json, best_f1.png"
-          + (", paired.csv" if baselines else ""))
+    print(
+        f"wrote {out_dir}/results.md, results.csv, best.csv, settings.json, best_f1.png"
+        + (", paired.csv" if baselines else "")
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Units: EM and F1 are stored as fractions in [0, 1] (columns named `*_fraction_me
 as percentages with one decimal; NLL is in nats per answer token. Every table that shows EM states
 the EM rule next to it.
 """
+
 import io
 import json
 import math
@@ -14,19 +15,44 @@ import numpy as np
 
 # The quantities averaged over seeds, as columns of the table; init_* = before adaptation,
 # unrelated_* = held-out QA (forgetting)
-VALUE_COLUMNS = ["em_fraction", "f1_fraction", "max_f1_fraction", "nll", "init_em_fraction", "init_f1_fraction",
-                 "init_nll", "unrelated_em_fraction", "unrelated_f1_fraction", "wall_time_s"]
+VALUE_COLUMNS = [
+    "em_fraction",
+    "f1_fraction",
+    "max_f1_fraction",
+    "nll",
+    "init_em_fraction",
+    "init_f1_fraction",
+    "init_nll",
+    "unrelated_em_fraction",
+    "unrelated_f1_fraction",
+    "wall_time_s",
+]
 # --metric name -> the value column it reads
 METRIC_COLUMNS = {"f1": "f1_fraction", "em": "em_fraction", "nll": "nll"}
-COLUMN_LABELS = {"em_fraction": "EM %", "f1_fraction": "F1 %", "max_f1_fraction": "max F1 %", "nll": "NLL",
-                 "init_em_fraction": "EM % before", "init_f1_fraction": "F1 % before", "init_nll": "NLL before",
-                 "unrelated_em_fraction": "unrelated EM %", "unrelated_f1_fraction": "unrelated F1 %"}
+COLUMN_LABELS = {
+    "em_fraction": "EM %",
+    "f1_fraction": "F1 %",
+    "max_f1_fraction": "max F1 %",
+    "nll": "NLL",
+    "init_em_fraction": "EM % before",
+    "init_f1_fraction": "F1 % before",
+    "init_nll": "NLL before",
+    "unrelated_em_fraction": "unrelated EM %",
+    "unrelated_f1_fraction": "unrelated F1 %",
+}
 METRIC_LABELS = {"f1": "F1", "em": "EM", "nll": "NLL"}
 HEADLINE_COLUMNS = ["dataset", "split", "base_model", "downsample_to", "optimizer", "n_epochs"]
-EM_RULE = ("EM counts a prediction whose normalised text starts with the normalised answer (the prediction cut to "
-           "the answer's length equals it), so EM can exceed F1.")
-STREAM_WORDS = {"val": "validation", "test": "test", "train": "meta-training", "qa_train": "QA-tuning",
-                "qa_val": "QA-tuning validation"}
+EM_RULE = (
+    "EM counts a prediction whose normalised text starts with the normalised answer (the prediction cut to "
+    "the answer's length equals it), so EM can exceed F1."
+)
+STREAM_WORDS = {
+    "val": "validation",
+    "test": "test",
+    "train": "meta-training",
+    "qa_train": "QA-tuning",
+    "qa_val": "QA-tuning validation",
+}
 
 
 def is_fraction(column):
@@ -90,8 +116,7 @@ def markdown_table(header, lines):
 
 def shown_columns(frame, always):
     """`always` plus the optional value columns that have numbers somewhere in `frame`."""
-    optional = [c for c in VALUE_COLUMNS if c not in always and c != "wall_time_s"
-                and frame[f"{c}_mean"].notna().any()]
+    optional = [c for c in VALUE_COLUMNS if c not in always and c != "wall_time_s" and frame[f"{c}_mean"].notna().any()]
     return list(always) + optional
 
 
@@ -111,16 +136,30 @@ def render_paired(paired, setting_row, metric):
     baseline = rows.iloc[0]["baseline"]
     lines = []
     for _, row in rows.iterrows():
-        lines.append([row["method"], f"{100 * row['difference']:+.1f}",
-                      f"[{100 * row['ci_questions_low']:+.1f}, {100 * row['ci_questions_high']:+.1f}]",
-                      f"[{100 * row['ci_streams_low']:+.1f}, {100 * row['ci_streams_high']:+.1f}]",
-                      str(row["n_streams"]), str(row["n_questions"])])
-    header = ["Method", f"{label} − {baseline} (points)", "95% CI (questions)", "95% CI (streams and questions)",
-              "Streams", "Questions"]
-    text = (f"### Paired comparison with the best baseline ({baseline})\n\nDifference of {stream} {label} "
-            f"(percentage points) to {baseline}, the baseline with the highest {stream} {label}, on the same "
-            "streams and questions; 95% intervals by a paired bootstrap over the questions of each stream, and "
-            "over the streams and their questions.")
+        lines.append(
+            [
+                row["method"],
+                f"{100 * row['difference']:+.1f}",
+                f"[{100 * row['ci_questions_low']:+.1f}, {100 * row['ci_questions_high']:+.1f}]",
+                f"[{100 * row['ci_streams_low']:+.1f}, {100 * row['ci_streams_high']:+.1f}]",
+                str(row["n_streams"]),
+                str(row["n_questions"]),
+            ]
+        )
+    header = [
+        "Method",
+        f"{label} − {baseline} (points)",
+        "95% CI (questions)",
+        "95% CI (streams and questions)",
+        "Streams",
+        "Questions",
+    ]
+    text = (
+        f"### Paired comparison with the best baseline ({baseline})\n\nDifference of {stream} {label} "
+        f"(percentage points) to {baseline}, the baseline with the highest {stream} {label}, on the same "
+        "streams and questions; 95% intervals by a paired bootstrap over the questions of each stream, and "
+        "over the streams and their questions."
+    )
     if metric == "em":
         text += f" {EM_RULE}"
     return text + "\n\n" + markdown_table(header, lines)
@@ -132,9 +171,11 @@ def _full_table(group):
     lines = []
     for _, row in group.iterrows():
         lr = lr_text(row)
-        lines.append([row["method"], f"**{lr}**" if row["best"] else lr]
-                     + [format_value(c, row[f"{c}_mean"], row[f"{c}_std"]) for c in columns]
-                     + [str(row["n_seeds"])])
+        lines.append(
+            [row["method"], f"**{lr}**" if row["best"] else lr]
+            + [format_value(c, row[f"{c}_mean"], row[f"{c}_std"]) for c in columns]
+            + [str(row["n_seeds"])]
+        )
     return markdown_table(header, lines)
 
 
@@ -147,9 +188,11 @@ def _best_table(best_here, metric, via_validation):
     lines = []
     for _, row in best_here.iterrows():
         lr = "" if math.isnan(row["lr"]) else lr_text(row)
-        line = ([row["method"], lr]
-                + [format_value(c, row[f"{c}_mean"], row[f"{c}_std"]) for c in best_columns]
-                + [str(row["n_seeds"])])
+        line = (
+            [row["method"], lr]
+            + [format_value(c, row[f"{c}_mean"], row[f"{c}_std"]) for c in best_columns]
+            + [str(row["n_seeds"])]
+        )
         if via_validation:
             line.append(format_value(METRIC_COLUMNS[metric], row["selection_value"], None))
         line.append(row["note"])
@@ -164,17 +207,21 @@ def render_markdown(table, best, metric, paired=None):
     via_validation = (best["selected_on"] == "validation").any()
     chosen_by = f"mean {label} on the validation runs" if via_validation else f"mean {label}"
     direction = "lowest" if metric == "nll" else "highest"
-    sections = [f"# Online adaptation results\n\nBest lr of each method = {direction} {chosen_by} (bold in the "
-                "full table); means within 1e-9 of each other tie, and a tie goes to the smaller lr. EM and F1 in %, "
-                "NLL in nats per answer token; mean ± sample std over seeds."]
+    sections = [
+        f"# Online adaptation results\n\nBest lr of each method = {direction} {chosen_by} (bold in the "
+        "full table); means within 1e-9 of each other tie, and a tie goes to the smaller lr. EM and F1 in %, "
+        "NLL in nats per answer token; mean ± sample std over seeds."
+    ]
     for setting_key, group in table.groupby("setting_key", sort=False):
         first = group.iloc[0]
         stream = stream_word(first.get("split"))
-        sections.append(f"## {setting_title(first)}\n\nEvery method × lr on the {stream} stream. {EM_RULE}\n\n"
-                        + _full_table(group))
+        sections.append(
+            f"## {setting_title(first)}\n\nEvery method × lr on the {stream} stream. {EM_RULE}\n\n" + _full_table(group)
+        )
         best_here = rows_of_setting(best, setting_key)
-        sections.append(f"### Best lr per method ({stream})\n\n{EM_RULE}\n\n"
-                        + _best_table(best_here, metric, via_validation))
+        sections.append(
+            f"### Best lr per method ({stream})\n\n{EM_RULE}\n\n" + _best_table(best_here, metric, via_validation)
+        )
         if paired is not None:
             sections.append(render_paired(paired, first, "em" if metric == "em" else "f1"))
     sections = [section for section in sections if section]
@@ -190,9 +237,12 @@ def render_chart_png(best):
 
     plotted = best[best["f1_fraction_mean"].notna()]
     settings = list(plotted.groupby("setting_key", sort=False))
-    fig, axes = plt.subplots(len(settings) or 1, 1, squeeze=False,
-                             figsize=(max(4.0, 1.3 * plotted["method"].nunique() + 1.5),
-                                      3.6 * max(1, len(settings))))
+    fig, axes = plt.subplots(
+        len(settings) or 1,
+        1,
+        squeeze=False,
+        figsize=(max(4.0, 1.3 * plotted["method"].nunique() + 1.5), 3.6 * max(1, len(settings))),
+    )
     for ax, (_, group) in zip(axes[:, 0], settings):
         names = [f"{row['method']}\nlr={lr_text(row)}" for _, row in group.iterrows()]
         means = 100 * group["f1_fraction_mean"].to_numpy(dtype=float)
@@ -216,6 +266,8 @@ def render_chart_png(best):
 
 def settings_json(table):
     """settings.json's text: each setting's label and its full recorded options."""
-    entries = [{"setting": setting_title(group.iloc[0]), "options": json.loads(key)}
-               for key, group in table.groupby("setting_key", sort=False)]
+    entries = [
+        {"setting": setting_title(group.iloc[0]), "options": json.loads(key)}
+        for key, group in table.groupby("setting_key", sort=False)
+    ]
     return json.dumps(entries, indent=1) + "\n"

@@ -32,8 +32,11 @@ def run_task(cfg: DictConfig, run_dir) -> dict:
         return meta_train.train(cfg)
     summary = evaluation.evaluate(cfg, run_dir)
     shown = evaluation.with_percents(summary)  # EM/F1 in %, also for a summary written by older code
-    print(files.strict_json({k: shown[k] for k in ("method", "lr", "em_percent", "f1_percent", "nll", "wall_time_s",
-                                                   "run_dir")}))
+    print(
+        files.strict_json(
+            {k: shown[k] for k in ("method", "lr", "em_percent", "f1_percent", "nll", "wall_time_s", "run_dir")}
+        )
+    )
     return summary
 
 

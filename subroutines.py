@@ -4,6 +4,7 @@ Answer generation (diverse beam search or greedy), QA scoring (evaluate_qa), the
 (make_optimizer), weighted online adaptation on a document stream (weighted_train), and the QA
 fine-tuning loop (qa_tuning_loop) of light QA tuning (light_tune) and train_qa.py.
 """
+
 import itertools
 import math
 import random
@@ -21,7 +22,6 @@ from plumbing.schemas import DECODINGS, LT_METRICS, OPTIMIZERS
 from util import answer_nll, exact_match, f1_score, weighted_lm_loss
 
 
-
 @dataclass(frozen=True)
 class Decoding:
     """How answers are generated. beam: the reference's diverse beam search (num_beams beams in
@@ -37,9 +37,14 @@ class Decoding:
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(method=str(cfg.decoding), num_beams=int(cfg.num_beams), num_beam_groups=int(cfg.num_beam_groups),
-                   diversity_penalty=float(cfg.diversity_penalty), max_new_tokens=int(cfg.max_new_tokens),
-                   first_line=bool(cfg.answer_first_line))
+        return cls(
+            method=str(cfg.decoding),
+            num_beams=int(cfg.num_beams),
+            num_beam_groups=int(cfg.num_beam_groups),
+            diversity_penalty=float(cfg.diversity_penalty),
+            max_new_tokens=int(cfg.max_new_tokens),
+            first_line=bool(cfg.answer_first_line),
+        )
 
     def beams_for(self, top_k):
         """Beams for top-K: the configured number, raised (as the reference does) to the next multiple
@@ -90,25 +95,38 @@ def generate_answers(model, tokenizer, gen_ids, gen_mask, decoding=GREEDY, top_k
         gen_ids, gen_mask = gen_ids[:, -keep:], gen_mask[:, -keep:]
     if decoding.method == "beam" and decoding.num_beam_groups > 1 and diverse_beam.supports(model):
         sequences = diverse_beam.search(
-            model, gen_ids, gen_mask, decoding.beams_for(top_k), decoding.num_beam_groups,
-            decoding.diversity_penalty, decoding.max_new_tokens, top_k, tokenizer.pad_token_id)
+            model,
+            gen_ids,
+            gen_mask,
+            decoding.beams_for(top_k),
+            decoding.num_beam_groups,
+            decoding.diversity_penalty,
+            decoding.max_new_tokens,
+            top_k,
+            tokenizer.pad_token_id,
+        )
         sequences = [s for question in sequences for s in question]
     else:
-        sequences = generate(model, tokenizer, gen_ids, gen_mask, decoding, top_k)[:, gen_ids.shape[1]:]
+        sequences = generate(model, tokenizer, gen_ids, gen_mask, decoding, top_k)[:, gen_ids.shape[1] :]
     texts = [t.strip() for t in tokenizer.batch_decode(sequences, skip_special_tokens=True)]
     if decoding.first_line:
         texts = [t.split("\n")[0].strip() for t in texts]
-    return [texts[i: i + top_k] for i in range(0, len(texts), top_k)]
+    return [texts[i : i + top_k] for i in range(0, len(texts), top_k)]
 
 
 def generate(model, tokenizer, gen_ids, gen_mask, decoding, top_k):
     """transformers' generate with the decoding's arguments (prompts and continuations)."""
-    kwargs = dict(max_new_tokens=decoding.max_new_tokens, do_sample=False, use_cache=True,
-                  pad_token_id=tokenizer.pad_token_id)
+    kwargs = dict(
+        max_new_tokens=decoding.max_new_tokens, do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id
+    )
     if decoding.method == "beam":
-        kwargs.update(num_beams=decoding.beams_for(top_k), num_beam_groups=decoding.num_beam_groups,
-                      diversity_penalty=decoding.diversity_penalty, early_stopping=True,
-                      num_return_sequences=top_k)
+        kwargs.update(
+            num_beams=decoding.beams_for(top_k),
+            num_beam_groups=decoding.num_beam_groups,
+            diversity_penalty=decoding.diversity_penalty,
+            early_stopping=True,
+            num_return_sequences=top_k,
+        )
     if decoding.method == "beam" and gen_ids.shape[1] > 1:
         kwargs["past_key_values"] = beam_prompt_cache(model, gen_ids, gen_mask, kwargs["num_beams"])
     return model.generate(input_ids=gen_ids, attention_mask=gen_mask, **kwargs)
@@ -119,8 +137,9 @@ def beam_prompt_cache(model, gen_ids, gen_mask, num_beams):
     repeated for its beams: beam search would otherwise encode each prompt once per beam. The
     positions are those generate derives from the attention mask (left padding)."""
     positions = (gen_mask.long().cumsum(-1) - 1).masked_fill(gen_mask == 0, 1)
-    cache = model(input_ids=gen_ids[:, :-1], attention_mask=gen_mask[:, :-1], position_ids=positions[:, :-1],
-                  use_cache=True).past_key_values
+    cache = model(
+        input_ids=gen_ids[:, :-1], attention_mask=gen_mask[:, :-1], position_ids=positions[:, :-1], use_cache=True
+    ).past_key_values
     cache.batch_repeat_interleave(num_beams)
     return cache
 
@@ -135,8 +154,18 @@ def score_predictions(predictions, golds):
 
 
 @torch.no_grad()
-def evaluate_qa(model, tokenizer, examples, collator, device, eval_modes=("em",), batch_size=16,
-                decoding=GREEDY, desc="QA eval", progress=True):
+def evaluate_qa(
+    model,
+    tokenizer,
+    examples,
+    collator,
+    device,
+    eval_modes=("em",),
+    batch_size=16,
+    decoding=GREEDY,
+    desc="QA eval",
+    progress=True,
+):
     """Score `examples` with the model: per-question rows and a summary of means.
 
     Each prediction is scored against every gold alternative of its question (the best counts),
@@ -157,7 +186,7 @@ def evaluate_qa(model, tokenizer, examples, collator, device, eval_modes=("em",)
     by_length = [examples[i] for i in order]
     rows = []
     for start in tqdm(range(0, len(examples), batch_size), desc=desc, disable=not progress, leave=False):
-        batch = collator(by_length[start: start + batch_size])
+        batch = collator(by_length[start : start + batch_size])
         size = len(batch["questions"])
         nll, n_tokens = [None] * size, [None] * size
         if with_nll:
@@ -166,14 +195,26 @@ def evaluate_qa(model, tokenizer, examples, collator, device, eval_modes=("em",)
             n_tokens = (batch["qa_labels"][:, 1:] != -100).sum(1).tolist()
         predictions = [[""]] * size
         if top_k:
-            predictions = generate_answers(model, tokenizer, batch["gen_ids"].to(device),
-                                           batch["gen_mask"].to(device), decoding, top_k)
+            predictions = generate_answers(
+                model, tokenizer, batch["gen_ids"].to(device), batch["gen_mask"].to(device), decoding, top_k
+            )
         for question, answer, golds, preds, example_nll, count in zip(
-                batch["questions"], batch["answers"], batch["golds"], predictions, nll, n_tokens):
+            batch["questions"], batch["answers"], batch["golds"], predictions, nll, n_tokens
+        ):
             scores = score_predictions(preds, golds)
             scores["f1s"] = " ".join(f"{f:.4f}" for f in scores["f1s"])
-            rows.append(dict(question=question, answer=answer, golds=" | ".join(golds), prediction=preds[0],
-                             predictions=" || ".join(preds), **scores, nll=example_nll, n_answer_tokens=count))
+            rows.append(
+                dict(
+                    question=question,
+                    answer=answer,
+                    golds=" | ".join(golds),
+                    prediction=preds[0],
+                    predictions=" || ".join(preds),
+                    **scores,
+                    nll=example_nll,
+                    n_answer_tokens=count,
+                )
+            )
     model.train(was_training)
     rows = [row for _, row in sorted(zip(order, rows), key=lambda pair: pair[0])]
     return rows, summarize(rows, top_k=top_k, with_nll=with_nll)
@@ -190,15 +231,20 @@ def summarize(rows, top_k=1, with_nll=False):
     if with_nll:
         tokens = sum(r["n_answer_tokens"] for r in rows)
         nll = sum(r["nll"] * r["n_answer_tokens"] for r in rows) / max(tokens, 1)
-    return dict(em=mean("em") if top_k else None, f1=mean("f1") if top_k else None,
-                max_f1=mean("max_f1") if top_k else None, top_k=top_k,
-                em_at_k=mean("em_at_k") if with_k else None, f1_at_k=mean("f1_at_k") if with_k else None,
-                nll=nll, n_questions=len(rows))
+    return dict(
+        em=mean("em") if top_k else None,
+        f1=mean("f1") if top_k else None,
+        max_f1=mean("max_f1") if top_k else None,
+        top_k=top_k,
+        em_at_k=mean("em_at_k") if with_k else None,
+        f1_at_k=mean("f1_at_k") if with_k else None,
+        nll=nll,
+        n_questions=len(rows),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Online adaptation: fine-tune the base model on a stream of documents with per-token weights
-
 
 
 def check_optimizer(name):
@@ -209,8 +255,9 @@ def check_optimizer(name):
     if name not in OPTIMIZERS:
         raise UsageError(f"optimizer={name} is unknown; use one of {', '.join(OPTIMIZERS)}")
     if name == "adam8bit" and importlib.util.find_spec("bitsandbytes") is None:
-        raise UsageError("optimizer=adam8bit needs the bitsandbytes package; pip install bitsandbytes, "
-                         "or use optimizer=adafactor")
+        raise UsageError(
+            "optimizer=adam8bit needs the bitsandbytes package; pip install bitsandbytes, or use optimizer=adafactor"
+        )
 
 
 def make_optimizer(name, parameters, lr):
@@ -248,14 +295,30 @@ class AdaptationSettings:
 
     @classmethod
     def from_config(cls, cfg) -> "AdaptationSettings":
-        return cls(optimizer=cfg.optimizer, lr=cfg.lr, batch_size=cfg.batch_size, grad_acc_steps=cfg.grad_acc_steps,
-                   grad_clip_thresh=cfg.grad_clip_thresh, n_epochs=cfg.n_epochs,
-                   every_k_documents=cfg.get("eval_every_k"), save_every_documents=cfg.get("save_state_every"))
+        return cls(
+            optimizer=cfg.optimizer,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            grad_acc_steps=cfg.grad_acc_steps,
+            grad_clip_thresh=cfg.grad_clip_thresh,
+            n_epochs=cfg.n_epochs,
+            every_k_documents=cfg.get("eval_every_k"),
+            save_every_documents=cfg.get("save_state_every"),
+        )
 
 
-def weighted_train(base_model, weight_model, texts: List[str], collator, device,
-                   settings: AdaptationSettings = AdaptationSettings(), progress: bool = True,
-                   callback=None, resume_state=None, save_state=None) -> dict:
+def weighted_train(
+    base_model,
+    weight_model,
+    texts: List[str],
+    collator,
+    device,
+    settings: AdaptationSettings = AdaptationSettings(),
+    progress: bool = True,
+    callback=None,
+    resume_state=None,
+    save_state=None,
+) -> dict:
     """Fine-tune `base_model` in place on `texts` in order with util.weighted_lm_loss, the token
     weights coming from the frozen `weight_model` (computed without gradients).
 
@@ -282,11 +345,12 @@ def weighted_train(base_model, weight_model, texts: List[str], collator, device,
     if resume_state is not None:
         base_model.load_state_dict(resume_state["model"])
         opt.load_state_dict(resume_state["optimizer"])
-        n_steps, n_batches, total_loss, documents_seen = (resume_state[k] for k in
-                                                          ("n_steps", "n_batches", "total_loss", "documents_seen"))
+        n_steps, n_batches, total_loss, documents_seen = (
+            resume_state[k] for k in ("n_steps", "n_batches", "total_loss", "documents_seen")
+        )
         saved_at = documents_seen
         restore_rng_state(resume_state["rng"])
-    batches = [texts[i: i + settings.batch_size] for i in range(0, len(texts), settings.batch_size)]
+    batches = [texts[i : i + settings.batch_size] for i in range(0, len(texts), settings.batch_size)]
     diverged = None
 
     def apply_step():
@@ -297,7 +361,9 @@ def weighted_train(base_model, weight_model, texts: List[str], collator, device,
         opt.zero_grad(set_to_none=True)
         return None
 
-    bar = tqdm(total=len(batches) * settings.n_epochs, initial=n_batches, desc="adapting", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(batches) * settings.n_epochs, initial=n_batches, desc="adapting", disable=not progress, leave=False
+    )
     schedule = [batch for _ in range(settings.n_epochs) for batch in batches]
     for batch_texts in schedule[n_batches:]:
         ids, mask = collator.encode_texts(batch_texts)
@@ -316,8 +382,11 @@ def weighted_train(base_model, weight_model, texts: List[str], collator, device,
         if n_batches % settings.grad_acc_steps == 0:
             bad_norm = apply_step()
             if bad_norm is not None:
-                diverged = dict(document=documents_seen + len(batch_texts), value=f"gradient norm {bad_norm}",
-                                before_any_update=n_steps == 0)
+                diverged = dict(
+                    document=documents_seen + len(batch_texts),
+                    value=f"gradient norm {bad_norm}",
+                    before_any_update=n_steps == 0,
+                )
                 break
             n_steps += 1
         bar.update(1)
@@ -326,13 +395,28 @@ def weighted_train(base_model, weight_model, texts: List[str], collator, device,
         every_k = settings.every_k_documents
         if callback and every_k and documents_seen // every_k > previous // every_k:
             callback(documents_seen)
-        if (save_state and settings.save_every_documents and n_batches % settings.grad_acc_steps == 0 and n_batches < len(schedule)
-                and documents_seen - saved_at >= settings.save_every_documents):
-            save_state(dict(model=base_model.state_dict(), optimizer=opt.state_dict(), n_steps=n_steps,
-                            n_batches=n_batches, total_loss=total_loss, documents_seen=documents_seen,
-                            rng=rng_state()))
+        if (
+            save_state
+            and settings.save_every_documents
+            and n_batches % settings.grad_acc_steps == 0
+            and n_batches < len(schedule)
+            and documents_seen - saved_at >= settings.save_every_documents
+        ):
+            save_state(
+                dict(
+                    model=base_model.state_dict(),
+                    optimizer=opt.state_dict(),
+                    n_steps=n_steps,
+                    n_batches=n_batches,
+                    total_loss=total_loss,
+                    documents_seen=documents_seen,
+                    rng=rng_state(),
+                )
+            )
             saved_at = documents_seen
-    if diverged is None and n_batches % settings.grad_acc_steps:  # the stream's last, incomplete accumulation still counts
+    if (
+        diverged is None and n_batches % settings.grad_acc_steps
+    ):  # the stream's last, incomplete accumulation still counts
         bad_norm = apply_step()
         if bad_norm is not None:
             diverged = dict(document=documents_seen, value=f"gradient norm {bad_norm}", before_any_update=n_steps == 0)
@@ -342,8 +426,6 @@ def weighted_train(base_model, weight_model, texts: List[str], collator, device,
     bar.close()
     base_model.eval()
     return dict(n_steps=n_steps, n_batches=n_batches, mean_loss=total_loss / max(n_batches, 1), diverged=diverged)
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,9 +460,24 @@ def qa_loss(model, collator, examples, device):
     return answer_nll(logits, labels.to(device))
 
 
-def qa_tuning_loop(model, collator, train_examples, device, optimizer, validate, batch_size=16, grad_acc_steps=1,
-                   grad_clip_thresh=750.0, val_steps=16, max_steps=None, max_epochs=None, seed=0, progress=True,
-                   desc="QA tuning", start_step=0):
+def qa_tuning_loop(
+    model,
+    collator,
+    train_examples,
+    device,
+    optimizer,
+    validate,
+    batch_size=16,
+    grad_acc_steps=1,
+    grad_clip_thresh=750.0,
+    val_steps=16,
+    max_steps=None,
+    max_epochs=None,
+    seed=0,
+    progress=True,
+    desc="QA tuning",
+    start_step=0,
+):
     """Fine-tune `model` on the QA loss of `train_examples` until `validate` says stop.
 
     Batches of `batch_size` pairs come from a fresh shuffle (generator seeded with `seed`) on each
@@ -404,11 +501,12 @@ def qa_tuning_loop(model, collator, train_examples, device, optimizer, validate,
             epoch += 1
             order = rng.sample(train_examples, len(train_examples))
             for index in range(batches_per_epoch):
-                yield epoch, order[index * batch_size: (index + 1) * batch_size]
+                yield epoch, order[index * batch_size : (index + 1) * batch_size]
 
     step, epoch, losses, validated = start_step, 0, [], True
     stream = batches()
-    for epoch, _ in itertools.islice(stream, start_step * grad_acc_steps):
+    # fast-forward to where the run stopped; the epoch it stopped in is kept
+    for epoch, _ in itertools.islice(stream, start_step * grad_acc_steps):  # noqa: B007
         pass
     stop = validate(0, 0, None) if start_step == 0 else False
     bar = tqdm(total=max_steps, initial=start_step, desc=desc, unit="step", disable=not progress, leave=False)
@@ -442,8 +540,6 @@ def qa_tuning_loop(model, collator, train_examples, device, optimizer, validate,
     bar.close()
     model.eval()
     return step
-
-
 
 
 def reference_stop(history, metric, patience):
@@ -489,16 +585,32 @@ class LightTuneSettings:
 
     @classmethod
     def from_config(cls, cfg) -> "LightTuneSettings":
-        return cls(lr=cfg.lt_lr, batch_size=cfg.lt_batch_size, val_steps=cfg.lt_val_steps, patience=cfg.lt_patience,
-                   stopping_metric=cfg.lt_stopping_metric, max_epochs=cfg.lt_epochs, optimizer=cfg.lt_optimizer,
-                   grad_acc_steps=cfg.lt_grad_acc_steps, grad_clip_thresh=cfg.lt_grad_clip_thresh,
-                   eval_batch_size=cfg.eval_batch_size, seed=cfg.seed,
-                   decoding=Decoding(method="greedy", max_new_tokens=cfg.max_new_tokens,
-                                     first_line=cfg.answer_first_line))
+        return cls(
+            lr=cfg.lt_lr,
+            batch_size=cfg.lt_batch_size,
+            val_steps=cfg.lt_val_steps,
+            patience=cfg.lt_patience,
+            stopping_metric=cfg.lt_stopping_metric,
+            max_epochs=cfg.lt_epochs,
+            optimizer=cfg.lt_optimizer,
+            grad_acc_steps=cfg.lt_grad_acc_steps,
+            grad_clip_thresh=cfg.lt_grad_clip_thresh,
+            eval_batch_size=cfg.eval_batch_size,
+            seed=cfg.seed,
+            decoding=Decoding(method="greedy", max_new_tokens=cfg.max_new_tokens, first_line=cfg.answer_first_line),
+        )
 
 
-def light_tune(model, tokenizer, train_examples, val_examples, collator, device,
-               settings: LightTuneSettings = LightTuneSettings(), progress: bool = True) -> List[dict]:
+def light_tune(
+    model,
+    tokenizer,
+    train_examples,
+    val_examples,
+    collator,
+    device,
+    settings: LightTuneSettings = LightTuneSettings(),
+    progress: bool = True,
+) -> List[dict]:
     """Light QA tuning (the reference's early-stopped QA tuning after adaptation): `optimizer` on
     the QA loss of `train_examples` (`settings`), validating on `val_examples` (greedy top-1 and answer NLL,
     as the reference) before training and every `val_steps` steps, until `reference_stop`; then
@@ -513,18 +625,40 @@ def light_tune(model, tokenizer, train_examples, val_examples, collator, device,
     history, best = [], dict(score=-math.inf, state=None)
 
     def validate(step, epoch, train_loss):
-        _, summary = evaluate_qa(model, tokenizer, val_examples, collator, device, ("em", "ppl"),
-                                 settings.eval_batch_size, settings.decoding, desc="light-tune val", progress=progress)
+        _, summary = evaluate_qa(
+            model,
+            tokenizer,
+            val_examples,
+            collator,
+            device,
+            ("em", "ppl"),
+            settings.eval_batch_size,
+            settings.decoding,
+            desc="light-tune val",
+            progress=progress,
+        )
         history.append(dict(step=step, train_loss=train_loss, **summary))
         if sign * summary[stopping_metric] > best["score"]:
             best.update(score=sign * summary[stopping_metric], state=snapshot_parameters(model, "cpu"))
         return reference_stop(history, stopping_metric, settings.patience)
 
     opt = make_optimizer(settings.optimizer, [p for p in model.parameters() if p.requires_grad], settings.lr)
-    qa_tuning_loop(model, collator, train_examples, device, opt, validate, batch_size=settings.batch_size,
-                   grad_acc_steps=settings.grad_acc_steps, grad_clip_thresh=settings.grad_clip_thresh,
-                   val_steps=settings.val_steps, max_epochs=settings.max_epochs, seed=settings.seed, progress=progress,
-                   desc="light-tuning")
+    qa_tuning_loop(
+        model,
+        collator,
+        train_examples,
+        device,
+        opt,
+        validate,
+        batch_size=settings.batch_size,
+        grad_acc_steps=settings.grad_acc_steps,
+        grad_clip_thresh=settings.grad_clip_thresh,
+        val_steps=settings.val_steps,
+        max_epochs=settings.max_epochs,
+        seed=settings.seed,
+        progress=progress,
+        desc="light-tuning",
+    )
     restore_parameters(model, best["state"])
     model.eval()
     return history

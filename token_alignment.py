@@ -1,5 +1,6 @@
 """Token <-> character alignment for weightings computed from text: the bytes and characters
 each token id stands for, for byte-level BPE (GPT-2, GPT-Neo, GPT-J, Pythia) and SentencePiece."""
+
 import re
 from functools import lru_cache
 
@@ -10,8 +11,9 @@ from plumbing.errors import UsageError
 
 def bytes_to_unicode() -> dict:
     """GPT-2's byte-level alphabet: each byte is shown as one printable character."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for byte in range(256):
@@ -37,17 +39,22 @@ def token_bytes_table(tokenizer) -> list:
     byte_of_char = {c: b for b, c in bytes_to_unicode().items()}
     regular = [t for i, t in zip(ids, tokens) if i not in special and i not in added and t is not None]
     if all(c in byte_of_char for t in regular for c in t):
+
         def to_bytes(token):
             return bytes(byte_of_char[c] for c in token)
     elif any(t.startswith(SENTENCEPIECE_SPACE) for t in regular):
+
         def to_bytes(token):
             match = BYTE_FALLBACK.fullmatch(token)
             return bytes([int(match.group(1), 16)]) if match else token.replace(SENTENCEPIECE_SPACE, " ").encode()
     else:
-        raise UsageError(f"{type(tokenizer).__name__} is neither byte-level BPE nor SentencePiece; "
-                         "the ssm and TFIDF weight models cannot align its tokens to characters")
-    return [b"" if i in special or t is None else t.encode() if i in added else to_bytes(t)
-            for i, t in zip(ids, tokens)]
+        raise UsageError(
+            f"{type(tokenizer).__name__} is neither byte-level BPE nor SentencePiece; "
+            "the ssm and TFIDF weight models cannot align its tokens to characters"
+        )
+    return [
+        b"" if i in special or t is None else t.encode() if i in added else to_bytes(t) for i, t in zip(ids, tokens)
+    ]
 
 
 def utf8_characters(data: bytes) -> tuple:
@@ -56,9 +63,19 @@ def utf8_characters(data: bytes) -> tuple:
     chars, starts, i = [], [], 0
     while i < len(data):
         lead = data[i]
-        width = 1 if lead < 0x80 else 2 if 0xC2 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if 0xF0 <= lead < 0xF5 else 0
+        width = (
+            1
+            if lead < 0x80
+            else 2
+            if 0xC2 <= lead < 0xE0
+            else 3
+            if 0xE0 <= lead < 0xF0
+            else 4
+            if 0xF0 <= lead < 0xF5
+            else 0
+        )
         try:
-            char = data[i: i + width].decode("utf-8") if width else "\ufffd"
+            char = data[i : i + width].decode("utf-8") if width else "\ufffd"
         except UnicodeDecodeError as err:  # a cut-off or broken sequence after a valid lead byte
             char, width = "\ufffd", err.end
         chars.append(char)
@@ -116,8 +133,9 @@ def character_tokens(spans, n_chars):
     after = np.searchsorted(covered, np.arange(n_chars)).clip(max=covered.size - 1)
     before = (after - 1).clip(min=0)
     chars = np.arange(n_chars)
-    nearest = np.where(np.abs(covered[before] - chars) <= np.abs(covered[after] - chars),
-                       covered[before], covered[after])
+    nearest = np.where(
+        np.abs(covered[before] - chars) <= np.abs(covered[after] - chars), covered[before], covered[after]
+    )
     direct = sparse.csr_matrix((1.0 / covering[rows], (rows, cols)), shape=(n_chars, len(spans)))
     return direct[nearest]
 

@@ -16,6 +16,7 @@ Output folder (hydra.run.dir): outputs/qa_pretraining/<dataset>/<model basename>
                          the same command continues an interrupted run from there
     done.json            written last: the same command then has nothing to do
 """
+
 import json
 import math
 import shutil
@@ -28,8 +29,8 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 import tiny_world
-from plumbing import checks, environment, errors, files, loading, run_folder, schemas
 from exp_datasets import QACollator, load_split
+from plumbing import checks, environment, errors, files, loading, run_folder, schemas
 from subroutines import Decoding, evaluate_qa, make_optimizer, qa_tuning_loop, question_sample
 
 # checkpoint name -> (validation metric, direction)
@@ -38,8 +39,16 @@ VAL_MODES = ("em", "ppl")
 RESUME_STATE, DONE = "resume.pt", "done.json"
 RUN_FOLDER = run_folder.RunProtocol(
     outputs=("metrics.jsonl", "best.json", "checkpoints", RESUME_STATE, DONE),
-    resumable=("device", "torch_threads", "wandb", "wandb_project", "overwrite", "eval_batch_size",
-               "save_resume_state", "cache_dir"),
+    resumable=(
+        "device",
+        "torch_threads",
+        "wandb",
+        "wandb_project",
+        "overwrite",
+        "eval_batch_size",
+        "save_resume_state",
+        "cache_dir",
+    ),
     state=RESUME_STATE,
 )
 
@@ -147,16 +156,25 @@ class Trainer:
 
     def save_state(self):
         """Everything a continuation needs, as of the validation just done, in one atomic file."""
-        state = dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), step=self.step,
-                     best=self.tracker.best, stopper=vars(self.stopper), history=self.history,
-                     rng=environment.rng_state())
+        state = dict(
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            step=self.step,
+            best=self.tracker.best,
+            stopper=vars(self.stopper),
+            history=self.history,
+            rng=environment.rng_state(),
+        )
         files.atomic_torch_save(state, self.run_dir / RESUME_STATE)
 
     def load_state(self):
         """Continue from resume.pt; returns the step it was saved at."""
-        state = files.load_tensors(self.run_dir / RESUME_STATE, "QA-tuning resume state",
-                                   keys=("model", "optimizer", "step", "best", "stopper", "history", "rng"),
-                                   fix="delete it to start the tuning afresh, or pass overwrite=true")
+        state = files.load_tensors(
+            self.run_dir / RESUME_STATE,
+            "QA-tuning resume state",
+            keys=("model", "optimizer", "step", "best", "stopper", "history", "rng"),
+            fix="delete it to start the tuning afresh, or pass overwrite=true",
+        )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tracker.best = state["best"]
@@ -171,18 +189,33 @@ class Trainer:
         """Score the validation set (greedy, as the reference), keep checkpoints it improves, log it;
         True means stop early."""
         self.step = step
-        _, summary = evaluate_qa(self.model, self.tokenizer, self.val_examples, self.collator, self.device,
-                                 eval_modes=VAL_MODES, batch_size=self.cfg.eval_batch_size,
-                                 decoding=Decoding(method="greedy", max_new_tokens=self.cfg.max_new_tokens),
-                                 desc=f"validate@{step}")
-        row = dict(step=step, epoch=epoch, train_loss=train_loss, val_nll=summary["nll"],
-                   val_em=summary["em"], val_f1=summary["f1"], val_questions=summary["n_questions"],
-                   elapsed_s=round(time.time() - self.start_time, 1))
+        _, summary = evaluate_qa(
+            self.model,
+            self.tokenizer,
+            self.val_examples,
+            self.collator,
+            self.device,
+            eval_modes=VAL_MODES,
+            batch_size=self.cfg.eval_batch_size,
+            decoding=Decoding(method="greedy", max_new_tokens=self.cfg.max_new_tokens),
+            desc=f"validate@{step}",
+        )
+        row = dict(
+            step=step,
+            epoch=epoch,
+            train_loss=train_loss,
+            val_nll=summary["nll"],
+            val_em=summary["em"],
+            val_f1=summary["f1"],
+            val_questions=summary["n_questions"],
+            elapsed_s=round(time.time() - self.start_time, 1),
+        )
         improved = self.tracker.update(summary, step, epoch)
         if improved:
             save_checkpoints(improved, self.model, self.tokenizer, self.checkpoint_dir)
-            files.atomic_write_text(json.dumps(best_report(self.tracker, self.checkpoint_dir), indent=2) + "\n",
-                                   self.run_dir / "best.json")
+            files.atomic_write_text(
+                json.dumps(best_report(self.tracker, self.checkpoint_dir), indent=2) + "\n", self.run_dir / "best.json"
+            )
         if self.logger:
             self.logger.log({k: v for k, v in row.items() if v is not None}, step=step)
         self.history.append(row)
@@ -191,16 +224,31 @@ class Trainer:
             self.save_state()
         # rewritten whole, after the resume state: the log never holds a validation a continuation repeats
         files.atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.run_dir / "metrics.jsonl")
-        tqdm.write(f"step {step}: val nll {row['val_nll']:.4f} em {row['val_em']:.3f} f1 {row['val_f1']:.3f}"
-                   + (f"  (new {', '.join(improved)})" if improved else ""))
+        tqdm.write(
+            f"step {step}: val nll {row['val_nll']:.4f} em {row['val_em']:.3f} f1 {row['val_f1']:.3f}"
+            + (f"  (new {', '.join(improved)})" if improved else "")
+        )
         return stop
 
     def train(self, start_step=0):
         cfg = self.cfg
-        qa_tuning_loop(self.model, self.collator, self.train_examples, self.device, self.optimizer, self.validate,
-                       batch_size=cfg.batch_size, grad_acc_steps=cfg.grad_acc_steps,
-                       grad_clip_thresh=cfg.grad_clip_thresh, val_steps=cfg.val_steps, max_steps=cfg.max_steps,
-                       max_epochs=cfg.n_epochs, seed=cfg.seed, desc="QA tuning", start_step=start_step)
+        qa_tuning_loop(
+            self.model,
+            self.collator,
+            self.train_examples,
+            self.device,
+            self.optimizer,
+            self.validate,
+            batch_size=cfg.batch_size,
+            grad_acc_steps=cfg.grad_acc_steps,
+            grad_clip_thresh=cfg.grad_clip_thresh,
+            val_steps=cfg.val_steps,
+            max_steps=cfg.max_steps,
+            max_epochs=cfg.n_epochs,
+            seed=cfg.seed,
+            desc="QA tuning",
+            start_step=start_step,
+        )
         return self.history
 
 
@@ -212,12 +260,15 @@ def load_inputs(cfg, device, dtype):
     tokenizer = loading.load_tokenizer(cfg.tokenizer_name or cfg.model)
     vocab_size = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab_size:
-        raise errors.UsageError(f"tokenizer {cfg.tokenizer_name or cfg.model} has {len(tokenizer)} tokens but the "
-                              f"model embeds only {vocab_size}; set tokenizer_name to the model's own tokenizer")
+        raise errors.UsageError(
+            f"tokenizer {cfg.tokenizer_name or cfg.model} has {len(tokenizer)} tokens but the "
+            f"model embeds only {vocab_size}; set tokenizer_name to the model's own tokenizer"
+        )
     if cfg.grad_checkpointing:
         if not model.supports_gradient_checkpointing:
-            raise errors.UsageError(f"{type(model).__name__} does not support gradient checkpointing; "
-                                  "set grad_checkpointing=false")
+            raise errors.UsageError(
+                f"{type(model).__name__} does not support gradient checkpointing; set grad_checkpointing=false"
+            )
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return train_examples, val_examples, tokenizer, model.to(device)
@@ -237,8 +288,12 @@ def train_qa(cfg: DictConfig, run_dir):
     check_folder(cfg, run_dir)
     tiny_world.ensure_built_for(cfg)
     if not cfg.overwrite and (run_dir / DONE).is_file():
-        history = files.read_json(run_dir / DONE, "the completion record", "delete it to run the tuning again, "
-                                  "or pass overwrite=true", keys=("history",))["history"]
+        history = files.read_json(
+            run_dir / DONE,
+            "the completion record",
+            "delete it to run the tuning again, or pass overwrite=true",
+            keys=("history",),
+        )["history"]
         print(f"QA tuning in {run_dir} is complete ({history[-1]['step']} steps); nothing to do")
         return history
     device = environment.pick_device(cfg.device)
@@ -248,8 +303,10 @@ def train_qa(cfg: DictConfig, run_dir):
     environment.set_seed(cfg.seed)
     train_examples, val_examples, tokenizer, model = load_inputs(cfg, device, dtype)
     RUN_FOLDER.claim(run_dir, cfg)  # the inputs loaded: the folder becomes this run's
-    print(f"QA tuning {cfg.model} on {cfg.dataset.name}: {len(train_examples)} training and "
-          f"{len(val_examples)} validation questions, device {device}; output in {run_dir}")
+    print(
+        f"QA tuning {cfg.model} on {cfg.dataset.name}: {len(train_examples)} training and "
+        f"{len(val_examples)} validation questions, device {device}; output in {run_dir}"
+    )
     logger = environment.start_wandb(cfg, run_dir)
     trainer = Trainer(cfg, model, tokenizer, train_examples, val_examples, device, run_dir, logger)
     start_step = 0
@@ -260,11 +317,15 @@ def train_qa(cfg: DictConfig, run_dir):
     if logger:
         logger.finish()
     (run_dir / RESUME_STATE).unlink(missing_ok=True)
-    files.atomic_write_text(json.dumps(dict(history=history, best=best_report(trainer.tracker, trainer.checkpoint_dir)),
-                                      indent=2) + "\n", run_dir / DONE)
+    files.atomic_write_text(
+        json.dumps(dict(history=history, best=best_report(trainer.tracker, trainer.checkpoint_dir)), indent=2) + "\n",
+        run_dir / DONE,
+    )
     first, last = history[0], history[-1]
-    print(f"validation before: nll {first['val_nll']:.4f} em {first['val_em']:.3f} f1 {first['val_f1']:.3f}; "
-          f"after {last['step']} steps: nll {last['val_nll']:.4f} em {last['val_em']:.3f} f1 {last['val_f1']:.3f}")
+    print(
+        f"validation before: nll {first['val_nll']:.4f} em {first['val_em']:.3f} f1 {first['val_f1']:.3f}; "
+        f"after {last['step']} steps: nll {last['val_nll']:.4f} em {last['val_em']:.3f} f1 {last['val_f1']:.3f}"
+    )
     for name, record in best_report(trainer.tracker, trainer.checkpoint_dir).items():
         print(f"{name}: {record['path']} ({record['metric']}={record['value']:.4f} at step {record['step']})")
     return history

@@ -18,7 +18,6 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
 
 
-
 def normalize_answer(text: str) -> str:
     """Lower-case, strip punctuation, drop the articles a/an/the, fold white space."""
     text = text.lower()
@@ -57,8 +56,9 @@ def at_least_float32(tensor: Tensor) -> Tensor:
     return tensor if tensor.dtype == torch.float64 else tensor.float()
 
 
-def weighted_lm_loss(logits: Tensor, input_ids: Tensor, attention_mask: Tensor, weights: Tensor,
-                     max_text_len: int) -> Tensor:
+def weighted_lm_loss(
+    logits: Tensor, input_ids: Tensor, attention_mask: Tensor, weights: Tensor, max_text_len: int
+) -> Tensor:
     """Token loss of documents, each next-token cross-entropy scaled by the weight of that token.
 
     Position t predicts token t+1 and is scaled by weights[:, t+1]; padded targets contribute 0.
@@ -66,9 +66,7 @@ def weighted_lm_loss(logits: Tensor, input_ids: Tensor, attention_mask: Tensor, 
     batch was padded, so dynamic padding gives the numbers of padding to max_text_len.
     """
     batch_size = input_ids.shape[0]
-    token_nll = F.cross_entropy(
-        at_least_float32(logits[:, :-1].transpose(1, 2)), input_ids[:, 1:], reduction="none"
-    )
+    token_nll = F.cross_entropy(at_least_float32(logits[:, :-1].transpose(1, 2)), input_ids[:, 1:], reduction="none")
     scale = weights[:, 1:] * attention_mask[:, 1:].to(weights.dtype)
     return (token_nll * scale).sum() / (batch_size * (max_text_len - 1))
 
@@ -80,9 +78,7 @@ def answer_nll(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tenso
     """
     shifted_logits = at_least_float32(logits[:, :-1])
     shifted_labels = labels[:, 1:]
-    token_nll = F.cross_entropy(
-        shifted_logits.transpose(1, 2), shifted_labels, ignore_index=-100, reduction="none"
-    )
+    token_nll = F.cross_entropy(shifted_logits.transpose(1, 2), shifted_labels, ignore_index=-100, reduction="none")
     is_answer = (shifted_labels != -100).to(token_nll.dtype)
     if reduction == "mean":
         return (token_nll * is_answer).sum() / is_answer.sum().clamp(min=1)
@@ -98,4 +94,3 @@ def kl_locality(logits_before: Tensor, logits_after: Tensor, attention_mask: Ten
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)
     mask = attention_mask.to(kl.dtype)
     return (kl * mask).sum() / mask.sum().clamp(min=1)
-

@@ -3,13 +3,13 @@
 Batches with answer-token masks, the weight on answer tokens, and renderings of per-token weights
 (HTML page and PNG chart).
 """
+
 import html
 from pathlib import Path
 
 import torch
 
 from exp_datasets.answer_spans import document_batch
-
 from plumbing import files
 
 
@@ -29,8 +29,17 @@ def answer_mass(weights, batch):
 # Rendering weights
 
 
-def render_weights(tokenizer, input_ids, weights, path_html, path_png, attention_mask=None, highlight=None,
-                   titles=None, heading="Token weights"):
+def render_weights(
+    tokenizer,
+    input_ids,
+    weights,
+    path_html,
+    path_png,
+    attention_mask=None,
+    highlight=None,
+    titles=None,
+    heading="Token weights",
+):
     """Show per-token weights of documents: an HTML page with each token shaded by its weight
     (hover shows the value) and a PNG bar chart per document. `highlight` (B x T bool, optional)
     marks tokens to outline, e.g. answer tokens; `titles` names the documents."""
@@ -38,8 +47,11 @@ def render_weights(tokenizer, input_ids, weights, path_html, path_png, attention
 
     input_ids = torch.as_tensor(input_ids).cpu()
     weights = torch.as_tensor(weights).detach().cpu().double()
-    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else \
-        torch.as_tensor(attention_mask).cpu().bool()
+    mask = (
+        torch.ones_like(input_ids, dtype=torch.bool)
+        if attention_mask is None
+        else torch.as_tensor(attention_mask).cpu().bool()
+    )
     docs = []
     for row in range(input_ids.shape[0]):
         positions = mask[row].nonzero().flatten().tolist()
@@ -70,8 +82,9 @@ def render_weights(tokenizer, input_ids, weights, path_html, path_png, attention
     ]
     for title, tokens, values, marked in docs:
         mean = sum(values) / max(len(values), 1)
-        parts.append(f"<h2>{html.escape(str(title))}</h2>"
-                     f"<p>mean weight {mean:.4g}, max {max(values, default=0):.4g}</p>")
+        parts.append(
+            f"<h2>{html.escape(str(title))}</h2><p>mean weight {mean:.4g}, max {max(values, default=0):.4g}</p>"
+        )
         spans = [
             f"<span class='tok{' ans' if m else ''}' style='background:rgba(230,80,0,{shade(v):.3f})' "
             f"title='{v:.4g}'>{html.escape(t)}</span>"
@@ -85,8 +98,13 @@ def render_weights(tokenizer, input_ids, weights, path_html, path_png, attention
     axes = figure.subplots(len(docs), 1, squeeze=False)[:, 0]
     for axis, (title, tokens, values, marked) in zip(axes, docs):
         # one line per token as a single collection: far cheaper to draw than bar patches
-        axis.vlines(range(len(values)), 0, values, colors=["#1a5fb4" if m else "#e65000" for m in marked],
-                    linewidth=max(0.5, min(4.0, 600 / max(len(values), 1))))
+        axis.vlines(
+            range(len(values)),
+            0,
+            values,
+            colors=["#1a5fb4" if m else "#e65000" for m in marked],
+            linewidth=max(0.5, min(4.0, 600 / max(len(values), 1))),
+        )
         title = str(title)
         axis.set_title(title if len(title) <= 130 else title[:129] + "…", fontsize=9, loc="left")
         axis.set_ylabel("weight")
@@ -109,6 +127,14 @@ def render_document_weights(tokenizer, collator, groups, weigh, device, stem, he
     with torch.no_grad():
         weights = weigh(batch)
     titles = ["   ".join(f"Q: {e.question}  A: {e.answer}" for e in group) for group in groups]
-    render_weights(tokenizer, batch["text_ids"], weights, Path(stem).with_suffix(".html"),
-                   Path(stem).with_suffix(".png"), attention_mask=batch["text_mask"],
-                   highlight=batch.get("answer_mask"), titles=titles, heading=heading)
+    render_weights(
+        tokenizer,
+        batch["text_ids"],
+        weights,
+        Path(stem).with_suffix(".html"),
+        Path(stem).with_suffix(".png"),
+        attention_mask=batch["text_mask"],
+        highlight=batch.get("answer_mask"),
+        titles=titles,
+        heading=heading,
+    )

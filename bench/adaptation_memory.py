@@ -6,9 +6,10 @@ random-initialised base model of a published shape, next to the README's estimat
 
 One process per measurement. On CUDA the peak is torch.cuda.max_memory_allocated; on CPU (Linux)
 it is the process's peak resident memory during adaptation (the peak is reset once the model is
-built, so the initialisation's transients do not count) less what it held before the model. `--largest` tries the shapes from the largest down
-and reports the first whose adaptation fits (CUDA only).
+built, so the initialisation's transients do not count) less what it held before the model.
+`--largest` tries the shapes from the largest down and reports the first whose adaptation fits (CUDA only).
 """
+
 import argparse
 import json
 import sys
@@ -52,8 +53,9 @@ def model_config(shape):
     family, n_layer, n_embd, n_head, vocab, context = SHAPES[shape]
     if family == "gpt2":
         return GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab, n_positions=context)
-    return GPTJConfig(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab, n_positions=context,
-                      rotary_dim=64)
+    return GPTJConfig(
+        n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab, n_positions=context, rotary_dim=64
+    )
 
 
 def estimate_bytes(n_params, dtype, optimizer, batch_size, seq_len, config, grad_checkpointing):
@@ -64,7 +66,9 @@ def estimate_bytes(n_params, dtype, optimizer, batch_size, seq_len, config, grad
     # per layer and token: ~34 hidden-sized values (Korthikanti et al. 2022); with checkpointing
     # one hidden state per layer is kept and one layer's full set is rebuilt at a time
     per_layer = tokens * config.n_embd * w
-    layers = config.n_layer * per_layer * (1 if grad_checkpointing else 34) + (34 * per_layer if grad_checkpointing else 0)
+    layers = config.n_layer * per_layer * (1 if grad_checkpointing else 34) + (
+        34 * per_layer if grad_checkpointing else 0
+    )
     logits = 3 * tokens * config.vocab_size * 4  # logits, their float32 copy, and its gradient
     return n_params * (2 * w + state) + layers + logits
 
@@ -94,18 +98,34 @@ def measure(shape, dtype, optimizer, batch_size, seq_len, grad_checkpointing, de
             return ids, torch.ones_like(ids)
 
     started = time.time()
-    weighted_train(model, Uniform(), ["document"] * batch_size * steps, RandomDocuments(), device,
-                   AdaptationSettings(optimizer=optimizer, lr=1e-5, batch_size=batch_size), progress=False)
+    weighted_train(
+        model,
+        Uniform(),
+        ["document"] * batch_size * steps,
+        RandomDocuments(),
+        device,
+        AdaptationSettings(optimizer=optimizer, lr=1e-5, batch_size=batch_size),
+        progress=False,
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = (resident_kib("VmHWM") - baseline_kib) * 1024
     estimate = estimate_bytes(n_params, dtype, optimizer, batch_size, seq_len, config, grad_checkpointing)
-    return dict(shape=shape, n_params=n_params, dtype=str(dtype).replace("torch.", ""), optimizer=optimizer,
-                grad_checkpointing=grad_checkpointing, batch_size=batch_size, seq_len=seq_len, device=str(device),
-                peak_gib=round(peak / 2**30, 2), estimate_gib=round(estimate / 2**30, 2),
-                s_per_step=round((time.time() - started) / steps, 2))
+    return dict(
+        shape=shape,
+        n_params=n_params,
+        dtype=str(dtype).replace("torch.", ""),
+        optimizer=optimizer,
+        grad_checkpointing=grad_checkpointing,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        device=str(device),
+        peak_gib=round(peak / 2**30, 2),
+        estimate_gib=round(estimate / 2**30, 2),
+        s_per_step=round((time.time() - started) / steps, 2),
+    )
 
 
 def main():
@@ -128,8 +148,9 @@ def main():
     shapes = list(SHAPES)[::-1] if args.largest else [args.shape]
     for shape in shapes:
         try:
-            result = measure(shape, dtype, args.optimizer, args.batch_size, args.seq_len, args.grad_checkpointing,
-                             device, args.steps)
+            result = measure(
+                shape, dtype, args.optimizer, args.batch_size, args.seq_len, args.grad_checkpointing, device, args.steps
+            )
         except torch.OutOfMemoryError:
             print(json.dumps(dict(shape=shape, fits=False)), flush=True)
             torch.cuda.empty_cache()

@@ -14,6 +14,7 @@ The two ways alternate `repeats` times; each one's best (shortest) time counts, 
 of its cost on a machine whose other load only ever adds time. Prints one JSON line: questions per
 CPU second of this process (the fairer measure on a shared machine) and per wall-clock second.
 """
+
 import argparse
 import json
 import math
@@ -27,13 +28,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exp_datasets import Example, QACollator  # noqa: E402
-from tiny_world.model import train_tokenizer  # noqa: E402
-from subroutines import Decoding, generate_answers  # noqa: E402
 from plumbing.errors import usage_errors_exit  # noqa: E402
+from subroutines import Decoding, generate_answers  # noqa: E402
+from tiny_world.model import train_tokenizer  # noqa: E402
 
 PEOPLE = ["Anna Berg", "Carl Dorn", "Eva Falk", "Gus Hale", "Ida Kern", "Jon Lund", "Kai Moss", "Lea Nord"]
-TEMPLATES = ["Where did {} open a bakery?", "When did {} win the prize for the book about bread?",
-             "Who did {} meet in the town where the river turns north?", "What did {} sell?"]
+TEMPLATES = [
+    "Where did {} open a bakery?",
+    "When did {} win the prize for the book about bread?",
+    "Who did {} meet in the town where the river turns north?",
+    "What did {} sell?",
+]
 
 
 @torch.no_grad()
@@ -42,12 +47,19 @@ def one_at_a_time(model, tokenizer, questions, decoding, top_k):
     answers = []
     for question in questions:
         ids = tokenizer(question, return_tensors="pt")["input_ids"]
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
-                             max_length=ids.shape[1] + decoding.max_new_tokens, num_return_sequences=top_k,
-                             num_beam_groups=decoding.num_beam_groups, num_beams=decoding.beams_for(top_k),
-                             diversity_penalty=decoding.diversity_penalty, early_stopping=True,
-                             pad_token_id=tokenizer.eos_token_id)
-        answers.append([t.strip() for t in tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)])
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            use_cache=True,
+            max_length=ids.shape[1] + decoding.max_new_tokens,
+            num_return_sequences=top_k,
+            num_beam_groups=decoding.num_beam_groups,
+            num_beams=decoding.beams_for(top_k),
+            diversity_penalty=decoding.diversity_penalty,
+            early_stopping=True,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+        answers.append([t.strip() for t in tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)])
     return answers
 
 
@@ -55,7 +67,7 @@ def batched(model, tokenizer, questions, decoding, top_k, batch_size):
     collator = QACollator(tokenizer)
     answers = []
     for start in range(0, len(questions), batch_size):
-        examples = [Example(text="", question=q, answer="a", doc_id="") for q in questions[start:start + batch_size]]
+        examples = [Example(text="", question=q, answer="a", doc_id="") for q in questions[start : start + batch_size]]
         batch = collator(examples)
         answers += generate_answers(model, tokenizer, batch["gen_ids"], batch["gen_mask"], decoding, top_k)
     return answers
@@ -63,8 +75,8 @@ def batched(model, tokenizer, questions, decoding, top_k, batch_size):
 
 def world_parts(root, n_questions):
     """The tokenizer, trained base model and first test questions of a built tiny world."""
-    from plumbing import errors, loading
     from exp_datasets import load_split
+    from plumbing import errors, loading
     from tiny_world.sanity_report import dataset_config
 
     if not (root / "base_model").is_dir():
@@ -98,12 +110,22 @@ def main():
         questions = [rng.choice(TEMPLATES).format(rng.choice(PEOPLE)) for _ in range(args.questions)]
         tokenizer = train_tokenizer(questions * 4 + [" ".join(PEOPLE)] * 4, args.vocab, model_max_length=256)
         torch.manual_seed(0)
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=args.width,
-                                           n_layer=args.layers, n_head=4, bos_token_id=tokenizer.eos_token_id,
-                                           eos_token_id=tokenizer.eos_token_id)).eval()
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(tokenizer),
+                n_positions=256,
+                n_embd=args.width,
+                n_layer=args.layers,
+                n_head=4,
+                bos_token_id=tokenizer.eos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        ).eval()
     decoding = Decoding()
-    runs = {"one_at_a_time": lambda: one_at_a_time(model, tokenizer, questions, decoding, args.top_k),
-            "batched": lambda: batched(model, tokenizer, questions, decoding, args.top_k, args.batch_size)}
+    runs = {
+        "one_at_a_time": lambda: one_at_a_time(model, tokenizer, questions, decoding, args.top_k),
+        "batched": lambda: batched(model, tokenizer, questions, decoding, args.top_k, args.batch_size),
+    }
     timings, cpu_times, outputs = {}, {}, {}
     for _ in range(args.repeats):
         for name, run in runs.items():
@@ -114,16 +136,25 @@ def main():
     same = sum(a == b for a, b in zip(outputs["one_at_a_time"], outputs["batched"]))
     rates = {name: args.questions / seconds for name, seconds in timings.items()}
     cpu_rates = {name: args.questions / seconds for name, seconds in cpu_times.items()}
-    print(json.dumps(dict(questions=args.questions, batch_size=args.batch_size, threads=args.threads,
-                          top_k=args.top_k, repeats=args.repeats,
-                          model=f"GPT-2 {model.config.n_layer} layers, width {model.config.n_embd}, vocab "
-                                f"{len(tokenizer)}, {model.num_parameters() / 1e6:.2f}M params"
-                                + (f", trained ({args.world})" if args.world else ", random"),
-                          questions_per_s={k: round(v, 2) for k, v in rates.items()},
-                          speedup=round(rates["batched"] / rates["one_at_a_time"], 2),
-                          questions_per_cpu_s={k: round(v, 2) for k, v in cpu_rates.items()},
-                          cpu_speedup=round(cpu_rates["batched"] / cpu_rates["one_at_a_time"], 2),
-                          identical_answers=f"{same}/{args.questions}")))
+    print(
+        json.dumps(
+            dict(
+                questions=args.questions,
+                batch_size=args.batch_size,
+                threads=args.threads,
+                top_k=args.top_k,
+                repeats=args.repeats,
+                model=f"GPT-2 {model.config.n_layer} layers, width {model.config.n_embd}, vocab "
+                f"{len(tokenizer)}, {model.num_parameters() / 1e6:.2f}M params"
+                + (f", trained ({args.world})" if args.world else ", random"),
+                questions_per_s={k: round(v, 2) for k, v in rates.items()},
+                speedup=round(rates["batched"] / rates["one_at_a_time"], 2),
+                questions_per_cpu_s={k: round(v, 2) for k, v in cpu_rates.items()},
+                cpu_speedup=round(cpu_rates["batched"] / cpu_rates["one_at_a_time"], 2),
+                identical_answers=f"{same}/{args.questions}",
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

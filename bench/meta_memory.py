@@ -13,6 +13,7 @@ size (VmHWM, reset before the batch, with glibc's mmap threshold fixed: MALLOC_E
 torch.cuda.max_memory_allocated. Time: one subprocess per (base, depth) in which the methods take
 turns, the fastest of --repeats rounds.
 """
+
 import argparse
 import json
 import os
@@ -73,9 +74,17 @@ def build(args, size, depth, doc_len=None):
     n_layer, n_embd = (int(x) for x in size.split("x"))
 
     def config(layers, width):
-        return GPT2Config(vocab_size=args.vocab, n_positions=max(args.doc_len, args.qa_len), n_embd=width,
-                          n_layer=layers, n_head=max(1, width // 64), resid_pdrop=0.0, embd_pdrop=0.0,
-                          attn_pdrop=0.0, attn_implementation="eager")
+        return GPT2Config(
+            vocab_size=args.vocab,
+            n_positions=max(args.doc_len, args.qa_len),
+            n_embd=width,
+            n_layer=layers,
+            n_head=max(1, width // 64),
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            attn_implementation="eager",
+        )
 
     base = GPT2LMHeadModel(config(n_layer, n_embd)).to(device).eval()
     body_layers, body_width = (int(x) for x in args.weight_model.split("x"))
@@ -87,8 +96,13 @@ def build(args, size, depth, doc_len=None):
     qa_labels = torch.full_like(qa_ids, -100)
     qa_labels[:, -4:] = qa_ids[:, -4:]
     loc_ids = torch.randint(0, args.vocab, (1, doc_len), device=device)
-    batch = dict(text_ids=text_ids, text_mask=torch.ones_like(text_ids), qa_ids=qa_ids,
-                 qa_mask=torch.ones_like(qa_ids), qa_labels=qa_labels)
+    batch = dict(
+        text_ids=text_ids,
+        text_mask=torch.ones_like(text_ids),
+        qa_ids=qa_ids,
+        qa_mask=torch.ones_like(qa_ids),
+        qa_labels=qa_labels,
+    )
     loc = {"web_text": (loc_ids, torch.ones_like(loc_ids))}
     return weight_model, base, batch, loc
 
@@ -97,9 +111,18 @@ def settings(args, method):
     from meta_objective import MetaSettings
 
     backend, checkpointing, every, probes, mix = METHODS[method]
-    return MetaSettings(inner_lr=1e-3, sequential_update=True, max_text_len=args.doc_len, c_kl=0.1,
-                        backend=backend, grad_checkpointing=checkpointing, checkpoint_every=every,
-                        forward_probes=probes, forward_mix=mix, inner_autocast=args.autocast)
+    return MetaSettings(
+        inner_lr=1e-3,
+        sequential_update=True,
+        max_text_len=args.doc_len,
+        c_kl=0.1,
+        backend=backend,
+        grad_checkpointing=checkpointing,
+        checkpoint_every=every,
+        forward_probes=probes,
+        forward_mix=mix,
+        inner_autocast=args.autocast,
+    )
 
 
 def one_batch(args, models, method):
@@ -178,8 +201,10 @@ def main():
         return
 
     methods = args.methods.split(",")
-    print(f"device={args.device} threads={args.threads} vocab={args.vocab} doc_len={args.doc_len} "
-          f"weight_model={args.weight_model} autocast={args.autocast} repeats={args.repeats}")
+    print(
+        f"device={args.device} threads={args.threads} vocab={args.vocab} doc_len={args.doc_len} "
+        f"weight_model={args.weight_model} autocast={args.autocast} repeats={args.repeats}"
+    )
     print("| base | depth | method | peak MiB | s/batch | peak / plain | time / plain |")
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
@@ -196,10 +221,15 @@ def main():
                 except RuntimeError as err:
                     print(f"| {size} | {depth} | {method} | failed: {err} | | | |", flush=True)
                     continue
-                ratios = (f"{peaks[method] / peaks['plain']:.2f} | {times[method] / times['plain']:.2f}"
-                          if "plain" in peaks else " | ")
-                print(f"| {size} | {depth} | {method} | {peaks[method]:.0f} | {times[method]:.2f} | {ratios} |",
-                      flush=True)
+                ratios = (
+                    f"{peaks[method] / peaks['plain']:.2f} | {times[method] / times['plain']:.2f}"
+                    if "plain" in peaks
+                    else " | "
+                )
+                print(
+                    f"| {size} | {depth} | {method} | {peaks[method]:.0f} | {times[method]:.2f} | {ratios} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

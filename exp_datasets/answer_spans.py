@@ -10,8 +10,10 @@ def span_token_mask(tokenizer, text, spans, max_text_len):
     """Bool per token of `text` (its first max_text_len, as the collator cuts it): whether the
     token overlaps any of the character spans [start, end) in `spans`. Needs a fast tokenizer."""
     offsets = tokenizer(text, return_offsets_mapping=True, verbose=False)["offset_mapping"][:max_text_len]
-    return torch.tensor([any(token_end > start and token_start < end for start, end in spans)
-                         for token_start, token_end in offsets], dtype=torch.bool)
+    return torch.tensor(
+        [any(token_end > start and token_start < end for start, end in spans) for token_start, token_end in offsets],
+        dtype=torch.bool,
+    )
 
 
 def answer_char_spans(example):
@@ -43,7 +45,7 @@ def answer_token_mask(tokenizer, examples, max_text_len, width):
         if not spans:
             continue
         covered = span_token_mask(tokenizer, example.text, spans, max_text_len)
-        mask[row, :len(covered)] = covered
+        mask[row, : len(covered)] = covered
         has_span[row] = covered.any()
     return (mask, has_span) if has_span.any() else None
 
@@ -71,4 +73,3 @@ def document_batch(collator, groups, device):
         batch["answer_mask"] = torch.stack([span[0].any(0) for span in spans]).to(device)
         batch["has_span"] = torch.stack([span[1].any() for span in spans]).to(device)
     return batch
-

@@ -12,6 +12,7 @@ are the ones conf/dataset/archivalqa.yaml reads.
 `--questions` also takes a folder (all its *.csv); `--nyt` is the corpus' folder of
 year/month/day/<doc_id>.xml files or of the .tgz archives it ships as.
 """
+
 import argparse
 import html.entities
 import json
@@ -31,8 +32,13 @@ from plumbing.files import atomic_path, atomic_write_text
 
 DATASET_CONFIG = REPO_ROOT / "conf" / "dataset" / "archivalqa.yaml"
 # Inclusive publication-year ranges of the splits (the published setup)
-SPLIT_YEARS = {"qa_train": (1987, 1990), "qa_val": (1991, 1992), "train": (1993, 2001),
-               "val": (2002, 2003), "test": (2004, 2007)}
+SPLIT_YEARS = {
+    "qa_train": (1987, 1990),
+    "qa_val": (1991, 1992),
+    "train": (1993, 2001),
+    "val": (2002, 2003),
+    "test": (2004, 2007),
+}
 QUESTION_COLUMNS = ("question", "answer", "para_id")
 ADDED_COLUMNS = ("doc_id", "para_num", "date", "year", "title", "ans_paragraph", "ans_text")
 REPORT_NAME = "archivalqa_report.json"
@@ -74,7 +80,8 @@ def question_files(paths):
             found = sorted(path.glob("*.csv"))
             if not found:
                 raise UsageError(
-                    f"question folder {path} holds no .csv files; point --questions at the ArchivalQA CSVs")
+                    f"question folder {path} holds no .csv files; point --questions at the ArchivalQA CSVs"
+                )
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -90,7 +97,8 @@ def read_question_file(path):
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UsageError(
-            f"{path} is not a readable CSV ({first_line(err)}); give the ArchivalQA question CSVs") from None
+            f"{path} is not a readable CSV ({first_line(err)}); give the ArchivalQA question CSVs"
+        ) from None
     frame = frame.loc[:, [not c.startswith("Unnamed:") for c in frame.columns]]
     frame.columns = [c.strip().lower() for c in frame.columns]
     missing = [c for c in QUESTION_COLUMNS if c not in frame.columns]
@@ -144,8 +152,13 @@ def parse_nitf(data, source="<bytes>") -> Article:
     paragraphs = [
         _text(p) for block in root.iter("block") if block.get("class") == "full_text" for p in block.iter("p")
     ]
-    return Article(doc_id=normalize_doc_id(doc_id_element.get("id-string")), title=title,
-                   date=date, year=int(date[:4]), paragraphs=paragraphs)
+    return Article(
+        doc_id=normalize_doc_id(doc_id_element.get("id-string")),
+        title=title,
+        date=date,
+        year=int(date[:4]),
+        paragraphs=paragraphs,
+    )
 
 
 def _publication_date(meta, pubdata, source):
@@ -227,8 +240,9 @@ def join_articles(questions, articles):
 
     drop(questions["doc_id"].isna() | questions["para_num"].isna(), "bad_para_id")
     drop(~questions["doc_id"].isin(articles.keys()), "article_missing")
-    paragraph_counts = pd.Series([len(articles[d].paragraphs) for d in questions["doc_id"]],
-                                 index=questions.index, dtype=int)
+    paragraph_counts = pd.Series(
+        [len(articles[d].paragraphs) for d in questions["doc_id"]], index=questions.index, dtype=int
+    )
     drop(questions["para_num"] >= paragraph_counts, "paragraph_missing")
     if questions.empty:
         report["joined"] = 0
@@ -242,14 +256,18 @@ def join_articles(questions, articles):
     questions["title"] = [a.title for a in rows]
     questions["ans_paragraph"] = [a.paragraphs[n] for a, n in zip(rows, questions["para_num"])]
     questions["ans_text"] = [PARAGRAPH_SEPARATOR.join(a.paragraphs) for a in rows]
-    empty = (questions["question"].str.strip() == "") | (questions["answer"].str.strip() == "") \
+    empty = (
+        (questions["question"].str.strip() == "")
+        | (questions["answer"].str.strip() == "")
         | (questions["ans_paragraph"].str.strip() == "")
+    )
     drop(empty, "empty_question_answer_or_paragraph")
 
     # An answer that is not in its paragraph would point at misnumbered paragraphs
     answer_column = "org_answer" if "org_answer" in questions.columns else "answer"
-    report["answer_in_paragraph"] = int(sum(
-        a.strip() in p for a, p in zip(questions[answer_column], questions["ans_paragraph"])))
+    report["answer_in_paragraph"] = int(
+        sum(a.strip() in p for a, p in zip(questions[answer_column], questions["ans_paragraph"]))
+    )
     report["joined"] = len(questions)
     return questions, report
 
@@ -258,8 +276,11 @@ def split_by_year(joined, split_years=SPLIT_YEARS):
     """One frame per split, rows ordered by doc id then paragraph (stable, so questions on one
     paragraph keep their input order), columns: added ones first, the question file's after."""
     numeric_id = pd.to_numeric(joined["doc_id"], errors="coerce")
-    ordered = joined.assign(_numeric_id=numeric_id).sort_values(
-        ["_numeric_id", "doc_id", "para_num"], kind="stable").drop(columns="_numeric_id")
+    ordered = (
+        joined.assign(_numeric_id=numeric_id)
+        .sort_values(["_numeric_id", "doc_id", "para_num"], kind="stable")
+        .drop(columns="_numeric_id")
+    )
     first = ["doc_id", "para_num", "date", "year", "title", "question", "answer"]
     last = ["ans_paragraph", "ans_text"]
     columns = first + [c for c in ordered.columns if c not in first + last] + last
@@ -300,10 +321,15 @@ def process(questions, nyt, out, split_years=SPLIT_YEARS, dataset_config=DATASET
         )
     splits, report["outside_split_years"] = split_by_year(joined, split_years)
     report["articles_found"] = len(articles)
-    report["splits"] = {split: {"file": file_names[split], "questions": len(frame),
-                                "documents": int(frame["doc_id"].nunique()),
-                                "paragraphs": int(frame[["doc_id", "para_num"]].drop_duplicates().shape[0])}
-                        for split, frame in splits.items()}
+    report["splits"] = {
+        split: {
+            "file": file_names[split],
+            "questions": len(frame),
+            "documents": int(frame["doc_id"].nunique()),
+            "paragraphs": int(frame[["doc_id", "para_num"]].drop_duplicates().shape[0]),
+        }
+        for split, frame in splits.items()
+    }
 
     for split, frame in splits.items():
         with atomic_path(out / file_names[split]) as tmp:
@@ -317,8 +343,13 @@ def _print_report(report, out):
     print(f"{report['joined']} of {report['questions']} questions joined to {report['articles_found']} articles")
     if report["unreadable_files"]:
         print(f"  skipped {report['unreadable_files']} unreadable files, e.g. {report['unreadable_files_examples'][0]}")
-    for reason in ("bad_para_id", "article_missing", "paragraph_missing",
-                   "empty_question_answer_or_paragraph", "outside_split_years"):
+    for reason in (
+        "bad_para_id",
+        "article_missing",
+        "paragraph_missing",
+        "empty_question_answer_or_paragraph",
+        "outside_split_years",
+    ):
         if report.get(reason):
             examples = report.get(f"{reason}_examples")
             print(f"  dropped {report[reason]}: {reason}" + (f" (e.g. {', '.join(examples)})" if examples else ""))
@@ -329,12 +360,12 @@ def _print_report(report, out):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--questions", nargs="+", required=True,
-                        help="ArchivalQA question CSVs (or folders of them)")
+    parser.add_argument("--questions", nargs="+", required=True, help="ArchivalQA question CSVs (or folders of them)")
     parser.add_argument("--nyt", required=True, help="NYT Annotated Corpus folder (.xml files or .tgz archives)")
     parser.add_argument("--out", help="output folder (default: data_dir of the dataset config)")
-    parser.add_argument("--dataset-config", default=str(DATASET_CONFIG),
-                        help="dataset config whose `files` name the outputs")
+    parser.add_argument(
+        "--dataset-config", default=str(DATASET_CONFIG), help="dataset config whose `files` name the outputs"
+    )
     return parser.parse_args(argv)
 
 

@@ -1,4 +1,5 @@
 """Plain-Python examples and the stream operations every dataset shares."""
+
 import json
 import random
 from dataclasses import dataclass, field
@@ -7,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 
 from plumbing.errors import UsageError
-
 
 # what a prediction is scored against: every gold alternative, or the shortest (the reference)
 
@@ -103,16 +103,21 @@ def read_csv(path, required_columns, what):
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise UsageError(f"{what} file {path} is not UTF-8 (it holds byte {err.object[err.start]:#04x}); "
-                         f"convert it, e.g. iconv -f cp1252 -t utf-8 {path.name} > utf8.csv") from None
+        raise UsageError(
+            f"{what} file {path} is not UTF-8 (it holds byte {err.object[err.start]:#04x}); "
+            f"convert it, e.g. iconv -f cp1252 -t utf-8 {path.name} > utf8.csv"
+        ) from None
     header, rows, lines = parse_csv_rows(text, path, what)
     if header is None:
-        raise UsageError(f"{what} file {path} is empty; it needs a header row with "
-                         f"{', '.join(required_columns)} and one row per example")
+        raise UsageError(
+            f"{what} file {path} is empty; it needs a header row with "
+            f"{', '.join(required_columns)} and one row per example"
+        )
     repeated = [name for i, name in enumerate(header) if name in header[:i]]
     if repeated:
-        raise UsageError(f"{what} file {path}: the header names column {repeated[0]!r} twice; "
-                         "give every column its own name")
+        raise UsageError(
+            f"{what} file {path}: the header names column {repeated[0]!r} twice; give every column its own name"
+        )
     missing = [c for c in required_columns if c not in header]
     if missing:
         raise UsageError(
@@ -141,15 +146,21 @@ def parse_csv_rows(text, path, what):
                 header = fields
                 continue
             if len(fields) != len(header):
-                cut = f"fields after column {header[-1]!r} have no column" if len(fields) > len(header) else \
-                    f"column {header[len(fields)]!r} is missing"
-                raise UsageError(f"{what} file {path}, line {start}: the row has {len(fields)} fields but the "
-                                 f"header has {len(header)} ({cut}); quote every field that holds a comma")
+                cut = (
+                    f"fields after column {header[-1]!r} have no column"
+                    if len(fields) > len(header)
+                    else f"column {header[len(fields)]!r} is missing"
+                )
+                raise UsageError(
+                    f"{what} file {path}, line {start}: the row has {len(fields)} fields but the "
+                    f"header has {len(header)} ({cut}); quote every field that holds a comma"
+                )
             rows.append(fields)
             lines.append(start)
     except csv.Error as err:
-        raise UsageError(f"{what} file {path}, line {reader.line_num}: not well-formed CSV ({err}); "
-                         "check its quoting") from None
+        raise UsageError(
+            f"{what} file {path}, line {reader.line_num}: not well-formed CSV ({err}); check its quoting"
+        ) from None
     return header, rows, lines
 
 
@@ -165,8 +176,10 @@ def split_answers(value, where):
     except json.JSONDecodeError:
         parsed = None
     if not isinstance(parsed, list) or not all(isinstance(answer, str) for answer in parsed):
-        raise UsageError(f"{where} holds {stripped[:40]!r}, which starts like a JSON list but is not a list of "
-                         'strings; write the alternatives as ["first", "second"] or as first\\second')
+        raise UsageError(
+            f"{where} holds {stripped[:40]!r}, which starts like a JSON list but is not a list of "
+            'strings; write the alternatives as ["first", "second"] or as first\\second'
+        )
     return clean_answers(parsed)
 
 

@@ -1,5 +1,6 @@
 """Tokenisation and batching. Pads each batch only to its own longest sequence; tensors stay on
 the CPU (the training loop moves them)."""
+
 import logging
 
 import torch
@@ -35,8 +36,16 @@ class QACollator:
     that question + answer (+ EOS) fit.
     """
 
-    def __init__(self, tokenizer, max_text_len=1024, max_question_len=128, max_answer_len=24, qa_eos=False,
-                 max_positions=None, answer_match="all"):
+    def __init__(
+        self,
+        tokenizer,
+        max_text_len=1024,
+        max_question_len=128,
+        max_answer_len=24,
+        qa_eos=False,
+        max_positions=None,
+        answer_match="all",
+    ):
         self.tokenizer = tokenizer
         self.qa_eos = qa_eos
         self.answer_match = answer_match
@@ -48,9 +57,11 @@ class QACollator:
             self.max_text_len = min(max_text_len, max_positions)
             self.max_question_len = min(max_question_len, max_positions - self.max_answer_len - int(qa_eos))
         if self.max_text_len < 2:  # the loss predicts each token from the ones before it
-            raise UsageError(f"documents are cut to {self.max_text_len} token(s) (max_text_len={max_text_len}, "
-                             f"models' positions {max_positions}), but a document needs at least 2 tokens to have a "
-                             "loss: raise dataset.max_text_len")
+            raise UsageError(
+                f"documents are cut to {self.max_text_len} token(s) (max_text_len={max_text_len}, "
+                f"models' positions {max_positions}), but a document needs at least 2 tokens to have a "
+                "loss: raise dataset.max_text_len"
+            )
 
     @classmethod
     def from_config(cls, tokenizer, dataset_cfg, models=(), answer_match="all"):
@@ -58,16 +69,28 @@ class QACollator:
         each language model among them must embed every token id of `tokenizer`."""
         for model in models:
             if hasattr(model, "get_input_embeddings"):
-                check_embeds_vocabulary(tokenizer, model.get_input_embeddings().num_embeddings,
-                                        f"the model {getattr(model, 'name_or_path', '') or type(model).__name__}")
+                check_embeds_vocabulary(
+                    tokenizer,
+                    model.get_input_embeddings().num_embeddings,
+                    f"the model {getattr(model, 'name_or_path', '') or type(model).__name__}",
+                )
         limit = min_positions(models)
-        collator = cls(tokenizer, dataset_cfg.max_text_len, dataset_cfg.max_question_len,
-                       dataset_cfg.max_answer_len, dataset_cfg.get("qa_eos", True), limit, answer_match)
+        collator = cls(
+            tokenizer,
+            dataset_cfg.max_text_len,
+            dataset_cfg.max_question_len,
+            dataset_cfg.max_answer_len,
+            dataset_cfg.get("qa_eos", True),
+            limit,
+            answer_match,
+        )
         asked = (dataset_cfg.max_text_len, dataset_cfg.max_question_len, dataset_cfg.max_answer_len)
         if (collator.max_text_len, collator.max_question_len, collator.max_answer_len) != asked:
-            log.info(f"lengths cut to the models' {limit} positions: documents {collator.max_text_len} tokens, "
-                     f"questions {collator.max_question_len}, answers {collator.max_answer_len} "
-                     f"(dataset asks {asked[0]}, {asked[1]}, {asked[2]})")
+            log.info(
+                f"lengths cut to the models' {limit} positions: documents {collator.max_text_len} tokens, "
+                f"questions {collator.max_question_len}, answers {collator.max_answer_len} "
+                f"(dataset asks {asked[0]}, {asked[1]}, {asked[2]})"
+            )
         return collator
 
     def question_tokens(self, question):
@@ -104,9 +127,19 @@ class QACollator:
         text_ids, text_mask = self.encode_texts(texts)
         qa_ids, qa_mask, qa_labels = self.encode_qa(questions, answers)
         gen_ids, gen_mask = self.encode_prompts(questions)
-        return dict(text_ids=text_ids, text_mask=text_mask, qa_ids=qa_ids, qa_mask=qa_mask,
-                    qa_labels=qa_labels, gen_ids=gen_ids, gen_mask=gen_mask, texts=texts, questions=questions,
-                    answers=answers, golds=[e.golds(self.answer_match) for e in examples])
+        return dict(
+            text_ids=text_ids,
+            text_mask=text_mask,
+            qa_ids=qa_ids,
+            qa_mask=qa_mask,
+            qa_labels=qa_labels,
+            gen_ids=gen_ids,
+            gen_mask=gen_mask,
+            texts=texts,
+            questions=questions,
+            answers=answers,
+            golds=[e.golds(self.answer_match) for e in examples],
+        )
 
 
 def largest_token_id(tokenizer) -> int:
@@ -114,16 +147,22 @@ def largest_token_id(tokenizer) -> int:
     return max(max(tokenizer.get_vocab().values()), len(tokenizer) - 1)
 
 
-def check_embeds_vocabulary(tokenizer, n_embeddings: int, model_name: str,
-                            fix: str = "use the model's own tokenizer (tokenizer_name), or resize the model's "
-                                       "embeddings to the tokenizer and save it") -> None:
+def check_embeds_vocabulary(
+    tokenizer,
+    n_embeddings: int,
+    model_name: str,
+    fix: str = "use the model's own tokenizer (tokenizer_name), or resize the model's "
+    "embeddings to the tokenizer and save it",
+) -> None:
     """A one-line UsageError ending in `fix` when a model with `n_embeddings` token embeddings cannot
     read every id of `tokenizer` (e.g. a tokenizer with added tokens the model was never resized for)."""
     largest = largest_token_id(tokenizer)
     if largest >= n_embeddings:
         added = len(tokenizer.get_added_vocab())
-        raise UsageError(f"{model_name} embeds {n_embeddings} tokens but the tokenizer has ids up to {largest} "
-                         f"({added} added tokens included); {fix}")
+        raise UsageError(
+            f"{model_name} embeds {n_embeddings} tokens but the tokenizer has ids up to {largest} "
+            f"({added} added tokens included); {fix}"
+        )
 
 
 def model_positions(model):

@@ -5,14 +5,24 @@ Every loader returns plain `Example`s for one of the splits
 `answer` is the shortest alternative (the training target), `answers` all of them (scoring), both
 capitalised where the config says.
 """
+
 import random
 import zlib
 from pathlib import Path
 
 from plumbing.errors import UsageError
 from plumbing.schemas import SPLITS
-from .base import (Example, capitalize_first, check_texts, clean_answers, group_shuffle, read_csv, shortest_answer,
-                   split_answers)
+
+from .base import (
+    Example,
+    capitalize_first,
+    check_texts,
+    clean_answers,
+    group_shuffle,
+    read_csv,
+    shortest_answer,
+    split_answers,
+)
 
 DATASETS = {}
 
@@ -64,10 +74,20 @@ def load_streamingqa(cfg, split, path=None):
     examples = []
     for line, row, doc_id in zip(frame.index, frame.itertuples(index=False), doc_ids):
         answers = split_answers(row.answers, f"{file}, line {line}, column 'answers'")
-        examples.append(Example(
-            text=row.text, question=row.question, answer=shortest_answer(answers), answers=answers,
-            doc_id=str(doc_id), group=str(doc_id), origin=f"{file} line {line}",
-            extra={k: getattr(row, k) for k in ("answer_start", "answer_end", "answer_spans") if k in frame.columns}))
+        examples.append(
+            Example(
+                text=row.text,
+                question=row.question,
+                answer=shortest_answer(answers),
+                answers=answers,
+                doc_id=str(doc_id),
+                group=str(doc_id),
+                origin=f"{file} line {line}",
+                extra={
+                    k: getattr(row, k) for k in ("answer_start", "answer_end", "answer_spans") if k in frame.columns
+                },
+            )
+        )
     return examples
 
 
@@ -87,9 +107,17 @@ def load_archivalqa(cfg, split, path=None):
     examples = []
     for line, row in zip(frame.index, frame.itertuples(index=False)):
         answers = split_answers(row.answer, f"{file}, line {line}, column 'answer'")
-        examples.append(Example(text=getattr(row, text_column), question=row.question,
-                                answer=shortest_answer(answers), answers=answers,
-                                doc_id=str(row.doc_id), group=str(row.doc_id), origin=f"{file} line {line}"))
+        examples.append(
+            Example(
+                text=getattr(row, text_column),
+                question=row.question,
+                answer=shortest_answer(answers),
+                answers=answers,
+                doc_id=str(row.doc_id),
+                group=str(row.doc_id),
+                origin=f"{file} line {line}",
+            )
+        )
     return group_shuffle(examples, lambda e: e.group, random.Random(cfg.get("shuffle_seed", 0)))
 
 
@@ -129,9 +157,14 @@ def load_squad(cfg, split, path=None):
         start, stop = cfg.ranges[split]
         records = records.select(range(start, min(stop, len(records))))
     examples = [
-        Example(text=r["context"], question=r["question"], answer=shortest_answer(r["answers"]["text"]),
-                answers=clean_answers(dict.fromkeys(r["answers"]["text"])),
-                doc_id=str(zlib.crc32(r["context"].encode())), group=r["title"])
+        Example(
+            text=r["context"],
+            question=r["question"],
+            answer=shortest_answer(r["answers"]["text"]),
+            answers=clean_answers(dict.fromkeys(r["answers"]["text"])),
+            doc_id=str(zlib.crc32(r["context"].encode())),
+            group=r["title"],
+        )
         for r in checked_squad_records(records, source)
     ]
     return group_shuffle(examples, lambda e: e.group, random.Random(cfg.get("shuffle_seed", 0)))
@@ -142,12 +175,21 @@ def checked_squad_records(records, source):
     {"text": [strings], ...}); a record of another shape is a one-line UsageError naming `source`
     (a local file; None for the hub), the record (its line in a JSON-lines file) and the field."""
     for number, record in enumerate(records, start=1):
-        problem = next((f"field {name!r} is not text" for name in ("title", "context", "question")
-                        if not isinstance(record[name], str)), None)
+        problem = next(
+            (
+                f"field {name!r} is not text"
+                for name in ("title", "context", "question")
+                if not isinstance(record[name], str)
+            ),
+            None,
+        )
         answers = record["answers"]
-        if problem is None and not (isinstance(answers, dict) and isinstance(answers.get("text"), list)
-                                    and all(isinstance(a, str) for a in answers["text"])):
-            problem = "field 'answers' is not {\"text\": [\"...\", ...], \"answer_start\": [...]}"
+        if problem is None and not (
+            isinstance(answers, dict)
+            and isinstance(answers.get("text"), list)
+            and all(isinstance(a, str) for a in answers["text"])
+        ):
+            problem = 'field \'answers\' is not {"text": ["...", ...], "answer_start": [...]}'
         if problem:
             raise UsageError(f"{source or 'SQuAD'}, record {number}: {problem}; use the HF SQuAD schema")
         yield record

@@ -8,6 +8,7 @@ holding a run with other options is refused before Hydra writes its own files th
 
 Hydra turns exceptions of callbacks into warnings, so these end the process themselves.
 """
+
 import sys
 from pathlib import Path
 
@@ -77,8 +78,11 @@ def run_job(task, cfg):
         return task(cfg, run_dir)
     except UsageError as err:
         atomic_write_text(f"{err}\n", error_file)
-        print(f"error: sweep job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {err}",
-              file=sys.stderr, flush=True)
+        print(
+            f"error: sweep job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)}): {err}",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
 
 
@@ -144,13 +148,18 @@ class EarlyChecks(Callback):
                     check_job(compose(config_name=config_name, overrides=list(overrides)))
                 except (UsageError, HydraException) as err:
                     problem = composition_error(err) if isinstance(err, HydraException) else err
-                    raise UsageError(f"sweep job {number} of {len(jobs)} ({' '.join(overrides)}): {problem}; "
-                                     "no job was started") from None
+                    raise UsageError(
+                        f"sweep job {number} of {len(jobs)} ({' '.join(overrides)}): {problem}; no job was started"
+                    ) from None
 
     def on_multirun_end(self, config, **kwargs):
         failed = sorted(Path(config.hydra.sweep.dir).glob(f"*/{ERROR_FILE}"))
         if failed:
             first = failed[0].read_text().strip()
-            print(f"error: {len(failed)} sweep job(s) failed, the others ran; {failed[0].parent.name}: {first} "
-                  f"(each failure is in {ERROR_FILE} of its folder)", file=sys.stderr, flush=True)
+            print(
+                f"error: {len(failed)} sweep job(s) failed, the others ran; {failed[0].parent.name}: {first} "
+                f"(each failure is in {ERROR_FILE} of its folder)",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(2)

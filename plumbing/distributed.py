@@ -7,6 +7,7 @@ contiguous block r*grad_acc_steps/N ... (r+1)*grad_acc_steps/N - 1, the weight-m
 summed over ranks, and every rank then takes the same optimiser step. Rank 0 alone validates,
 logs and writes. Without torchrun (WORLD_SIZE unset or 1) every function here is a no-op.
 """
+
 import atexit
 import functools
 import os
@@ -59,9 +60,11 @@ def is_main():
 
 def main_only(method):
     """A method that runs on rank 0 alone (elsewhere it does nothing and returns None)."""
+
     @functools.wraps(method)
     def on_rank_0(*args, **kwargs):
         return method(*args, **kwargs) if is_main() else None
+
     return on_rank_0
 
 
@@ -72,8 +75,10 @@ def own_state(ranks, resume_from):
     if n_ranks != world_size():
         from plumbing.errors import UsageError
 
-        raise UsageError(f"resume_from={resume_from} was trained by {n_ranks} process(es); resume it with as many "
-                         f"(torchrun --nproc_per_node={n_ranks}, or plain python for 1)")
+        raise UsageError(
+            f"resume_from={resume_from} was trained by {n_ranks} process(es); resume it with as many "
+            f"(torchrun --nproc_per_node={n_ranks}, or plain python for 1)"
+        )
     return ranks[rank()] if n_ranks > 1 else None
 
 
@@ -82,8 +87,10 @@ def check_grad_acc_steps(grad_acc_steps):
     if grad_acc_steps % env_world_size():
         from plumbing.errors import UsageError
 
-        raise UsageError(f"grad_acc_steps={grad_acc_steps} must be divisible by the number of torchrun ranks "
-                         f"({env_world_size()}): each rank takes an equal share of every outer step")
+        raise UsageError(
+            f"grad_acc_steps={grad_acc_steps} must be divisible by the number of torchrun ranks "
+            f"({env_world_size()}): each rank takes an equal share of every outer step"
+        )
 
 
 def owns(position, grad_acc_steps):
@@ -129,6 +136,5 @@ def sum_gradients(parameters):
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
     for p, g in zip(parameters, grads):
-        p.grad = flat[offset: offset + g.numel()].view_as(g).clone()
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
         offset += g.numel()
-

@@ -20,8 +20,9 @@ def check_wandb(cfg):
         try:
             import wandb  # noqa: F401
         except ImportError:
-            raise UsageError("wandb=true but the wandb package is not installed; "
-                             "pip install wandb or set wandb=false") from None
+            raise UsageError(
+                "wandb=true but the wandb package is not installed; pip install wandb or set wandb=false"
+            ) from None
 
 
 def set_seed(seed: int):
@@ -51,8 +52,10 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device={name} was asked for but CUDA is not available; use device=cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"device={name} does not exist: this machine has {torch.cuda.device_count()} CUDA "
-                         "device(s), numbered from 0")
+        raise UsageError(
+            f"device={name} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+            "device(s), numbered from 0"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"device={name} was asked for but MPS is not available; use device=cpu")
     return device
@@ -65,7 +68,6 @@ def pick_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise UsageError(f"dtype={name} is unknown; use one of {', '.join(DTYPES)}")
     return DTYPES[name]
-
 
 
 def rng_state() -> dict:

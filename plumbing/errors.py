@@ -32,8 +32,10 @@ def run_cli(main_fn):
         except OSError as err:
             if not err.filename:  # without the file's name one line could not say what to fix
                 raise
-            raise UsageError(f"cannot use {err.filename} ({err.strerror or first_line(err)}); free disk space "
-                             "or fix the path, then rerun the same command") from None
+            raise UsageError(
+                f"cannot use {err.filename} ({err.strerror or first_line(err)}); free disk space "
+                "or fix the path, then rerun the same command"
+            ) from None
 
 
 def resolver_usage_error(err):
@@ -46,7 +48,7 @@ def resolver_usage_error(err):
         cause = cause.__cause__ or cause.__context__
     prefix = f"{UsageError.__name__} raised while resolving interpolation: "
     text = str(err).splitlines()[0] if str(err) else ""
-    return text[len(prefix):] if text.startswith(prefix) else None
+    return text[len(prefix) :] if text.startswith(prefix) else None
 
 
 def composition_error(err):
@@ -55,8 +57,9 @@ def composition_error(err):
     from omegaconf.errors import ValidationError
 
     cause = err.__cause__
-    kind = re.search(r"converted to (\w+)|not a valid (bool)", str(cause)) if isinstance(cause, ValidationError) \
-        else None
+    kind = (
+        re.search(r"converted to (\w+)|not a valid (bool)", str(cause)) if isinstance(cause, ValidationError) else None
+    )
     wanted = {"Float": "a number", "Integer": "an integer", "bool": "true or false"}.get(kind and (kind[1] or kind[2]))
     if wanted and getattr(cause, "full_key", None):
         return f"{cause.full_key}={cause.value} is invalid; it must be {wanted}"
@@ -91,4 +94,3 @@ def usage_errors_exit():
 def first_line(err) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
-

@@ -24,20 +24,33 @@ def load_tensors(path, what, keys=(), fix="save it again"):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights_only" in str(err):
-            trust = ("; if you trust the file, re-save it as tensors: load it with torch.load(path, "
-                     "weights_only=False) and save torch.save(model.state_dict(), path) (or CaMeLS.save(folder) for "
-                     "a weight model)") if not keys else f"; {fix}"
-            raise UsageError(f"{what} {path} holds pickled objects other than tensors, which are not loaded because "
-                             f"unpickling can run code{trust}") from None
-        raise UsageError(f"{what} {path} is not a readable torch file ({first_line(err).split('. ')[0]}); "
-                         f"it may be truncated or corrupt: {fix}") from None
+            trust = (
+                (
+                    "; if you trust the file, re-save it as tensors: load it with torch.load(path, "
+                    "weights_only=False) and save torch.save(model.state_dict(), path) (or CaMeLS.save(folder) for "
+                    "a weight model)"
+                )
+                if not keys
+                else f"; {fix}"
+            )
+            raise UsageError(
+                f"{what} {path} holds pickled objects other than tensors, which are not loaded because "
+                f"unpickling can run code{trust}"
+            ) from None
+        raise UsageError(
+            f"{what} {path} is not a readable torch file ({first_line(err).split('. ')[0]}); "
+            f"it may be truncated or corrupt: {fix}"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UsageError(f"{what} {path} is not a readable torch file ({first_line(err).split('. ')[0]}); "
-                         f"it may be truncated or corrupt: {fix}") from None
+        raise UsageError(
+            f"{what} {path} is not a readable torch file ({first_line(err).split('. ')[0]}); "
+            f"it may be truncated or corrupt: {fix}"
+        ) from None
     missing = [k for k in keys if not isinstance(state, dict) or k not in state]
     if missing:
-        raise UsageError(f"{what} {path} lacks {missing[0]!r} (not a file this program wrote, or of another "
-                         f"version): {fix}")
+        raise UsageError(
+            f"{what} {path} lacks {missing[0]!r} (not a file this program wrote, or of another version): {fix}"
+        )
     return state
 
 
@@ -49,8 +62,9 @@ def read_json(path, what, fix, keys=()):
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError(f"{what} {path} cannot be read ({first_line(err)}); {fix}") from None
     except json.JSONDecodeError as err:
-        raise UsageError(f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno}; truncated?); "
-                         f"{fix}") from None
+        raise UsageError(
+            f"{what} {path} is not valid JSON ({err.msg} at line {err.lineno}; truncated?); {fix}"
+        ) from None
     if not isinstance(value, dict):
         raise UsageError(f"{what} {path} holds a JSON {type(value).__name__}, not an object; {fix}")
     missing = [k for k in keys if k not in value]
@@ -77,8 +91,10 @@ def check_folder_path(path, option):
     for part in (path, *path.parents):
         if part.exists():
             if not part.is_dir():
-                raise UsageError(f"{option} {path} cannot be a folder: {part} is an existing file; "
-                                 "choose another path or move the file")
+                raise UsageError(
+                    f"{option} {path} cannot be a folder: {part} is an existing file; "
+                    "choose another path or move the file"
+                )
             return
 
 

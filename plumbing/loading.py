@@ -73,10 +73,10 @@ def load_state_dict_into(model, state_dict_path):
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise UsageError(f"state dict {path} holds no name -> tensor mapping; save it with "
-                         "torch.save(model.state_dict(), path)")
-    state = check_state_dict_fits(model, state, f"state dict {path}",
-                                  "load it into the architecture it was saved from")
+        raise UsageError(
+            f"state dict {path} holds no name -> tensor mapping; save it with torch.save(model.state_dict(), path)"
+        )
+    state = check_state_dict_fits(model, state, f"state dict {path}", "load it into the architecture it was saved from")
     model.load_state_dict(state, strict=False)
     check_finite(model, f"state dict {path}")
 
@@ -85,8 +85,10 @@ def check_finite(model, source):
     """A model whose weights hold NaN or infinity (e.g. saved from a diverged run) is refused."""
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise UsageError(f"{source} holds non-finite values (NaN or infinity, e.g. in {name}); "
-                             "it comes from a diverged run: use an earlier checkpoint")
+            raise UsageError(
+                f"{source} holds non-finite values (NaN or infinity, e.g. in {name}); "
+                "it comes from a diverged run: use an earlier checkpoint"
+            )
 
 
 def check_state_dict_fits(model, state, source, fix):
@@ -105,4 +107,3 @@ def check_state_dict_fits(model, state, source, fix):
             f"{len(mismatched)} mismatched keys, e.g. {example!r}); {fix}"
         )
     return state
-

@@ -2,6 +2,7 @@
 a later run into the same folder must have the same options (then it resumes or has nothing to do),
 or pass overwrite=true to replace what is there.
 """
+
 import json
 import shutil
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ def flatten(container, prefix=""):
 
 def differences(old, new, ignored=()):
     """'key: old -> new' for every option that differs, ignoring keys in `ignored` (and below them)."""
+
     def kept(key):
         return not any(key == name or key.startswith(name + ".") for name in ignored)
 
@@ -37,8 +39,7 @@ def recorded_options(run_dir):
     path = Path(run_dir) / OPTIONS_FILE
     if not path.is_file():
         return None
-    return read_json(path, "the run's options file", "delete the run folder, or pass overwrite=true to replace "
-                     "the run")
+    return read_json(path, "the run's options file", "delete the run folder, or pass overwrite=true to replace the run")
 
 
 def remove_outputs(run_dir, outputs):
@@ -56,14 +57,18 @@ def check(run_dir, options, ignored, outputs, overwrite=False):
     old = recorded_options(run_dir)
     found = [pattern for pattern in outputs if any(run_dir.glob(pattern))]
     if old is None and found:
-        raise UsageError(f"{run_dir} already holds a run ({found[0]}) that recorded no options; choose another "
-                         "folder or pass overwrite=true to replace it")
+        raise UsageError(
+            f"{run_dir} already holds a run ({found[0]}) that recorded no options; choose another "
+            "folder or pass overwrite=true to replace it"
+        )
     if old is not None:
         changed = differences(old, json.loads(strict_json(options)), ignored)  # compared as written and read back
         if changed:
             shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
-            raise UsageError(f"{run_dir} holds a run with other options ({shown}); choose another folder, pass "
-                             "overwrite=true to replace it, or rerun with its options to resume it")
+            raise UsageError(
+                f"{run_dir} holds a run with other options ({shown}); choose another folder, pass "
+                "overwrite=true to replace it, or rerun with its options to resume it"
+            )
     return old
 
 

@@ -52,7 +52,7 @@ def key(check=None, choices=None):
 class DatasetConfig:
     name: str = key()
     files: Dict[str, str] = field(default_factory=dict)
-    web_text_csv: Optional[str] = None          # web text of the locality term (meta-training)
+    web_text_csv: Optional[str] = None  # web text of the locality term (meta-training)
     capitalize_answers: bool = key()
     max_text_len: int = key("document_length")
     max_question_len: int = key("positive_int")
@@ -80,8 +80,12 @@ class SquadConfig(DatasetConfig):
     shuffle_seed: int = key()
 
 
-DATASET_SCHEMAS = {"streamingqa": CsvDatasetConfig, "tiny_world": CsvDatasetConfig, "archivalqa": ArchivalQAConfig,
-                   "squad": SquadConfig}
+DATASET_SCHEMAS = {
+    "streamingqa": CsvDatasetConfig,
+    "tiny_world": CsvDatasetConfig,
+    "archivalqa": ArchivalQAConfig,
+    "squad": SquadConfig,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,9 +141,16 @@ class ExcessLossConfig(WeightModelConfig):
     reference_model: Optional[str] = key()
 
 
-MODEL_SCHEMAS = {"uniform": UniformConfig, "ssm": SalientSpansConfig, "TFIDF": TfidfConfig, "CaMeLS": CamelsConfig,
-                 "oracle": OracleConfig, "none": WeightModelConfig, "surprisal": SurprisalConfig,
-                 "excess_loss": ExcessLossConfig}
+MODEL_SCHEMAS = {
+    "uniform": UniformConfig,
+    "ssm": SalientSpansConfig,
+    "TFIDF": TfidfConfig,
+    "CaMeLS": CamelsConfig,
+    "oracle": OracleConfig,
+    "none": WeightModelConfig,
+    "surprisal": SurprisalConfig,
+    "excess_loss": ExcessLossConfig,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,8 +470,12 @@ def stream_name(split, test_path):
     return Path(str(test_path)).stem if test_path else str(split)
 
 
-RESOLVERS = {"tiny_world": tiny_world_path, "basename": basename, "method_name": method_name,
-             "stream_name": stream_name}
+RESOLVERS = {
+    "tiny_world": tiny_world_path,
+    "basename": basename,
+    "method_name": method_name,
+    "stream_name": stream_name,
+}
 
 
 def register_resolvers():
@@ -478,12 +493,16 @@ def is_seed(value) -> bool:
 
 VALUE_RULES = {
     "seed": (is_seed, f"a seed must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}"),
-    "seeds": (lambda v: len(v) > 0 and all(is_seed(x) for x in v),
-              f"give a list of at least one seed, each an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}"),
+    "seeds": (
+        lambda v: len(v) > 0 and all(is_seed(x) for x in v),
+        f"give a list of at least one seed, each an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}",
+    ),
     "device": (lambda v: re.fullmatch(DEVICE_PATTERN, v) is not None, "use auto, cpu, cuda, cuda:<index> or mps"),
     # the loss of a document predicts each token from the ones before it: one token has none to predict
-    "document_length": (lambda v: isinstance(v, int) and v >= 2,
-                        "a document needs at least 2 tokens to have a loss: use 2 or more"),
+    "document_length": (
+        lambda v: isinstance(v, int) and v >= 2,
+        "a document needs at least 2 tokens to have a loss: use 2 or more",
+    ),
     "positive_int": (lambda v: isinstance(v, int) and v > 0, "it must be a positive integer"),
     "non_negative_int": (lambda v: isinstance(v, int) and v >= 0, "it must be an integer >= 0"),
     "positive": (lambda v: v > 0, "it must be a positive number"),
@@ -493,14 +512,20 @@ VALUE_RULES = {
     "at_least_100": (lambda v: v >= 100, "use at least 100"),
     "fraction": (lambda v: 0 <= v <= 1, "it must be a number between 0 and 1"),
     "range": (lambda v: len(v) == 2 and 1 <= v[0] <= v[1], "it must be [low, high] with 1 <= low <= high"),
-    "positive_numbers": (lambda v: len(v) > 0 and all(x > 0 for x in v),
-                         "give a list of positive numbers, e.g. [1e-4,1e-3]"),
+    "positive_numbers": (
+        lambda v: len(v) > 0 and all(x > 0 for x in v),
+        "give a list of positive numbers, e.g. [1e-4,1e-3]",
+    ),
     "not_empty": (lambda v: len(v) > 0, "give a list of at least one value"),
-    "eval_modes": (lambda v: len(v) > 0, "nothing would be scored: give at least one mode, e.g. eval=[em] or "
-                   "eval=[em,ppl]"),
+    "eval_modes": (
+        lambda v: len(v) > 0,
+        "nothing would be scored: give at least one mode, e.g. eval=[em] or eval=[em,ppl]",
+    ),
     "overrides": (lambda v: all("=" in x for x in v), "give a list of key=value overrides"),
-    "checkpoint_name": (lambda v: re.fullmatch(r"best|last|epoch_[1-9]\d*", v) is not None,
-                        "use best, last or epoch_<k>"),
+    "checkpoint_name": (
+        lambda v: re.fullmatch(r"best|last|epoch_[1-9]\d*", v) is not None,
+        "use best, last or epoch_<k>",
+    ),
 }
 
 
@@ -526,7 +551,6 @@ def check_values(cfg, prefix: str = "") -> None:
         if check and not VALUE_RULES[check][0](value):
             optional = " (or null)" if type(None) in getattr(spec.type, "__args__", ()) else ""
             raise UsageError(f"{prefix}{spec.name}={value} is invalid; {VALUE_RULES[check][1]}{optional}")
-
 
 
 store_schemas()

@@ -25,16 +25,18 @@ def compose(config_dir, overrides=(), config_name="config", return_hydra_config=
     """The configuration `config_dir`/`config_name`.yaml composed with `overrides`, as Hydra composes it
     (with its `hydra` node where `return_hydra_config`)."""
     with initialize_config_dir(config_dir=str(REPO / config_dir), version_base=None):
-        return hydra_compose(config_name=config_name, overrides=list(overrides),
-                             return_hydra_config=return_hydra_config)
+        return hydra_compose(
+            config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config
+        )
 
 
 def run_script(*args, cwd=REPO, timeout=600, env=None):
     """`python <args>` from the repository (e.g. run_script("run.py", "task=eval", ...)), offline, its
     output captured."""
     script = [str(REPO / args[0]) if args[0].endswith(".py") else args[0], *args[1:]]
-    return subprocess.run([sys.executable, *script], cwd=cwd, env=env or OFFLINE_ENV, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *script], cwd=cwd, env=env or OFFLINE_ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 # For subprocess runs that must not take every core with torch's default thread count (torchrun's
@@ -49,13 +51,31 @@ TEST_THREADS = int(os.environ.get("CAMELS_TEST_THREADS", "1"))
 # Small sizes so the whole build takes seconds on two busy cores; the values are what matters to
 # the tests (every split non-empty, a model that loads like a hub model), not its quality.
 SMALL_WORLD = [
-    "n_value_people=40", "n_value_towns=30", "n_value_rivers=12", "n_pretrain_entities=24", "n_qa_entities=8",
-    "docs_per_pretrain_entity=2", "n_train_docs=12", "n_val_docs=6", "n_test_docs=14", "n_web_texts=8",
-    "tokenizer.vocab_size=700", "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
-    "pretrain.epochs=2", "pretrain.doc_batch_size=8",
-    "report.n_qa=8", "report.one_step.n_docs=2", "report.one_step.n_unrelated=4", "report.one_step.lrs=[1.0]",
-    "report.stream.n_docs=2", "report.stream.lrs=[1.0e-3]",
-    "device=cpu", "num_threads=1", "progress=false",
+    "n_value_people=40",
+    "n_value_towns=30",
+    "n_value_rivers=12",
+    "n_pretrain_entities=24",
+    "n_qa_entities=8",
+    "docs_per_pretrain_entity=2",
+    "n_train_docs=12",
+    "n_val_docs=6",
+    "n_test_docs=14",
+    "n_web_texts=8",
+    "tokenizer.vocab_size=700",
+    "model.n_layer=2",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "pretrain.epochs=2",
+    "pretrain.doc_batch_size=8",
+    "report.n_qa=8",
+    "report.one_step.n_docs=2",
+    "report.one_step.n_unrelated=4",
+    "report.one_step.lrs=[1.0]",
+    "report.stream.n_docs=2",
+    "report.stream.lrs=[1.0e-3]",
+    "device=cpu",
+    "num_threads=1",
+    "progress=false",
 ]
 
 
@@ -81,8 +101,11 @@ def world_overrides(world):
 
 def train_world_overrides(world):
     """world_overrides, and the weight model's body and the web text that meta-training reads, from `world`."""
-    return [*world_overrides(world), f"model.pretrained_model={world.base_model}",
-            f"dataset.web_text_csv={world.data_dir / 'web_text.csv'}"]
+    return [
+        *world_overrides(world),
+        f"model.pretrained_model={world.base_model}",
+        f"dataset.web_text_csv={world.data_dir / 'web_text.csv'}",
+    ]
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
 """ArchivalQA processing on a small fake NYT corpus tree and question files written here."""
+
 import html
 import io
 import json
@@ -10,8 +11,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from exp_datasets import load_split
 from exp_datasets import archivalqa_processing as aqp
+from exp_datasets import load_split
 from plumbing.environment import REPO_ROOT
 from plumbing.errors import UsageError, run_cli
 
@@ -21,9 +22,15 @@ NOTEBOOK = REPO_ROOT / "ArchivalQA_processing.ipynb"
 def nitf(id_string, date, title, paragraphs, date_in_meta=True):
     """An article in the NYT corpus' NITF layout (lead paragraph and full text in separate blocks)."""
     year, month, day = date
-    meta = (f'<meta content="{day}" name="publication_day_of_month"/>'
+    meta = (
+        (
+            f'<meta content="{day}" name="publication_day_of_month"/>'
             f'<meta content="{month}" name="publication_month"/>'
-            f'<meta content="{year}" name="publication_year"/>') if date_in_meta else ""
+            f'<meta content="{year}" name="publication_year"/>'
+        )
+        if date_in_meta
+        else ""
+    )
     body = "".join(f"<p>{p}</p>" for p in paragraphs)
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE nitf SYSTEM "http://www.nitf.org/IPTC/NITF/3.3/specification/dtd/nitf-3-3.dtd">
@@ -85,8 +92,17 @@ def write_corpus(root: Path):
     (root / "docs" / "index.xml").write_text("<index><entry/></index>")
 
 
-QUESTION_COLUMNS = ["id", "question", "answer", "org_answer", "answer_start", "para_id",
-                    "trans_que", "trans_ans", "source"]
+QUESTION_COLUMNS = [
+    "id",
+    "question",
+    "answer",
+    "org_answer",
+    "answer_start",
+    "para_id",
+    "trans_que",
+    "trans_ans",
+    "source",
+]
 
 
 def question_row(qid, question, answer, para_id, org_answer=None):
@@ -97,25 +113,31 @@ def write_questions(folder: Path):
     """Two files in the real ArchivalQA schema; the second with a pandas index column and its
     header in another case and column order, as re-exported files often are."""
     folder.mkdir(parents=True)
-    train = pd.DataFrame([
-        question_row("train_0", "When will Tenneco sell?", "May 26, 1988", "148748_1", "today"),
-        question_row("train_1", "Who met?", "Tenneco", "148748_0"),
-        question_row("train_2", "What is third?", "Alpha three", "5_2"),
-        question_row("train_3", "What is first?", "Alpha one", "5_0"),
-        question_row("train_4", "What is first again?", "Alpha", "5_0"),
-        question_row("train_5", "Where were talks held?", "paris", "700001_0"),
-        question_row("train_6", "What opened?", "The harbor", "900000_0"),
-        question_row("train_7", "Which article is gone?", "None", "1234567_0"),
-        question_row("train_8", "Which paragraph is gone?", "None", "900000_9"),
-        question_row("train_9", "Bad id?", "None", "nonsense"),
-        question_row("train_10", "Is the file corrupt?", "Yes", "42_0"),
-    ], columns=QUESTION_COLUMNS)
+    train = pd.DataFrame(
+        [
+            question_row("train_0", "When will Tenneco sell?", "May 26, 1988", "148748_1", "today"),
+            question_row("train_1", "Who met?", "Tenneco", "148748_0"),
+            question_row("train_2", "What is third?", "Alpha three", "5_2"),
+            question_row("train_3", "What is first?", "Alpha one", "5_0"),
+            question_row("train_4", "What is first again?", "Alpha", "5_0"),
+            question_row("train_5", "Where were talks held?", "paris", "700001_0"),
+            question_row("train_6", "What opened?", "The harbor", "900000_0"),
+            question_row("train_7", "Which article is gone?", "None", "1234567_0"),
+            question_row("train_8", "Which paragraph is gone?", "None", "900000_9"),
+            question_row("train_9", "Bad id?", "None", "nonsense"),
+            question_row("train_10", "Is the file corrupt?", "Yes", "42_0"),
+        ],
+        columns=QUESTION_COLUMNS,
+    )
     train.to_csv(folder / "ArchivalQA_train.csv", index=False)
-    test = pd.DataFrame([
-        question_row("test_0", "Who won?", "Smith", "1400000_1"),
-        question_row("test_1", "Where did the storm hit?", "Ohio", "1700000_0"),
-        question_row("test_2", "How did the year end?", "calmly", "1800000_0"),
-    ], columns=QUESTION_COLUMNS)
+    test = pd.DataFrame(
+        [
+            question_row("test_0", "Who won?", "Smith", "1400000_1"),
+            question_row("test_1", "Where did the storm hit?", "Ohio", "1700000_0"),
+            question_row("test_2", "How did the year end?", "calmly", "1800000_0"),
+        ],
+        columns=QUESTION_COLUMNS,
+    )
     test = test.rename(columns={"question": "Question", "answer": "Answer", "para_id": " Para_ID "})
     test[list(reversed(test.columns))].to_csv(folder / "ArchivalQA_test.csv", index=True)
     return folder
@@ -246,7 +268,10 @@ def test_missing_inputs_are_usage_errors(tmp_path):
 def test_cli_writes_the_splits_and_reports_errors_in_one_line(tmp_path, capsys):
     write_corpus(tmp_path / "nyt")
     write_questions(tmp_path / "questions")
-    questions = [str(tmp_path / "questions" / "ArchivalQA_train.csv"), str(tmp_path / "questions" / "ArchivalQA_test.csv")]
+    questions = [
+        str(tmp_path / "questions" / "ArchivalQA_train.csv"),
+        str(tmp_path / "questions" / "ArchivalQA_test.csv"),
+    ]
     aqp.main(["--questions", *questions, "--nyt", str(tmp_path / "nyt"), "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert "dropped 2: article_missing (e.g. 1234567_0, 42_0)" in printed
@@ -270,5 +295,10 @@ def test_notebook_runs_the_module_with_its_parameters(built, tmp_path):
     for cell in cells[1:]:
         exec("".join(cell["source"]), namespace)
     assert namespace["split_sizes"]["questions"].to_dict() == {
-        "qa_train": 5, "qa_val": 1, "train": 1, "val": 1, "test": 2}
+        "qa_train": 5,
+        "qa_val": 1,
+        "train": 1,
+        "val": 1,
+        "test": 2,
+    }
     assert (tmp_path / "qa_train.csv").read_text() == (root / "out" / "qa_train.csv").read_text()

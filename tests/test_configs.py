@@ -1,15 +1,15 @@
 """The config schemas (schemas.py): every config composes into its schema with nothing left unset,
 Hydra rejects mistyped values and unknown keys with one line, and schemas.check_values enforces the
 ranges and choices the schemas declare without resolving anything else."""
+
 import pytest
+from conftest import compose
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from plumbing import schemas
-from plumbing import errors
+from plumbing import errors, schemas
 from plumbing.environment import REPO_ROOT
 from plumbing.errors import UsageError
-from conftest import compose
 
 DATASETS = sorted(p.stem for p in (REPO_ROOT / "conf" / "dataset").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (REPO_ROOT / "conf" / "model").glob("*.yaml"))
@@ -18,6 +18,7 @@ MODELS = sorted(p.stem for p in (REPO_ROOT / "conf" / "model").glob("*.yaml"))
 @pytest.fixture(autouse=True)
 def no_tiny_world_build():
     """Nothing here may resolve ${tiny_world:...} (that would build the default tiny world)."""
+
     def no_build(name):
         raise AssertionError(f"${{tiny_world:{name}}} was resolved")
 
@@ -58,16 +59,19 @@ def test_qa_tuning_reads_the_same_dataset_configs():
         assert unset_keys(cfg) == [], dataset
 
 
-@pytest.mark.parametrize("conf_dir,overrides,message", [
-    ("conf", ["lr=1e-3x"], "lr=1e-3x is invalid; it must be a number"),
-    ("conf", ["task=train", "model=CaMeLS", "inner_lr=5e-4x"], "inner_lr=5e-4x is invalid; it must be a number"),
-    ("conf", ["seed=1.5"], "seed=1.5 is invalid; it must be an integer"),
-    ("conf", ["progress=sometimes"], "progress=sometimes is invalid; it must be true or false"),
-    ("conf", ["model=CaMeLS", "model.head_width=wide"], "model.head_width=wide is invalid; it must be an integer"),
-    ("conf", ["dataset.max_text_len=1k"], "dataset.max_text_len=1k is invalid; it must be an integer"),
-    ("qa_conf", ["lr=2.5e-5x"], "lr=2.5e-5x is invalid; it must be a number"),
-    ("conf", ["lerning_rate=1"], "Could not override 'lerning_rate'"),
-])
+@pytest.mark.parametrize(
+    "conf_dir,overrides,message",
+    [
+        ("conf", ["lr=1e-3x"], "lr=1e-3x is invalid; it must be a number"),
+        ("conf", ["task=train", "model=CaMeLS", "inner_lr=5e-4x"], "inner_lr=5e-4x is invalid; it must be a number"),
+        ("conf", ["seed=1.5"], "seed=1.5 is invalid; it must be an integer"),
+        ("conf", ["progress=sometimes"], "progress=sometimes is invalid; it must be true or false"),
+        ("conf", ["model=CaMeLS", "model.head_width=wide"], "model.head_width=wide is invalid; it must be an integer"),
+        ("conf", ["dataset.max_text_len=1k"], "dataset.max_text_len=1k is invalid; it must be an integer"),
+        ("qa_conf", ["lr=2.5e-5x"], "lr=2.5e-5x is invalid; it must be a number"),
+        ("conf", ["lerning_rate=1"], "Could not override 'lerning_rate'"),
+    ],
+)
 def test_mistyped_values_and_unknown_keys_are_one_line_composition_errors(conf_dir, overrides, message):
     with pytest.raises(HydraException) as raised:
         compose(conf_dir, overrides)
@@ -75,19 +79,27 @@ def test_mistyped_values_and_unknown_keys_are_one_line_composition_errors(conf_d
     assert message in line and "\n" not in line
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["optimizer=rmsprop"], "optimizer=rmsprop is unknown; use one of adam, sgd, adafactor"),
-    (["split=dev"], "split=dev is unknown; use one of qa_train, qa_val, train, val, test"),
-    (["eval_every_k=0"], "eval_every_k=0 is invalid; it must be a positive integer (or null)"),
-    (["batch_size=0"], "batch_size=0 is invalid; it must be a positive integer"),
-    (["downsample_to=-2"], "downsample_to=-2 is invalid; use a number of documents, or -1 for all"),
-    (["dataset.max_text_len=0"], "dataset.max_text_len=0 is invalid; a document needs at least 2 tokens"),
-    (["model=CaMeLS", "model.activation=relu"], "model.activation=relu is unknown; use one of softplus"),
-    (["task=train", "model=CaMeLS", "c_kl=-0.1"], "c_kl=-0.1 is invalid; it must be a number >= 0"),
-    (["task=train", "model=CaMeLS", "max_outer_steps=-1"], "max_outer_steps=-1 is invalid; it must be an integer >= 0"),
-    (["task=train", "model=CaMeLS", "inner_backend=jax"],
-     "inner_backend=jax is unknown; use one of higher, torch_func"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["optimizer=rmsprop"], "optimizer=rmsprop is unknown; use one of adam, sgd, adafactor"),
+        (["split=dev"], "split=dev is unknown; use one of qa_train, qa_val, train, val, test"),
+        (["eval_every_k=0"], "eval_every_k=0 is invalid; it must be a positive integer (or null)"),
+        (["batch_size=0"], "batch_size=0 is invalid; it must be a positive integer"),
+        (["downsample_to=-2"], "downsample_to=-2 is invalid; use a number of documents, or -1 for all"),
+        (["dataset.max_text_len=0"], "dataset.max_text_len=0 is invalid; a document needs at least 2 tokens"),
+        (["model=CaMeLS", "model.activation=relu"], "model.activation=relu is unknown; use one of softplus"),
+        (["task=train", "model=CaMeLS", "c_kl=-0.1"], "c_kl=-0.1 is invalid; it must be a number >= 0"),
+        (
+            ["task=train", "model=CaMeLS", "max_outer_steps=-1"],
+            "max_outer_steps=-1 is invalid; it must be an integer >= 0",
+        ),
+        (
+            ["task=train", "model=CaMeLS", "inner_backend=jax"],
+            "inner_backend=jax is unknown; use one of higher, torch_func",
+        ),
+    ],
+)
 def test_check_values_enforces_the_declared_ranges_and_choices(overrides, message):
     with pytest.raises(UsageError) as raised:
         schemas.check_values(compose("conf", overrides))
@@ -119,17 +131,20 @@ def test_check_values_passes_defaults_and_nulls_and_resolves_nothing_else(tmp_pa
     monkeypatch.setenv("CAMELS_CACHE_DIR", str(env_cache))
     run_paths = {"base_model": "base_model", "dataset.data_dir": "data"}
     train_paths = {**run_paths, "model.pretrained_model": "base_model"}
-    cases = [("conf", ["task=eval", "eval_every_k=null", "downsample_to=-1"], env_cache, run_paths),
-             ("conf", ["task=train", "model=CaMeLS"], env_cache, train_paths),
-             ("conf", ["task=train", "model=CaMeLS", f"cache_dir={run_cache}"], run_cache, train_paths),
-             ("qa_conf", ["max_steps=null"], env_cache, {"model": "base_model", "dataset.data_dir": "data"})]
+    cases = [
+        ("conf", ["task=eval", "eval_every_k=null", "downsample_to=-1"], env_cache, run_paths),
+        ("conf", ["task=train", "model=CaMeLS"], env_cache, train_paths),
+        ("conf", ["task=train", "model=CaMeLS", f"cache_dir={run_cache}"], run_cache, train_paths),
+        ("qa_conf", ["max_steps=null"], env_cache, {"model": "base_model", "dataset.data_dir": "data"}),
+    ]
     for conf_dir, overrides, cache, paths in cases:
         cfg = compose(conf_dir, overrides)
         schemas.check_values(cfg)
         assert resolved == [], f"check_values resolved ${{tiny_world:{resolved}}} of {conf_dir} {overrides}"
         assert tiny_world_paths(OmegaConf.to_container(cfg, resolve=False)) == paths
         assert {key: OmegaConf.select(cfg, key) for key in paths} == {
-            key: str(cache / "tiny_world" / artefact) for key, artefact in paths.items()}, overrides
+            key: str(cache / "tiny_world" / artefact) for key, artefact in paths.items()
+        }, overrides
         assert sorted(resolved) == sorted(paths.values())
         resolved.clear()
     assert not env_cache.exists() and not run_cache.exists(), "resolving a config built the tiny world"

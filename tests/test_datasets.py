@@ -1,5 +1,6 @@
 """Every loader on small files in the real schemas, the stream builder, the collator and the
 one-line errors of bad input."""
+
 import json
 import random
 
@@ -66,11 +67,18 @@ def squad_records(prefix):
     records = []
     for i in range(12):
         title = TITLES[i // 2]
-        records.append({
-            "id": f"{prefix}{i}", "title": title, "context": f"{title} context {i // 2}.",
-            "question": f"{prefix} question {i}?",
-            "answers": {"text": [f"the {title.lower()} answer {i}", f"{title.lower()} {i}"], "answer_start": [0, 4]},
-        })
+        records.append(
+            {
+                "id": f"{prefix}{i}",
+                "title": title,
+                "context": f"{title} context {i // 2}.",
+                "question": f"{prefix} question {i}?",
+                "answers": {
+                    "text": [f"the {title.lower()} answer {i}", f"{title.lower()} {i}"],
+                    "answer_start": [0, 4],
+                },
+            }
+        )
     return records
 
 
@@ -82,8 +90,10 @@ def write_jsonl(path, records):
 @pytest.fixture(scope="module")
 def squad_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("squad")
-    return {"train": str(write_jsonl(folder / "train.json", squad_records("t"))),
-            "validation": str(write_jsonl(folder / "validation.json", squad_records("v")[:5]))}
+    return {
+        "train": str(write_jsonl(folder / "train.json", squad_records("t"))),
+        "validation": str(write_jsonl(folder / "validation.json", squad_records("v")[:5])),
+    }
 
 
 def squad_cfg(squad_files, ranges=None, **overrides):
@@ -108,8 +118,10 @@ def question_number(example):
     return int(example.question.split()[2].rstrip("?"))
 
 
-@pytest.mark.parametrize("split, indices", [
-    ("qa_train", range(0, 4)), ("qa_val", range(4, 6)), ("train", range(6, 9)), ("val", range(9, 12))])
+@pytest.mark.parametrize(
+    "split, indices",
+    [("qa_train", range(0, 4)), ("qa_val", range(4, 6)), ("train", range(6, 9)), ("val", range(9, 12))],
+)
 def test_squad_index_ranges_of_the_train_split(squad_files, split, indices):
     examples = load_split(squad_cfg(squad_files), split)
     assert sorted(question_number(e) for e in examples) == list(indices)
@@ -269,8 +281,9 @@ def stream_examples():
     examples = []
     for d in range(20):
         for q in range(1 + d % 3):
-            examples.append(Example(text=f"doc {d}", question=f"q{d}.{q}", answer="a", doc_id=str(d),
-                                    group=f"g{d // 10}"))
+            examples.append(
+                Example(text=f"doc {d}", question=f"q{d}.{q}", answer="a", doc_id=str(d), group=f"g{d // 10}")
+            )
     examples.append(Example(text="doc 4", question="q4.dup", answer="a", doc_id="dup", group="g0"))
     return examples
 
@@ -328,8 +341,10 @@ def tokenizer(tmp_path_factory):
 
 
 def examples_for(questions, answers, texts):
-    return [Example(text=t, question=q, answer=a, doc_id=str(i)) for i, (q, a, t) in
-            enumerate(zip(questions, answers, texts))]
+    return [
+        Example(text=t, question=q, answer=a, doc_id=str(i))
+        for i, (q, a, t) in enumerate(zip(questions, answers, texts))
+    ]
 
 
 def test_collator_targets_only_the_answer(tokenizer):
@@ -395,4 +410,9 @@ def test_collator_truncates_long_questions_and_answers_from_the_end(tokenizer):
 def test_collator_from_config(tokenizer):
     cfg = dataset_cfg("archivalqa", max_text_len=7, max_question_len=3, max_answer_len=2, qa_eos=True)
     collator = QACollator.from_config(tokenizer, cfg)
-    assert (collator.max_text_len, collator.max_question_len, collator.max_answer_len, collator.qa_eos) == (7, 3, 2, True)
+    assert (collator.max_text_len, collator.max_question_len, collator.max_answer_len, collator.qa_eos) == (
+        7,
+        3,
+        2,
+        True,
+    )

@@ -1,15 +1,16 @@
 """The demo end to end on the seconds-sized tiny world: every step through the user-facing
 commands, each method's lr chosen on validation, the report, the heat-maps, and resuming."""
+
 import json
 from collections import defaultdict
 
 import pandas as pd
 import pytest
 import torch
+from conftest import compose, run_script
 from omegaconf import OmegaConf
 
 import demo
-from conftest import compose, run_script
 from plumbing.errors import UsageError
 
 # every test here runs demo.py or its steps as subprocesses
@@ -24,16 +25,40 @@ def demo_config(world, out_dir, **changes):
     recipe = [o for o in world.overrides if not o.startswith("out_dir=")]
     cfg = compose("conf", config_name="demo")
     OmegaConf.set_struct(cfg, False)  # as demo.main leaves it for run_demo
-    cfg = OmegaConf.merge(cfg, {
-        "out_dir": str(out_dir),
-        "tiny_world_overrides": recipe,
-        "qa_tune_overrides": ["device=cpu", "max_steps=4", "val_steps=2", "max_val_questions=8", "max_new_tokens=4"],
-        "meta_train_overrides": ["device=cpu", "max_outer_steps=2", "update_batch_size=2", "reset_base_freq=4",
-                                 "grad_acc_steps=1", "val_steps=1", "val_batches=1", "sample_docs=1", "progress=false"],
-        "eval_overrides": ["eval=[em,ppl]", "device=cpu", "max_new_tokens=4", "progress=false"],
-        "lrs": LRS, "val_downsample_to": 4, "test_downsample_to": 4, "test_seeds": [1, 2], "heatmap_documents": 2,
-        "bootstrap_resamples": 200, "max_lr_extensions": 1, "baselines": ["uniform", "TFIDF"],
-    })
+    cfg = OmegaConf.merge(
+        cfg,
+        {
+            "out_dir": str(out_dir),
+            "tiny_world_overrides": recipe,
+            "qa_tune_overrides": [
+                "device=cpu",
+                "max_steps=4",
+                "val_steps=2",
+                "max_val_questions=8",
+                "max_new_tokens=4",
+            ],
+            "meta_train_overrides": [
+                "device=cpu",
+                "max_outer_steps=2",
+                "update_batch_size=2",
+                "reset_base_freq=4",
+                "grad_acc_steps=1",
+                "val_steps=1",
+                "val_batches=1",
+                "sample_docs=1",
+                "progress=false",
+            ],
+            "eval_overrides": ["eval=[em,ppl]", "device=cpu", "max_new_tokens=4", "progress=false"],
+            "lrs": LRS,
+            "val_downsample_to": 4,
+            "test_downsample_to": 4,
+            "test_seeds": [1, 2],
+            "heatmap_documents": 2,
+            "bootstrap_resamples": 200,
+            "max_lr_extensions": 1,
+            "baselines": ["uniform", "TFIDF"],
+        },
+    )
     # fewer methods than the demo's, every kind among them: floor, baselines, meta-trained, ceiling
     cfg.methods = {name: cfg.methods[name] for name in ("none", "uniform", "TFIDF", "CaMeLS", "oracle")}
     return OmegaConf.merge(cfg, changes)
@@ -70,8 +95,12 @@ def test_miniature_demo_runs_end_to_end_and_resumes(tiny_world_small, tmp_path, 
     worlds = sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
     assert len(worlds) == 1 and worlds[0].startswith("tiny_world-"), worlds
     data_dir = str(tmp_path / "cache" / worlds[0] / "data")
-    step_configs = [out / "qa_tune" / ".hydra" / "config.yaml", *(out / "meta_train").glob("seed*/.hydra/config.yaml"),
-                    *out.glob("val/**/config.yaml"), *out.glob("test/**/config.yaml")]
+    step_configs = [
+        out / "qa_tune" / ".hydra" / "config.yaml",
+        *(out / "meta_train").glob("seed*/.hydra/config.yaml"),
+        *out.glob("val/**/config.yaml"),
+        *out.glob("test/**/config.yaml"),
+    ]
     assert len(step_configs) > 2 * len(methods)
     for path in step_configs:
         assert OmegaConf.load(path).dataset.data_dir == data_dir, path
@@ -102,8 +131,9 @@ def test_miniature_demo_runs_end_to_end_and_resumes(tiny_world_small, tmp_path, 
         seeds = [test[method, best.loc[method, "lr"], s] for s in (1, 2)]
         assert best.loc[method, "f1_fraction_mean"] == pytest.approx(sum(seeds) / 2)
     assert best["nll_mean"].notna().all(), "eval=[em,ppl] puts the answer NLL in the table"
-    assert best.loc["none", "f1_fraction_mean"] == pytest.approx(test["none", best.loc["none", "lr"], 1] / 2
-                                                        + test["none", best.loc["none", "lr"], 2] / 2)
+    assert best.loc["none", "f1_fraction_mean"] == pytest.approx(
+        test["none", best.loc["none", "lr"], 1] / 2 + test["none", best.loc["none", "lr"], 2] / 2
+    )
 
     for name in ("results.md", "results.csv", "best.csv", "best_f1.png", "paired.csv", "environment.json"):
         assert (report_dir / name).stat().st_size > 0, name
@@ -119,8 +149,11 @@ def test_miniature_demo_runs_end_to_end_and_resumes(tiny_world_small, tmp_path, 
         html = (report_dir / f"weights_{weighting}.html").read_text()
         assert html.count("<span") > 10 and (report_dir / f"weights_{weighting}.png").is_file()
     # uniform weights put exactly the answer tokens' share of the weight on them, the oracle all of it
-    shares = {line.split("|")[1].strip(): line.split("|")[2:4] for line in
-              (report_dir / "answer_mass.md").read_text().splitlines() if line.startswith("| ") and "%" in line}
+    shares = {
+        line.split("|")[1].strip(): line.split("|")[2:4]
+        for line in (report_dir / "answer_mass.md").read_text().splitlines()
+        if line.startswith("| ") and "%" in line
+    }
     assert sorted(shares) == sorted(["CaMeLS_seed0", "CaMeLS_seed1", "TFIDF", "uniform", "oracle"])
     weight_share, token_share = (float(cell.strip().rstrip("%")) for cell in shares["uniform"])
     assert weight_share == token_share > 0
@@ -128,8 +161,14 @@ def test_miniature_demo_runs_end_to_end_and_resumes(tiny_world_small, tmp_path, 
     for seed in (0, 1):
         assert (out / "meta_train" / f"seed{seed}" / "checkpoints" / "best" / "model.safetensors").is_file()
     timings = json.loads((out / "timings.json").read_text())
-    assert {"tiny_world", "qa_tune", "meta_train_seed0", "meta_train_seed1", "report",
-            *(f"{phase}_{m}" for phase in ("val", "test") for m in methods)} <= set(timings)
+    assert {
+        "tiny_world",
+        "qa_tune",
+        "meta_train_seed0",
+        "meta_train_seed1",
+        "report",
+        *(f"{phase}_{m}" for phase in ("val", "test") for m in methods),
+    } <= set(timings)
 
     # a second run finds every step done and only redraws the report's heat-maps
     capsys.readouterr()
@@ -141,7 +180,7 @@ def test_miniature_demo_runs_end_to_end_and_resumes(tiny_world_small, tmp_path, 
 
 def test_lr_grid_must_be_log_spaced():
     assert demo.grid_ratio([1e-4, 1e-3, 1e-2]) == pytest.approx(10.0)
-    assert demo.grid_ratio([3e-4, 1e-3, 3e-3]) == pytest.approx(10 ** 0.5)
+    assert demo.grid_ratio([3e-4, 1e-3, 3e-3]) == pytest.approx(10**0.5)
     with pytest.raises(UsageError, match="not log-spaced"):
         demo.grid_ratio([1e-4, 1e-3, 3e-3])
     with pytest.raises(UsageError, match="at least two"):
@@ -154,7 +193,11 @@ def test_failed_step_stops_the_demo_with_one_line_and_is_rerun(tiny_world_small,
     cfg.qa_tune_overrides = [*cfg.qa_tune_overrides, "lr=-1"]
     with pytest.raises(UsageError) as caught:
         demo.run_demo(cfg)
-    assert "qa_tune_overrides: lr=-1" in str(caught.value) and "is invalid" in str(caught.value) and "\n" not in str(caught.value)
+    assert (
+        "qa_tune_overrides: lr=-1" in str(caught.value)
+        and "is invalid" in str(caught.value)
+        and "\n" not in str(caught.value)
+    )
     assert not (tmp_path / "demo").exists(), "checked before any step"
     # passes the checks, fails in the step (the data are read only there)
     cfg.qa_tune_overrides = [f"dataset.data_dir={tmp_path / 'missing'}", *cfg.qa_tune_overrides[1:-1]]

@@ -3,14 +3,27 @@ reference's arguments (12 beams in 4 groups, diversity penalty 10, early stoppin
 top-K returned): the same token sequences, best first, on a trained tiny-world model, on random
 GPT-2s built so that beams end at EOS at different steps and candidates tie exactly, and on random
 GPT-Neo, GPT-J, Llama and OPT models; evaluate_qa's rows, and the cases left to generate."""
+
 import pytest
 import torch
-from transformers import (BloomConfig, BloomForCausalLM, GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM,
-                          GPTNeoConfig, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM)
+from transformers import (
+    BloomConfig,
+    BloomForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTJConfig,
+    GPTJForCausalLM,
+    GPTNeoConfig,
+    GPTNeoForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+)
 
 import diverse_beam
-from plumbing import loading
 from exp_datasets import QACollator, load_split
+from plumbing import loading
 from subroutines import Decoding, evaluate_qa, generate_answers
 
 EOS = 0
@@ -20,11 +33,20 @@ def reference_sequences(model, prompt, top_k, num_beams=12, pad_token_id=EOS):
     """The reference's generate call on one unpadded prompt: its continuations, the EOS that ends a
     finished one and the padding after it removed."""
     ids = torch.tensor([prompt])
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
-                         max_length=ids.shape[1] + 16, num_return_sequences=top_k, num_beam_groups=4,
-                         num_beams=num_beams, diversity_penalty=10.0, early_stopping=True, pad_token_id=pad_token_id)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        use_cache=True,
+        max_length=ids.shape[1] + 16,
+        num_return_sequences=top_k,
+        num_beam_groups=4,
+        num_beams=num_beams,
+        diversity_penalty=10.0,
+        early_stopping=True,
+        pad_token_id=pad_token_id,
+    )
     sequences = []
-    for row in out[:, ids.shape[1]:].tolist():
+    for row in out[:, ids.shape[1] :].tolist():
         while row and row[-1] in (EOS, pad_token_id):
             row.pop()
         sequences.append(row)
@@ -47,8 +69,17 @@ def eos_and_tie_model(attn_implementation, seed):
     """A random GPT-2 over 24 tokens whose EOS (token 0) is likely after some prefixes and not after
     others, and whose tokens 5 and 6 always have the same logit (untied output rows made equal)."""
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=24, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=EOS,
-                        eos_token_id=EOS, tie_word_embeddings=False, attn_implementation=attn_implementation)
+    config = GPT2Config(
+        vocab_size=24,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        tie_word_embeddings=False,
+        attn_implementation=attn_implementation,
+    )
     model = GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(40.0)
@@ -82,27 +113,60 @@ def test_equals_generate_with_early_eos_and_ties(attn, seed):
 def other_architecture(kind, attn_implementation):
     """Random small models of the other architectures (their own mask and position code), EOS-prone."""
     torch.manual_seed(0)
-    common = dict(vocab_size=24, bos_token_id=EOS, eos_token_id=EOS, tie_word_embeddings=False,
-                  attn_implementation=attn_implementation)
+    common = dict(
+        vocab_size=24,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        tie_word_embeddings=False,
+        attn_implementation=attn_implementation,
+    )
     if kind == "gpt_neo":  # a global and a local (windowed) attention layer
-        model = GPTNeoForCausalLM(GPTNeoConfig(max_position_embeddings=64, hidden_size=32, num_layers=2, num_heads=2,
-                                               attention_types=[[["global", "local"], 1]], window_size=8, **common))
+        model = GPTNeoForCausalLM(
+            GPTNeoConfig(
+                max_position_embeddings=64,
+                hidden_size=32,
+                num_layers=2,
+                num_heads=2,
+                attention_types=[[["global", "local"], 1]],
+                window_size=8,
+                **common,
+            )
+        )
     elif kind == "gptj":
         model = GPTJForCausalLM(GPTJConfig(n_positions=64, n_embd=32, n_layer=2, n_head=2, rotary_dim=8, **common))
     elif kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=64, hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=2, **common))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                max_position_embeddings=64,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                **common,
+            )
+        )
     else:
-        model = OPTForCausalLM(OPTConfig(max_position_embeddings=64, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
-                                         num_attention_heads=2, word_embed_proj_dim=32, pad_token_id=1, **common))
+        model = OPTForCausalLM(
+            OPTConfig(
+                max_position_embeddings=64,
+                hidden_size=32,
+                ffn_dim=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                word_embed_proj_dim=32,
+                pad_token_id=1,
+                **common,
+            )
+        )
     with torch.no_grad():
         model.lm_head.weight.mul_(40.0)
         model.lm_head.weight[EOS] *= 1.5
     return model.eval()
 
 
-@pytest.mark.parametrize("kind, attn", [("gpt_neo", "eager"), ("gptj", "eager"), ("llama", "eager"),
-                                        ("llama", "sdpa"), ("opt", "sdpa")])
+@pytest.mark.parametrize(
+    "kind, attn", [("gpt_neo", "eager"), ("gptj", "eager"), ("llama", "eager"), ("llama", "sdpa"), ("opt", "sdpa")]
+)
 @torch.no_grad()
 def test_equals_generate_on_other_architectures(kind, attn):
     model = other_architecture(kind, attn)
@@ -131,8 +195,12 @@ def test_more_beams_for_a_large_k():
 def world(tiny_world_small):
     tokenizer = loading.load_tokenizer(tiny_world_small.base_model)
     collator = QACollator.from_config(tokenizer, tiny_world_small.dataset_cfg)
-    return dict(tokenizer=tokenizer, collator=collator,
-                test=load_split(tiny_world_small.dataset_cfg, "test"), path=tiny_world_small.base_model)
+    return dict(
+        tokenizer=tokenizer,
+        collator=collator,
+        test=load_split(tiny_world_small.dataset_cfg, "test"),
+        path=tiny_world_small.base_model,
+    )
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -143,8 +211,17 @@ def test_trained_tiny_world_model_answers_equal_generate(world, attn):
     examples = world["test"][:10]
     batch = world["collator"](examples)
     for top_k in (1, 4):
-        ours = diverse_beam.search(model, batch["gen_ids"], batch["gen_mask"], Decoding().beams_for(top_k), 4, 10.0,
-                                   16, top_k, world["tokenizer"].pad_token_id)
+        ours = diverse_beam.search(
+            model,
+            batch["gen_ids"],
+            batch["gen_mask"],
+            Decoding().beams_for(top_k),
+            4,
+            10.0,
+            16,
+            top_k,
+            world["tokenizer"].pad_token_id,
+        )
         for example, answers in zip(examples, ours):
             prompt = world["tokenizer"](example.question)["input_ids"]
             assert answers == reference_sequences(model, prompt, top_k, pad_token_id=world["tokenizer"].eos_token_id)
@@ -159,14 +236,25 @@ def test_evaluate_qa_predictions_are_the_reference_answers_in_question_order(wor
     tokenizer, examples = world["tokenizer"], world["test"][:7]
     lengths = [len(tokenizer(e.question)["input_ids"]) for e in examples]
     assert lengths != sorted(lengths)  # evaluate_qa batches them in another order
-    rows, _ = evaluate_qa(model, tokenizer, examples, world["collator"], "cpu", ("em2",), batch_size=3,
-                          decoding=Decoding(), progress=False)
+    rows, _ = evaluate_qa(
+        model,
+        tokenizer,
+        examples,
+        world["collator"],
+        "cpu",
+        ("em2",),
+        batch_size=3,
+        decoding=Decoding(),
+        progress=False,
+    )
     assert [r["question"] for r in rows] == [e.question for e in examples]
     for row, example in zip(rows, examples):
-        reference = reference_sequences(model, tokenizer(example.question)["input_ids"], 2,
-                                        pad_token_id=tokenizer.eos_token_id)
-        assert row["predictions"] == " || ".join(tokenizer.decode(s, skip_special_tokens=True).strip()
-                                                  for s in reference)
+        reference = reference_sequences(
+            model, tokenizer(example.question)["input_ids"], 2, pad_token_id=tokenizer.eos_token_id
+        )
+        assert row["predictions"] == " || ".join(
+            tokenizer.decode(s, skip_special_tokens=True).strip() for s in reference
+        )
 
 
 @torch.no_grad()
@@ -174,19 +262,32 @@ def test_one_beam_group_is_generate_beam_search(world):
     """One group is transformers' plain beam search, another algorithm: generate runs it."""
     model = loading.load_causal_lm(world["path"]).eval()
     batch = world["collator"](world["test"][:4])
-    ours = generate_answers(model, world["tokenizer"], batch["gen_ids"], batch["gen_mask"],
-                            Decoding(num_beam_groups=1, diversity_penalty=0.0), 2)
-    assert ours == direct_generate_answers(model, world["tokenizer"], batch, num_beams=12, num_beam_groups=1,
-                                           top_k=2)
+    ours = generate_answers(
+        model,
+        world["tokenizer"],
+        batch["gen_ids"],
+        batch["gen_mask"],
+        Decoding(num_beam_groups=1, diversity_penalty=0.0),
+        2,
+    )
+    assert ours == direct_generate_answers(model, world["tokenizer"], batch, num_beams=12, num_beam_groups=1, top_k=2)
 
 
 def direct_generate_answers(model, tokenizer, batch, num_beams, num_beam_groups, top_k, **kwargs):
     """generate on the whole left-padded batch, its texts grouped per question."""
-    out = model.generate(input_ids=batch["gen_ids"], attention_mask=batch["gen_mask"], max_new_tokens=16,
-                         num_beams=num_beams, num_beam_groups=num_beam_groups, early_stopping=True,
-                         num_return_sequences=top_k, pad_token_id=tokenizer.pad_token_id, **kwargs)
-    texts = [t.strip() for t in tokenizer.batch_decode(out[:, batch["gen_ids"].shape[1]:], skip_special_tokens=True)]
-    return [texts[i:i + top_k] for i in range(0, len(texts), top_k)]
+    out = model.generate(
+        input_ids=batch["gen_ids"],
+        attention_mask=batch["gen_mask"],
+        max_new_tokens=16,
+        num_beams=num_beams,
+        num_beam_groups=num_beam_groups,
+        early_stopping=True,
+        num_return_sequences=top_k,
+        pad_token_id=tokenizer.pad_token_id,
+        **kwargs,
+    )
+    texts = [t.strip() for t in tokenizer.batch_decode(out[:, batch["gen_ids"].shape[1] :], skip_special_tokens=True)]
+    return [texts[i : i + top_k] for i in range(0, len(texts), top_k)]
 
 
 @torch.no_grad()
@@ -198,8 +299,9 @@ def test_a_generation_config_with_other_processors_falls_back_to_generate(world)
     assert not diverse_beam.supports(model)
     penalised = generate_answers(model, world["tokenizer"], batch["gen_ids"], batch["gen_mask"], Decoding(), 2)
     assert penalised != plain
-    assert penalised == direct_generate_answers(model, world["tokenizer"], batch, num_beams=12, num_beam_groups=4,
-                                                top_k=2, diversity_penalty=10.0)
+    assert penalised == direct_generate_answers(
+        model, world["tokenizer"], batch, num_beams=12, num_beam_groups=4, top_k=2, diversity_penalty=10.0
+    )
 
 
 def test_hypotheses_keep_what_transformers_beam_hypotheses_keep():

@@ -1,4 +1,5 @@
 """Online-adaptation evaluation: QA scoring, weighted stream training, light tuning, run.py."""
+
 import copy
 import importlib.util
 import json
@@ -9,21 +10,47 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO, compose, run_script, world_overrides
 from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import evaluation
 import util
-from plumbing import errors, loading
 import weight_model as W
 from exp_datasets import QACollator, load_split
-from conftest import REPO, compose, run_script, world_overrides
+from plumbing import errors, loading
 from subroutines import AdaptationSettings, Decoding, LightTuneSettings, evaluate_qa, light_tune, weighted_train
 
-SUMMARY_KEYS = {"method", "adapts", "lr", "seed", "dataset", "split", "base_model", "downsample_to", "optimizer",
-                "n_epochs", "n_documents", "n_questions", "em", "f1", "max_f1", "top_k", "em_at_k", "f1_at_k",
-                "decoding", "nll", "init", "unrelated", "diverged", "wall_time_s", "run_dir", "em_percent",
-                "f1_percent", "max_f1_percent"}
+SUMMARY_KEYS = {
+    "method",
+    "adapts",
+    "lr",
+    "seed",
+    "dataset",
+    "split",
+    "base_model",
+    "downsample_to",
+    "optimizer",
+    "n_epochs",
+    "n_documents",
+    "n_questions",
+    "em",
+    "f1",
+    "max_f1",
+    "top_k",
+    "em_at_k",
+    "f1_at_k",
+    "decoding",
+    "nll",
+    "init",
+    "unrelated",
+    "diverged",
+    "wall_time_s",
+    "run_dir",
+    "em_percent",
+    "f1_percent",
+    "max_f1_percent",
+}
 GREEDY4 = Decoding(method="greedy", max_new_tokens=4, first_line=True)
 
 
@@ -37,14 +64,20 @@ def world_parts(world):
     tokenizer = loading.load_tokenizer(world.base_model)
     model = loading.load_causal_lm(world.base_model).double().eval()
     dataset_cfg = compose_config(world, []).dataset
-    return SimpleNamespace(tokenizer=tokenizer, model=model, dataset=dataset_cfg,
-                           collator=QACollator.from_config(tokenizer, dataset_cfg),
-                           test=load_split(dataset_cfg, "test"))
+    return SimpleNamespace(
+        tokenizer=tokenizer,
+        model=model,
+        dataset=dataset_cfg,
+        collator=QACollator.from_config(tokenizer, dataset_cfg),
+        test=load_split(dataset_cfg, "test"),
+    )
 
 
 def compose_config(world, overrides):
-    return compose("conf", [*world_overrides(world), "dataset=tiny_world", "device=cpu", "progress=false",
-                            "max_new_tokens=4", *overrides])
+    return compose(
+        "conf",
+        [*world_overrides(world), "dataset=tiny_world", "device=cpu", "progress=false", "max_new_tokens=4", *overrides],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,29 +97,49 @@ def manual_answer_nll(model, tokenizer, question, answer, qa_eos):
     q, a = tokenizer(question)["input_ids"], tokenizer(" " + answer)["input_ids"]
     a = a + [tokenizer.eos_token_id] if qa_eos else a
     logits = model(input_ids=torch.tensor([q + a])).logits[0]
-    return F.cross_entropy(logits[len(q) - 1: -1], torch.tensor(a)).item()
+    return F.cross_entropy(logits[len(q) - 1 : -1], torch.tensor(a)).item()
 
 
 @torch.no_grad()
 def test_evaluate_qa_matches_greedy_decoding_and_metrics(world_parts):
     parts = world_parts
     examples = parts.test[:5]
-    rows, summary = evaluate_qa(parts.model, parts.tokenizer, examples, parts.collator, "cpu", ["em", "ppl"],
-                                batch_size=3, decoding=GREEDY4, progress=False)
+    rows, summary = evaluate_qa(
+        parts.model,
+        parts.tokenizer,
+        examples,
+        parts.collator,
+        "cpu",
+        ["em", "ppl"],
+        batch_size=3,
+        decoding=GREEDY4,
+        progress=False,
+    )
     for example, row in zip(examples, rows):
         prediction = greedy_answer(parts.model, parts.tokenizer, example.question, 4)
         assert row["prediction"] == prediction
         assert row["em"] == util.exact_match(prediction, example.answer)
         assert row["f1"] == row["max_f1"] == util.f1_score(prediction, example.answer)
-        assert row["nll"] == pytest.approx(manual_answer_nll(parts.model, parts.tokenizer, example.question,
-                                                             example.answer, parts.collator.qa_eos), rel=1e-6)
+        assert row["nll"] == pytest.approx(
+            manual_answer_nll(parts.model, parts.tokenizer, example.question, example.answer, parts.collator.qa_eos),
+            rel=1e-6,
+        )
     # the answer NLL is a mean over all answer tokens: a question weighs by its answer's length
     n_tokens = [len(parts.collator.answer_tokens(e.answer)) for e in examples]
     assert [r["n_answer_tokens"] for r in rows] == n_tokens
     assert summary["nll"] == pytest.approx(sum(r["nll"] * n for r, n in zip(rows, n_tokens)) / sum(n_tokens))
     assert summary["n_questions"] == 5
-    rows, summary = evaluate_qa(parts.model, parts.tokenizer, examples, parts.collator, "cpu", ["em3"],
-                                batch_size=5, decoding=Decoding(max_new_tokens=4), progress=False)
+    rows, summary = evaluate_qa(
+        parts.model,
+        parts.tokenizer,
+        examples,
+        parts.collator,
+        "cpu",
+        ["em3"],
+        batch_size=5,
+        decoding=Decoding(max_new_tokens=4),
+        progress=False,
+    )
     for row in rows:
         f1s = [float(f) for f in row["f1s"].split()]
         assert len(row["predictions"].split(" || ")) == len(f1s) == 3
@@ -142,8 +195,15 @@ def test_weighted_train_is_accumulated_sgd_on_the_weighted_loss(world_parts):
         assert torch.allclose(new, want, atol=1e-10)
     # clipping: one document, a tiny threshold, so the SGD step has exactly lr x threshold norm
     model = without_dropout(parts.model)
-    weighted_train(model, PositionWeights(), texts[:1], parts.collator, "cpu",
-                   AdaptationSettings(optimizer="sgd", lr=0.5, grad_clip_thresh=1e-3), progress=False)
+    weighted_train(
+        model,
+        PositionWeights(),
+        texts[:1],
+        parts.collator,
+        "cpu",
+        AdaptationSettings(optimizer="sgd", lr=0.5, grad_clip_thresh=1e-3),
+        progress=False,
+    )
     step = torch.cat([(new - old).flatten() for new, old in zip(model.parameters(), parts.model.parameters())])
     assert step.norm().item() == pytest.approx(0.5 * 1e-3, rel=1e-5)
 
@@ -158,7 +218,9 @@ def test_uniform_weights_reproduce_the_plain_lm_loss(world_parts):
         plain = parts.model(input_ids=ids, attention_mask=mask, labels=labels).loss
     weighted = util.weighted_lm_loss(logits, ids, mask, uniform(ids, mask).double(), parts.collator.max_text_len)
     n_targets = mask[:, 1:].sum()
-    assert (weighted * 3 * (parts.collator.max_text_len - 1) / n_targets).item() == pytest.approx(plain.item(), rel=1e-6)
+    assert (weighted * 3 * (parts.collator.max_text_len - 1) / n_targets).item() == pytest.approx(
+        plain.item(), rel=1e-6
+    )
 
 
 def test_light_tune_restores_the_best_validation(world_parts):
@@ -166,8 +228,9 @@ def test_light_tune_restores_the_best_validation(world_parts):
     model = copy.deepcopy(parts.model)
     train = load_split(parts.dataset, "qa_train")
     val = load_split(parts.dataset, "qa_val")[:6]
-    settings = LightTuneSettings(lr=0.05, batch_size=4, val_steps=1, patience=2, stopping_metric="nll", max_epochs=3,
-                                 decoding=GREEDY4)
+    settings = LightTuneSettings(
+        lr=0.05, batch_size=4, val_steps=1, patience=2, stopping_metric="nll", max_epochs=3, decoding=GREEDY4
+    )
     history = light_tune(model, parts.tokenizer, train, val, parts.collator, "cpu", settings, progress=False)
     nlls = [h["nll"] for h in history]
     best = min(range(len(nlls)), key=nlls.__getitem__)
@@ -175,7 +238,7 @@ def test_light_tune_restores_the_best_validation(world_parts):
     n_batches = 3 * -(-len(train) // 4)
     # stopped by the reference rule (the best of the last 2 worse than the best before), or out of data
     assert min(nlls[:-2]) < min(nlls[-2:]) or history[-1]["step"] == n_batches
-    assert all(min(nlls[:i - 2]) >= min(nlls[i - 2:i]) for i in range(3, len(nlls)))  # no earlier stop
+    assert all(min(nlls[: i - 2]) >= min(nlls[i - 2 : i]) for i in range(3, len(nlls)))  # no earlier stop
     _, after = evaluate_qa(model, parts.tokenizer, val, parts.collator, "cpu", ["ppl"], progress=False)
     assert after["nll"] == pytest.approx(nlls[best], rel=1e-9)
 
@@ -185,8 +248,18 @@ def test_light_tune_restores_the_best_validation(world_parts):
 
 
 def test_uniform_adaptation_lowers_answer_nll(world, tmp_path):
-    cfg = compose_config(world, ["model=uniform", "lr=1e-3", "eval=[em,ppl]", "eval_init=true", "downsample_to=4",
-                                 "unrelated_qa_eval=true", "unrelated_questions=4"])
+    cfg = compose_config(
+        world,
+        [
+            "model=uniform",
+            "lr=1e-3",
+            "eval=[em,ppl]",
+            "eval_init=true",
+            "downsample_to=4",
+            "unrelated_qa_eval=true",
+            "unrelated_questions=4",
+        ],
+    )
     summary = evaluation.evaluate(cfg, tmp_path)
     assert set(summary) == SUMMARY_KEYS
     assert summary["nll"] < summary["init"]["nll"]
@@ -206,9 +279,21 @@ def test_camels_and_tfidf_runs(world, world_parts, tmp_path):
     body = f"model.pretrained_model={world.base_model}"
     weight_model = W.build_weight_model(compose_config(world, ["model=CaMeLS", body]).model, world_parts.tokenizer)
     weight_model.save(tmp_path / "wm")
-    cfg = compose_config(world, ["model=CaMeLS", f"weight_model_path={tmp_path / 'wm'}", "eval=[ppl]",
-                                 "downsample_to=2", "qa_lt_final=true", "lt_val_steps=1", "lt_patience=1",
-                                 "lt_val_questions=4", "lt_stopping_metric=nll", "lt_epochs=1"])
+    cfg = compose_config(
+        world,
+        [
+            "model=CaMeLS",
+            f"weight_model_path={tmp_path / 'wm'}",
+            "eval=[ppl]",
+            "downsample_to=2",
+            "qa_lt_final=true",
+            "lt_val_steps=1",
+            "lt_patience=1",
+            "lt_val_questions=4",
+            "lt_stopping_metric=nll",
+            "lt_epochs=1",
+        ],
+    )
     summary = evaluation.evaluate(cfg, tmp_path / "camels")
     assert summary["method"] == "CaMeLS+qa_tune" and summary["n_documents"] == 2 and summary["em"] is None
     cfg = compose_config(world, ["model=TFIDF", "eval=[ppl]", "downsample_to=3", "eval_every_k=2"])
@@ -225,14 +310,16 @@ def test_camels_of_another_tokenizer_runs(world, world_parts, tmp_path):
 
     other = byte_level_tokenizer(["nothing in common with the world's text"] * 3, vocab_size=280)
     GPT2LMHeadModel(GPT2Config(vocab_size=len(other), n_positions=8, n_embd=16, n_layer=1, n_head=2)).save_pretrained(
-        tmp_path / "body")
+        tmp_path / "body"
+    )
     other.save_pretrained(tmp_path / "body")
     body = f"model.pretrained_model={tmp_path / 'body'}"
     weight_model = W.build_weight_model(compose_config(world, ["model=CaMeLS", body]).model, world_parts.tokenizer)
     assert weight_model.base_tokenizer is world_parts.tokenizer
     weight_model.save(tmp_path / "wm")
-    cfg = compose_config(world, ["model=CaMeLS", f"weight_model_path={tmp_path / 'wm'}", "eval=[ppl]",
-                                 "downsample_to=2"])
+    cfg = compose_config(
+        world, ["model=CaMeLS", f"weight_model_path={tmp_path / 'wm'}", "eval=[ppl]", "downsample_to=2"]
+    )
     summary = evaluation.evaluate(cfg, tmp_path / "camels")
     assert summary["method"] == "CaMeLS" and summary["n_documents"] == 2 and summary["nll"] > 0
 
@@ -257,10 +344,13 @@ def bad_input_cases(world, tmp_path, tokenizer):
     from test_weight_model import byte_level_tokenizer
 
     other = byte_level_tokenizer(["nothing in common with the world's text"] * 3, vocab_size=280)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(other), n_positions=64, n_embd=16, n_layer=1, n_head=2)).save_pretrained(other_body)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(other), n_positions=64, n_embd=16, n_layer=1, n_head=2)).save_pretrained(
+        other_body
+    )
     other.save_pretrained(other_body)
-    W.build_weight_model(compose_config(world, ["model=CaMeLS", f"model.pretrained_model={other_body}"]).model,
-                         other).save(tmp_path / "other_wm")
+    W.build_weight_model(
+        compose_config(world, ["model=CaMeLS", f"model.pretrained_model={other_body}"]).model, other
+    ).save(tmp_path / "other_wm")
     # without its own tokenizer a weight model of another vocabulary cannot read the world's base
     shutil.rmtree(tmp_path / "other_wm" / "tokenizer")
     for saved in other_body.iterdir():
@@ -304,8 +394,9 @@ def test_cli_sweep_makes_one_folder_per_job_and_bad_input_exits_2(world, tmp_pat
         assert "lr" in path.parent.name and (path.parent / "results.csv").is_file()
         assert (path.parent / ".hydra" / "config.yaml").is_file() and (path.parent / "config.yaml").is_file()
         assert set(json.loads(path.read_text())) == SUMMARY_KEYS
-    assert all(p.relative_to(tmp_path).parts[:4] == ("outputs", "eval", "tiny_world", "uniform-test-ds2")
-               for p in summaries)
+    assert all(
+        p.relative_to(tmp_path).parts[:4] == ("outputs", "eval", "tiny_world", "uniform-test-ds2") for p in summaries
+    )
 
     result = run_script("run.py", "task=eval", "model=CaMeLS", *common, cwd=tmp_path)
     assert result.returncode == 2
@@ -321,4 +412,8 @@ def test_cli_sweep_makes_one_folder_per_job_and_bad_input_exits_2(world, tmp_pat
     result = run_script("run.py", "task=eval", "model=camels", *common, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Could not find 'model/camels'" in lines[0] and "CaMeLS, TFIDF, excess_loss, none, oracle, ssm, surprisal, uniform" in lines[0]
+    assert (
+        len(lines) == 1
+        and "Could not find 'model/camels'" in lines[0]
+        and "CaMeLS, TFIDF, excess_loss, none, oracle, ssm, surprisal, uniform" in lines[0]
+    )

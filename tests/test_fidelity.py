@@ -1,6 +1,7 @@
 """The reference's behaviour on the real-data path, each against an independent computation:
 decoding, top-K and answer-alternative scoring, answer NLL, light-tuning's stopping rule, batch
 order of meta-training, dropout modes of the meta-objective, and the length cut."""
+
 import copy
 import logging
 import math
@@ -8,19 +9,19 @@ import random
 
 import pytest
 import torch
+from conftest import REPO, compose
 from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import subroutines
 import util
-from plumbing import errors, loading
 from exp_datasets import Example, QACollator, load_split
-from meta_train import batched, epoch_order
-from meta_objective import MetaSettings, outer_loss
-from subroutines import Decoding, generate_answers, reference_stop, score_predictions, summarize
 from exp_datasets.answer_spans import make_batch
+from meta_objective import MetaSettings, outer_loss
+from meta_train import batched, epoch_order
+from plumbing import errors, loading
+from subroutines import Decoding, generate_answers, reference_stop, score_predictions, summarize
 from weight_model import build_weight_model
-from conftest import REPO, compose
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,13 @@ def parts(tiny_world_small):
     tokenizer = loading.load_tokenizer(tiny_world_small.base_model)
     model = loading.load_causal_lm(tiny_world_small.base_model, attn_implementation="eager").double().eval()
     dataset_cfg = tiny_world_small.dataset_cfg
-    return dict(tokenizer=tokenizer, model=model, dataset=dataset_cfg,
-                collator=QACollator.from_config(tokenizer, dataset_cfg), test=load_split(dataset_cfg, "test"))
+    return dict(
+        tokenizer=tokenizer,
+        model=model,
+        dataset=dataset_cfg,
+        collator=QACollator.from_config(tokenizer, dataset_cfg),
+        test=load_split(dataset_cfg, "test"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,12 +46,21 @@ def reference_generate(model, tokenizer, question, top_k):
     """One question at a time, with the reference's arguments (subroutines.qa_eval), its answers cut
     from the decoded text after the decoded question."""
     ids = tokenizer(question, return_tensors="pt")["input_ids"]
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
-                         max_length=ids.shape[1] + 16, num_return_sequences=top_k, num_beam_groups=4, num_beams=12,
-                         diversity_penalty=10.0, early_stopping=True, pad_token_id=tokenizer.eos_token_id)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        use_cache=True,
+        max_length=ids.shape[1] + 16,
+        num_return_sequences=top_k,
+        num_beam_groups=4,
+        num_beams=12,
+        diversity_penalty=10.0,
+        early_stopping=True,
+        pad_token_id=tokenizer.eos_token_id,
+    )
     decoded = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
     prompt = tokenizer.batch_decode(ids, skip_special_tokens=True)[0].strip()
-    return [t[len(prompt):].strip() for t in decoded]
+    return [t[len(prompt) :].strip() for t in decoded]
 
 
 @torch.no_grad()
@@ -53,8 +68,9 @@ def test_batched_beam_decoding_equals_the_reference_generate_call(parts):
     examples = parts["test"][:6]
     batch = parts["collator"](examples)
     for top_k in (1, 3):
-        ours = generate_answers(parts["model"], parts["tokenizer"], batch["gen_ids"], batch["gen_mask"], Decoding(),
-                                top_k)
+        ours = generate_answers(
+            parts["model"], parts["tokenizer"], batch["gen_ids"], batch["gen_mask"], Decoding(), top_k
+        )
         for example, answers in zip(examples, ours):
             assert answers == reference_generate(parts["model"], parts["tokenizer"], example.question, top_k)
 
@@ -113,12 +129,15 @@ def test_answer_nll_is_a_mean_over_answer_tokens():
 # Light tuning
 
 
-@pytest.mark.parametrize("metric,values,stop_at", [
-    ("max_f1", [0.1, 0.3, 0.2, 0.2, 0.2], 5),          # best of the last 3 (0.2) < best before (0.3)
-    ("max_f1", [0.1, 0.3, 0.3, 0.2, 0.2, 0.2], 6),     # a tie with the best before continues
-    ("max_f1", [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5], None),
-    ("nll", [2.0, 1.0, 1.0, 1.5, 1.2, 1.1], 6),        # ties continue for nll too
-])
+@pytest.mark.parametrize(
+    "metric,values,stop_at",
+    [
+        ("max_f1", [0.1, 0.3, 0.2, 0.2, 0.2], 5),  # best of the last 3 (0.2) < best before (0.3)
+        ("max_f1", [0.1, 0.3, 0.3, 0.2, 0.2, 0.2], 6),  # a tie with the best before continues
+        ("max_f1", [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5], None),
+        ("nll", [2.0, 1.0, 1.0, 1.5, 1.2, 1.1], 6),  # ties continue for nll too
+    ],
+)
 def test_reference_stopping_rule_on_scripted_validations(metric, values, stop_at):
     history = []
     stopped = None
@@ -150,8 +169,9 @@ def test_light_tune_runs_past_epochs_validates_on_schedule_and_restores_the_best
     model = copy.deepcopy(parts["model"])
     train = load_split(parts["dataset"], "qa_train")[:5]
     settings = subroutines.LightTuneSettings(lr=1e-2, batch_size=2, val_steps=2, patience=3)
-    history = subroutines.light_tune(model, parts["tokenizer"], train, train, parts["collator"], "cpu", settings,
-                                     progress=False)
+    history = subroutines.light_tune(
+        model, parts["tokenizer"], train, train, parts["collator"], "cpu", settings, progress=False
+    )
     # validations at 0, 2, ..., 10 steps; 6 validations over 10 steps = 3.3 passes of 3 batches; the
     # sixth (0.2) makes the best of the last three (0.25) worse than the best before (0.3)
     assert [h["step"] for h in history] == [0, 2, 4, 6, 8, 10]
@@ -167,16 +187,22 @@ def test_light_tune_runs_past_epochs_validates_on_schedule_and_restores_the_best
 def test_row_shuffled_batches_hold_distinct_documents_in_expectation():
     rng = random.Random(0)
     rows_per_doc = [rng.randint(1, 6) for _ in range(40)]
-    examples = [Example(text=f"doc {d}", question=f"q{i}", answer="a", doc_id=str(d), group=str(d))
-                for d, n in enumerate(rows_per_doc) for i in range(n)]
+    examples = [
+        Example(text=f"doc {d}", question=f"q{i}", answer="a", doc_id=str(d), group=str(d))
+        for d, n in enumerate(rows_per_doc)
+        for i in range(n)
+    ]
     size, n = 6, len(examples)
     # a full batch of a random permutation is a uniform random subset of `size` rows
     expected = sum(1 - math.comb(n - k, size) / math.comb(n, size) for k in rows_per_doc)
     means = {}
     for order in ("rows", "documents"):
-        counts = [len({e.doc_id for e in batch})
-                  for seed in range(300)
-                  for batch in batched(epoch_order(examples, order, random.Random(seed)), size) if len(batch) == size]
+        counts = [
+            len({e.doc_id for e in batch})
+            for seed in range(300)
+            for batch in batched(epoch_order(examples, order, random.Random(seed)), size)
+            if len(batch) == size
+        ]
         means[order] = sum(counts) / len(counts)
     assert means["rows"] == pytest.approx(expected, abs=0.05)
     assert means["documents"] < expected - 2
@@ -242,8 +268,9 @@ def test_a_5000_token_document_is_cut_to_a_256_position_model(parts, caplog):
         model(input_ids=batch["qa_ids"], attention_mask=batch["qa_mask"])
     uniform = build_weight_model(OmegaConf.load(REPO / "conf/model/uniform.yaml"), tokenizer)
     subroutines.weighted_train(model, uniform, [text], collator, "cpu", progress=False)
-    rows, _ = subroutines.evaluate_qa(model, tokenizer, [example], collator, "cpu", ["em", "ppl"],
-                                      decoding=Decoding(method="greedy"), progress=False)
+    rows, _ = subroutines.evaluate_qa(
+        model, tokenizer, [example], collator, "cpu", ["em", "ppl"], decoding=Decoding(method="greedy"), progress=False
+    )
     assert len(rows) == 1
     # the weight model's body bounds the lengths too
     body = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=16, n_layer=1, n_head=2))
@@ -262,10 +289,21 @@ def test_reference_defaults_per_dataset(dataset):
     assert train.dataset.qa_eos and train.batch_order == "rows" and train.meta_dropout
     assert compose("qa_conf", [f"dataset={dataset}"]).dataset.qa_eos
     evaluation = compose("conf", ["task=eval", f"dataset={dataset}", "downsample_to=50"])
-    assert (evaluation.decoding, evaluation.num_beams, evaluation.num_beam_groups, evaluation.diversity_penalty,
-            evaluation.max_new_tokens) == ("beam", 12, 4, 10.0, 16)
-    assert (evaluation.lt_val_steps, evaluation.lt_patience, evaluation.lt_epochs, evaluation.lt_grad_clip_thresh,
-            evaluation.lt_val_questions, evaluation.answer_match) == (16, 3, None, 750, 50, "all")
+    assert (
+        evaluation.decoding,
+        evaluation.num_beams,
+        evaluation.num_beam_groups,
+        evaluation.diversity_penalty,
+        evaluation.max_new_tokens,
+    ) == ("beam", 12, 4, 10.0, 16)
+    assert (
+        evaluation.lt_val_steps,
+        evaluation.lt_patience,
+        evaluation.lt_epochs,
+        evaluation.lt_grad_clip_thresh,
+        evaluation.lt_val_questions,
+        evaluation.answer_match,
+    ) == (16, 3, None, 750, 50, "all")
 
 
 def test_validation_kl_reads_its_own_web_text(tiny_world_small, tmp_path):
@@ -291,8 +329,13 @@ def test_checkpointed_meta_gradient_keeps_the_dropout_of_each_call(parts):
     weights = (torch.ones_like(batch["text_ids"], dtype=torch.float64) * batch["text_mask"]).requires_grad_()
     grads = []
     for checkpointed in (False, True):
-        settings = MetaSettings(inner_lr=0.5, backend="torch_func", max_text_len=collator.max_text_len, c_kl=0.0,
-                                grad_checkpointing=checkpointed)
+        settings = MetaSettings(
+            inner_lr=0.5,
+            backend="torch_func",
+            max_text_len=collator.max_text_len,
+            c_kl=0.0,
+            grad_checkpointing=checkpointed,
+        )
         torch.manual_seed(3)
         loss, _, _ = outer_loss(base, weights, batch, {}, settings, differentiable=True)
         grads.append(torch.autograd.grad(loss, weights)[0])

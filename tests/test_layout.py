@@ -86,13 +86,21 @@ def test_no_import_cycle_among_the_project_modules():
 
 def test_plumbing_imports_nothing_of_the_method():
     graph = import_graph()
-    outside = {(name, target) for name, targets in graph.items() if in_package(name, PLUMBING)
-               for target in targets if not in_package(target, PLUMBING)}
+    outside = {
+        (name, target)
+        for name, targets in graph.items()
+        if in_package(name, PLUMBING)
+        for target in targets
+        if not in_package(target, PLUMBING)
+    }
     assert outside == set()
 
 
 def test_only_the_entry_points_reach_the_tiny_world_builder():
     graph = import_graph()
-    reaching = {name for name, targets in graph.items()
-                if not in_package(name, TINY_WORLD) and any(in_package(t, TINY_WORLD) for t in targets)}
+    reaching = {
+        name
+        for name, targets in graph.items()
+        if not in_package(name, TINY_WORLD) and any(in_package(t, TINY_WORLD) for t in targets)
+    }
     assert reaching <= ENTRY_POINTS and {"run", "train_qa"} <= reaching

@@ -1,4 +1,5 @@
 """The three losses of the method against explicit loops, and their padding invariances."""
+
 import math
 
 import pytest
@@ -53,7 +54,8 @@ def test_weighted_lm_loss_ignores_weights_and_logits_at_padding(batch):
     changed_weights[1, 4:] = 100.0
     changed_logits[1, 4:] = torch.randn(2, VOCAB, dtype=torch.float64)
     assert weighted_lm_loss(changed_logits, ids, mask, changed_weights, 32).item() == pytest.approx(
-        base.item(), rel=1e-12)
+        base.item(), rel=1e-12
+    )
     # the weight of a real target token does count
     changed_weights[0, 3] += 1.0
     assert weighted_lm_loss(logits, ids, mask, changed_weights, 32).item() > base.item()
@@ -69,7 +71,8 @@ def test_weighted_lm_loss_unchanged_by_extra_pad_columns(batch):
         torch.cat([weights, torch.rand(2, extra, dtype=torch.float64) + 1], 1),
     )
     assert weighted_lm_loss(*padded, 32).item() == pytest.approx(
-        weighted_lm_loss(logits, ids, mask, weights, 32).item(), rel=1e-12)
+        weighted_lm_loss(logits, ids, mask, weights, 32).item(), rel=1e-12
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +92,9 @@ def test_dynamic_padding_equals_padding_to_max_text_len(tiny_lm, batch):
         full_ids = torch.cat([ids, torch.full((2, extra), PAD_ID)], 1)
         full_mask = torch.cat([mask, torch.zeros(2, extra, dtype=torch.long)], 1)
         full_weights = torch.cat([weights, torch.ones(2, extra, dtype=torch.float64)], 1)
-        full = weighted_lm_loss(tiny_lm(full_ids, attention_mask=full_mask).logits,
-                                full_ids, full_mask, full_weights, max_text_len)
+        full = weighted_lm_loss(
+            tiny_lm(full_ids, attention_mask=full_mask).logits, full_ids, full_mask, full_weights, max_text_len
+        )
     assert full.item() == pytest.approx(dynamic.item(), rel=1e-10)
 
 
@@ -110,7 +114,7 @@ def test_answer_nll_matches_explicit_loop():
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(3, 7, VOCAB, generator=generator, dtype=torch.float64)
     labels = torch.full((3, 7), -100)
-    labels[0, 4:6] = torch.tensor([3, 5])    # two answer tokens
+    labels[0, 4:6] = torch.tensor([3, 5])  # two answer tokens
     labels[1, 2:7] = torch.tensor([1, 2, 3, 4, 9])
     # row 2 has no answer token at all
     per_example, all_nll, count = [], 0.0, 0

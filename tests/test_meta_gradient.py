@@ -1,6 +1,7 @@
 """The meta-gradient of CaMeLS meta-training equals central finite differences of the outer loss,
 for both inner-loop backends, sequential and batched updates, one and two inner steps, with and
 without the locality term; and the backends agree."""
+
 import dataclasses
 import itertools
 
@@ -19,8 +20,18 @@ TOLERANCE = 1e-5
 def micro_config(seed):
     torch.manual_seed(seed)
     # a wide init makes the micro model's predictions (and so the meta-gradient) far from uniform
-    return GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=2, initializer_range=0.3,
-                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")
+    return GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=32,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        initializer_range=0.3,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        attn_implementation="eager",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +57,27 @@ def batch():
     loc_mask = torch.ones_like(loc_ids)
     loc_mask[1, 6:] = 0
     weights = (torch.rand(3, 12, generator=generator, dtype=torch.float64) + 0.5) * text_mask
-    return dict(text_ids=text_ids, text_mask=text_mask, qa_ids=qa_ids, qa_mask=qa_mask, qa_labels=qa_labels,
-                loc={"web_text": (loc_ids, loc_mask)}, weights=weights)
+    return dict(
+        text_ids=text_ids,
+        text_mask=text_mask,
+        qa_ids=qa_ids,
+        qa_mask=qa_mask,
+        qa_labels=qa_labels,
+        loc={"web_text": (loc_ids, loc_mask)},
+        weights=weights,
+    )
 
 
 def settings_for(backend, sequential, steps, c_kl, c_norm=0.0):
-    return MetaSettings(inner_lr=2.0, num_inner_steps=steps, sequential_update=sequential, max_text_len=MAX_TEXT_LEN,
-                        c_kl=c_kl, c_norm=c_norm, backend=backend)
+    return MetaSettings(
+        inner_lr=2.0,
+        num_inner_steps=steps,
+        sequential_update=sequential,
+        max_text_len=MAX_TEXT_LEN,
+        c_kl=c_kl,
+        c_norm=c_norm,
+        backend=backend,
+    )
 
 
 def loss_value(base_model, weights, batch, settings):
@@ -79,18 +104,23 @@ def random_directions(mask, count, seed):
 
 def central_difference(base_model, batch, settings, direction):
     weights = batch["weights"]
-    return (loss_value(base_model, weights + FD_EPS * direction, batch, settings)
-            - loss_value(base_model, weights - FD_EPS * direction, batch, settings)) / (2 * FD_EPS)
+    return (
+        loss_value(base_model, weights + FD_EPS * direction, batch, settings)
+        - loss_value(base_model, weights - FD_EPS * direction, batch, settings)
+    ) / (2 * FD_EPS)
 
 
 @pytest.mark.parametrize("sequential,steps,c_kl", CASES)
 def test_weight_gradient_matches_finite_differences_for_both_backends(base_model, batch, sequential, steps, c_kl):
-    grads = {backend: weight_gradient(base_model, batch, settings_for(backend, sequential, steps, c_kl))
-             for backend in ("higher", "torch_func")}
+    grads = {
+        backend: weight_gradient(base_model, batch, settings_for(backend, sequential, steps, c_kl))
+        for backend in ("higher", "torch_func")
+    }
     settings = settings_for("torch_func", sequential, steps, c_kl)
     directions = random_directions(batch["text_mask"], 2, seed=sequential * 4 + steps)
-    numeric = torch.tensor([central_difference(base_model, batch, settings, d) for d in directions],
-                           dtype=torch.float64)
+    numeric = torch.tensor(
+        [central_difference(base_model, batch, settings, d) for d in directions], dtype=torch.float64
+    )
     assert numeric.abs().min() > 1e-4, "the checked directions should matter"
     for backend, grad in grads.items():
         analytic = torch.stack([(grad * d).sum() for d in directions])
@@ -158,8 +188,9 @@ def test_weight_model_gradient_directional(base_model, weight_model, batch, back
 def test_initial_base_weights_get_no_gradient_and_stay_unchanged(base_model, batch, backend):
     before = [p.detach().clone() for p in base_model.parameters()]
     weights = batch["weights"].clone().requires_grad_()
-    loss, metrics, updated = outer_loss(base_model, weights, batch, batch["loc"],
-                                        settings_for(backend, True, 1, 0.7), differentiable=True)
+    loss, metrics, updated = outer_loss(
+        base_model, weights, batch, batch["loc"], settings_for(backend, True, 1, 0.7), differentiable=True
+    )
     loss.backward()
     assert weights.grad is not None
     assert all(p.grad is None for p in base_model.parameters())
@@ -179,14 +210,15 @@ def test_sequential_update_is_one_sgd_step_per_document(base_model, batch):
     optimizer = torch.optim.SGD(model.parameters(), lr=2.0)
     for row in range(3):
         n = int(batch["text_mask"][row].sum())
-        ids, mask = batch["text_ids"][row:row + 1, :n], batch["text_mask"][row:row + 1, :n]
+        ids, mask = batch["text_ids"][row : row + 1, :n], batch["text_mask"][row : row + 1, :n]
         optimizer.zero_grad()
         logits = model(input_ids=ids, attention_mask=mask).logits
-        weighted_lm_loss(logits, ids, mask, batch["weights"][row:row + 1, :n], MAX_TEXT_LEN).backward()
+        weighted_lm_loss(logits, ids, mask, batch["weights"][row : row + 1, :n], MAX_TEXT_LEN).backward()
         optimizer.step()
     for backend in ("higher", "torch_func"):
-        _, _, updated = outer_loss(base_model, batch["weights"], batch, batch["loc"],
-                                   settings_for(backend, True, 1, 0.0), differentiable=False)
+        _, _, updated = outer_loss(
+            base_model, batch["weights"], batch, batch["loc"], settings_for(backend, True, 1, 0.0), differentiable=False
+        )
         for expected, got in zip(model.parameters(), updated):
             assert torch.allclose(expected, got, rtol=1e-10, atol=1e-12)
 
@@ -206,8 +238,9 @@ def weight_model_gradient(weight_model, base_model, batch, settings, **kwargs):
     from meta_objective import accumulate_meta_gradient
 
     weight_model.zero_grad(set_to_none=True)
-    weights, metrics, updated = accumulate_meta_gradient(weight_model, base_model, batch, batch["loc"], settings,
-                                                         **kwargs)
+    weights, metrics, updated = accumulate_meta_gradient(
+        weight_model, base_model, batch, batch["loc"], settings, **kwargs
+    )
     grads = [p.grad.clone() for p in weight_model.parameters() if p.requires_grad]
     weight_model.zero_grad(set_to_none=True)
     return grads, weights, metrics, updated
@@ -217,8 +250,10 @@ def flat(tensors):
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-@pytest.mark.parametrize("sequential,steps,every", [(True, 1, 1), (True, 2, 1), (False, 2, 1), (True, 2, 2),
-                                                    (True, 2, 4), (True, 1, 6), (False, 2, 2)])
+@pytest.mark.parametrize(
+    "sequential,steps,every",
+    [(True, 1, 1), (True, 2, 1), (False, 2, 1), (True, 2, 2), (True, 2, 4), (True, 1, 6), (False, 2, 2)],
+)
 def test_checkpointed_meta_gradient_equals_plain(base_model, weight_model, batch, sequential, steps, every):
     """Every inner step and the weight model recomputed in the backward pass, the fast weights kept
     every `every` steps (segments of 2 and 4 of the 6 sequential steps, one segment of 3, all steps
@@ -227,8 +262,12 @@ def test_checkpointed_meta_gradient_equals_plain(base_model, weight_model, batch
     settings = settings_for("torch_func", sequential, steps, 0.7, c_norm=0.2)
     plain = weight_model_gradient(weight_model, base_model, batch, settings, scale=0.5)
     checkpointed = weight_model_gradient(
-        weight_model, base_model, batch,
-        dataclasses.replace(settings, grad_checkpointing=True, checkpoint_every=every), scale=0.5)
+        weight_model,
+        base_model,
+        batch,
+        dataclasses.replace(settings, grad_checkpointing=True, checkpoint_every=every),
+        scale=0.5,
+    )
     assert flat(plain[0]).abs().max() > 1e-3
     assert torch.allclose(flat(plain[0]), flat(checkpointed[0]), rtol=1e-10, atol=1e-14)
     assert torch.equal(plain[1], checkpointed[1])
@@ -248,8 +287,11 @@ def test_checkpointed_steps_keep_dropout_masks(batch):
     grads = []
     for checkpointed, every in ((False, 1), (True, 1), (True, 2)):
         torch.manual_seed(42)
-        grads.append(weight_gradient(model, batch, dataclasses.replace(settings, grad_checkpointing=checkpointed,
-                                                                       checkpoint_every=every)))
+        grads.append(
+            weight_gradient(
+                model, batch, dataclasses.replace(settings, grad_checkpointing=checkpointed, checkpoint_every=every)
+            )
+        )
     torch.manual_seed(43)
     other = weight_gradient(model, batch, settings)
     assert not torch.allclose(grads[0], other), "dropout should change the gradient"
@@ -270,7 +312,8 @@ def test_forward_directional_derivatives_are_exact(base_model, weight_model, bat
     for _ in range(2):
         probe = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in trainable]
         loss, got_metrics, got_updated, got_weights, estimate = forward_meta_gradient(
-            weight_model, base_model, batch, batch["loc"], settings, probes=tuple(v[None] for v in probe))
+            weight_model, base_model, batch, batch["loc"], settings, probes=tuple(v[None] for v in probe)
+        )
         slope = (flat(estimate) @ flat(probe)) / (flat(probe) @ flat(probe))
         expected = flat(exact) @ flat(probe)
         assert abs(expected) > 1e-3
@@ -320,8 +363,10 @@ def test_bfloat16_autocast_meta_gradient_close_to_float32(base_model, batch, bac
     full = weight_gradient(model, batch32, settings)
     half = weight_gradient(model, batch32, dataclasses.replace(settings, inner_autocast="bfloat16"))
     cosine = torch.nn.functional.cosine_similarity(full.flatten(), half.flatten(), dim=0).item()
-    print(f"{backend} checkpointed={checkpointed}: cosine(bfloat16, float32) = {cosine:.4f}, "
-          f"relative error {((half - full).norm() / full.norm()).item():.3f}")
+    print(
+        f"{backend} checkpointed={checkpointed}: cosine(bfloat16, float32) = {cosine:.4f}, "
+        f"relative error {((half - full).norm() / full.norm()).item():.3f}"
+    )
     assert half.dtype == torch.float32 and not torch.equal(full, half), "autocast should change the arithmetic"
     assert cosine > 0.99
 
@@ -347,14 +392,25 @@ def test_forward_estimate_through_a_trainable_sdpa_body(tiny_world_small):
     generator = torch.Generator().manual_seed(4)
     text_ids = torch.randint(5, 600, (2, 10), generator=generator)
     qa_ids = torch.randint(5, 600, (2, 6), generator=generator)
-    small = dict(text_ids=text_ids, text_mask=torch.ones_like(text_ids), qa_ids=qa_ids,
-                 qa_mask=torch.ones_like(qa_ids), qa_labels=qa_ids.clone())
+    small = dict(
+        text_ids=text_ids,
+        text_mask=torch.ones_like(text_ids),
+        qa_ids=qa_ids,
+        qa_mask=torch.ones_like(qa_ids),
+        qa_labels=qa_ids.clone(),
+    )
     settings = MetaSettings(inner_lr=1.0, max_text_len=10, c_kl=0.0, backend="torch_func")
     exact = flat(weight_model_gradient(weight_model, base, {**small, "loc": {}}, settings)[0])
     trainable = [p for p in weight_model.parameters() if p.requires_grad]
     probe = [torch.randint(0, 2, p.shape, generator=generator).double() * 2 - 1 for p in trainable]
-    estimate = forward_meta_gradient(weight_model, base, small, {}, dataclasses.replace(settings, backend="forward"),
-                                     probes=tuple(v[None] for v in probe))[-1]
+    estimate = forward_meta_gradient(
+        weight_model,
+        base,
+        small,
+        {},
+        dataclasses.replace(settings, backend="forward"),
+        probes=tuple(v[None] for v in probe),
+    )[-1]
     slope = (flat(estimate) @ flat(probe)) / flat(probe).numel()
     expected = exact @ flat(probe)
     assert len(trainable) > 20 and abs(expected) > 1e-3
@@ -403,8 +459,11 @@ def test_forward_mix_is_the_corrected_first_order_gradient(base_model, weight_mo
     generator = torch.Generator().manual_seed(8)
     probe = [torch.randint(0, 2, p.shape, generator=generator).double() * 2 - 1 for p in trainable]
     mixed = dataclasses.replace(settings, backend="forward", forward_mix=True)
-    got = flat(forward_meta_gradient(weight_model, base_model, batch, batch["loc"], mixed,
-                                     probes=tuple(v[None] for v in probe))[-1])
+    got = flat(
+        forward_meta_gradient(
+            weight_model, base_model, batch, batch["loc"], mixed, probes=tuple(v[None] for v in probe)
+        )[-1]
+    )
     v = flat(probe)
     expected = h + (v @ exact - v @ h) * v
     assert (h - exact).norm() > 1e-3 * exact.norm(), "the first-order term should differ from the gradient"

@@ -1,26 +1,37 @@
 """CaMeLS meta-training on the small tiny world: configuration checks, the base model's carried
 state and its bit-exact restoration, answer-token bookkeeping, the weight renderer, and a short
 run that must learn to upweight answers."""
+
 import html
 import json
 import re
 
 import pytest
 import torch
+from conftest import OFFLINE_ENV, compose, run_script, train_world_overrides
 
 import meta_train
 import weight_analysis
+from exp_datasets import QACollator, answer_spans, load_split
 from plumbing import loading
-from exp_datasets import answer_spans
-from exp_datasets import QACollator, load_split
 from plumbing.errors import UsageError
-from conftest import OFFLINE_ENV, compose, run_script, train_world_overrides
 
 
 def train_config(world, out_dir, *overrides):
     """The real Hydra config of `run.py task=train model=CaMeLS`, pointed at the small world."""
-    return compose("conf", ["task=train", "model=CaMeLS", "dataset=tiny_world", *train_world_overrides(world),
-                            f"output_dir={out_dir}", "progress=false", "device=cpu", *overrides])
+    return compose(
+        "conf",
+        [
+            "task=train",
+            "model=CaMeLS",
+            "dataset=tiny_world",
+            *train_world_overrides(world),
+            f"output_dir={out_dir}",
+            "progress=false",
+            "device=cpu",
+            *overrides,
+        ],
+    )
 
 
 def test_tiny_world_tuning_applies_and_command_line_wins(tiny_world_small, tmp_path):
@@ -31,23 +42,31 @@ def test_tiny_world_tuning_applies_and_command_line_wins(tiny_world_small, tmp_p
     tuned = train_config(tiny_world_small, tmp_path, "inner_lr=0.25", "model.normalize=false")
     assert tuned.inner_lr == 0.25 and not tuned.model.normalize
     published = train_config(tiny_world_small, tmp_path, "dataset=streamingqa")
-    assert (published.inner_lr, published.outer_lr, published.update_batch_size, published.reset_base_freq,
-            published.model.normalize) == (5.0e-4, 1.0e-5, 6, 24, False)
+    assert (
+        published.inner_lr,
+        published.outer_lr,
+        published.update_batch_size,
+        published.reset_base_freq,
+        published.model.normalize,
+    ) == (5.0e-4, 1.0e-5, 6, 24, False)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("reset_base_freq=10", "multiple of update_batch_size"),
-    ("inner_backend=jax", "inner_backend"),
-    ("grad_checkpointing=true", "torch_func"),
-    ("inner_lr=0", "inner_lr=0.0 is invalid; it must be a positive number"),
-    ("inner_backend=forward grad_checkpointing=true", "torch_func"),
-    ("inner_backend=forward forward_probes=0", "forward_probes=0 is invalid"),
-    ("inner_backend=torch_func checkpoint_every=2", "checkpoint_every=2 needs grad_checkpointing=true"),
-    ("inner_backend=torch_func grad_checkpointing=true checkpoint_every=0", "checkpoint_every=0 is invalid"),
-    ("inner_backend=torch_func forward_mix=true", "forward_mix=true needs inner_backend=forward"),
-    ("inner_autocast=float8", "inner_autocast=float8 is unknown"),
-    ("c_kl=-0.1", "c_kl=-0.1 is invalid; it must be a number >= 0"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("reset_base_freq=10", "multiple of update_batch_size"),
+        ("inner_backend=jax", "inner_backend"),
+        ("grad_checkpointing=true", "torch_func"),
+        ("inner_lr=0", "inner_lr=0.0 is invalid; it must be a positive number"),
+        ("inner_backend=forward grad_checkpointing=true", "torch_func"),
+        ("inner_backend=forward forward_probes=0", "forward_probes=0 is invalid"),
+        ("inner_backend=torch_func checkpoint_every=2", "checkpoint_every=2 needs grad_checkpointing=true"),
+        ("inner_backend=torch_func grad_checkpointing=true checkpoint_every=0", "checkpoint_every=0 is invalid"),
+        ("inner_backend=torch_func forward_mix=true", "forward_mix=true needs inner_backend=forward"),
+        ("inner_autocast=float8", "inner_autocast=float8 is unknown"),
+        ("c_kl=-0.1", "c_kl=-0.1 is invalid; it must be a number >= 0"),
+    ],
+)
 def test_bad_options_fail_before_work(tiny_world_small, tmp_path, override, message):
     cfg = train_config(tiny_world_small, tmp_path / "run", *override.split())
     with pytest.raises(UsageError, match=message):
@@ -58,8 +77,16 @@ def test_bad_options_fail_before_work(tiny_world_small, tmp_path, override, mess
 @pytest.mark.slow
 def test_cli_reports_reset_frequency_in_one_line(tiny_world_small, tmp_path):
     world = tiny_world_small
-    result = run_script("run.py", "task=train", "model=CaMeLS", "reset_base_freq=7", *train_world_overrides(world),
-                        f"output_dir={tmp_path / 'run'}", f"hydra.run.dir={tmp_path / 'hydra'}", timeout=120)
+    result = run_script(
+        "run.py",
+        "task=train",
+        "model=CaMeLS",
+        "reset_base_freq=7",
+        *train_world_overrides(world),
+        f"output_dir={tmp_path / 'run'}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        timeout=120,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "reset_base_freq=7" in lines[0] and "update_batch_size=6" in lines[0]
@@ -73,9 +100,17 @@ def make_trainer(world, out_dir, *overrides):
     tokenizer = loading.load_tokenizer(cfg.base_model)
     base_model = loading.load_causal_lm(cfg.base_model, attn_implementation="eager").eval()
     weight_model = build_weight_model(cfg.model, tokenizer)
-    return meta_train.MetaTrainer(cfg, base_model, weight_model, tokenizer, load_split(cfg.dataset, "train"),
-                                  load_split(cfg.dataset, "val"), ["An unrelated text about the sea."], out_dir,
-                                  torch.device("cpu"))
+    return meta_train.MetaTrainer(
+        cfg,
+        base_model,
+        weight_model,
+        tokenizer,
+        load_split(cfg.dataset, "train"),
+        load_split(cfg.dataset, "val"),
+        ["An unrelated text about the sea."],
+        out_dir,
+        torch.device("cpu"),
+    )
 
 
 def base_state(trainer):
@@ -87,8 +122,9 @@ def same(state_a, state_b):
 
 
 def test_base_model_carried_then_reset_and_restored_after_validation(tiny_world_small, tmp_path):
-    trainer = make_trainer(tiny_world_small, tmp_path, "update_batch_size=2", "reset_base_freq=4", "val_batches=2",
-                           "inner_lr=0.05")
+    trainer = make_trainer(
+        tiny_world_small, tmp_path, "update_batch_size=2", "reset_base_freq=4", "val_batches=2", "inner_lr=0.05"
+    )
     start = base_state(trainer)
     batches = meta_train.batched(trainer.train_examples, 2)
     trainer.train_batch(batches[0])
@@ -132,8 +168,16 @@ def test_render_weights_escapes_text_and_writes_png(tiny_world_small, tmp_path):
     weights = torch.rand(ids.shape) * mask
     highlight = torch.zeros_like(mask, dtype=torch.bool)
     highlight[0, 2] = True
-    weight_analysis.render_weights(tokenizer, ids, weights, tmp_path / "w.html", tmp_path / "w.png", attention_mask=mask,
-                              highlight=highlight, titles=["<doc one>", "doc two"])
+    weight_analysis.render_weights(
+        tokenizer,
+        ids,
+        weights,
+        tmp_path / "w.html",
+        tmp_path / "w.png",
+        attention_mask=mask,
+        highlight=highlight,
+        titles=["<doc one>", "doc two"],
+    )
     page = (tmp_path / "w.html").read_text()
     assert "<b>" not in page and "&lt;doc one&gt;" in page
     documents = re.findall(r"<div class='doc'>(.*?)</div>", page)
@@ -148,9 +192,22 @@ def test_short_meta_training_learns_to_weight_answers(tiny_world_small, tmp_path
     weights up; normalised weights (mean 1) and a trained head only leave it where to put them."""
     from weight_model import load_weight_model
 
-    cfg = train_config(tiny_world_small, tmp_path, "max_outer_steps=12", "val_steps=6", "sample_steps=6",
-                       "val_batches=3", "n_epochs=20", "update_batch_size=3", "reset_base_freq=6", "grad_acc_steps=1",
-                       "inner_lr=1.0", "outer_lr=3e-3", "model.normalize=true", "model.freeze_base=true")
+    cfg = train_config(
+        tiny_world_small,
+        tmp_path,
+        "max_outer_steps=12",
+        "val_steps=6",
+        "sample_steps=6",
+        "val_batches=3",
+        "n_epochs=20",
+        "update_batch_size=3",
+        "reset_base_freq=6",
+        "grad_acc_steps=1",
+        "inner_lr=1.0",
+        "outer_lr=3e-3",
+        "model.normalize=true",
+        "model.freeze_base=true",
+    )
     summary = meta_train.train(cfg)
     start, end = summary["val_start"], summary["val_end"]
     assert summary["steps"] == 12
@@ -165,7 +222,8 @@ def test_short_meta_training_learns_to_weight_answers(tiny_world_small, tmp_path
     state = json.loads((tmp_path / "checkpoints" / "best" / "training_state.json").read_text())
     assert state["step"] == best["step"]
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
-        f"step_{s:06d}.{ext}" for s in (0, 6, 12) for ext in ("html", "png")]
+        f"step_{s:06d}.{ext}" for s in (0, 6, 12) for ext in ("html", "png")
+    ]
 
     # the last checkpoint is the trained weight model, loadable by task=eval
     tokenizer = loading.load_tokenizer(cfg.base_model)
@@ -181,19 +239,34 @@ def test_resumed_run_continues_exactly(tiny_world_small, tmp_path):
     checkpoints of an uninterrupted 6-step run."""
     from weight_model import load_weight_model
 
-    knobs = ["val_steps=3", "sample_steps=100", "sample_docs=1", "val_batches=1", "update_batch_size=2",
-             "reset_base_freq=6", "grad_acc_steps=2", "inner_lr=1.0", "outer_lr=3e-3", "n_epochs=20"]
+    knobs = [
+        "val_steps=3",
+        "sample_steps=100",
+        "sample_docs=1",
+        "val_batches=1",
+        "update_batch_size=2",
+        "reset_base_freq=6",
+        "grad_acc_steps=2",
+        "inner_lr=1.0",
+        "outer_lr=3e-3",
+        "n_epochs=20",
+    ]
     whole = meta_train.train(train_config(tiny_world_small, tmp_path / "whole", "max_outer_steps=6", *knobs))
     meta_train.train(train_config(tiny_world_small, tmp_path / "part", "max_outer_steps=3", *knobs))
-    resumed = meta_train.train(train_config(tiny_world_small, tmp_path / "unused", "max_outer_steps=6",
-                                            f"resume_from={tmp_path / 'part'}", *knobs))
+    resumed = meta_train.train(
+        train_config(
+            tiny_world_small, tmp_path / "unused", "max_outer_steps=6", f"resume_from={tmp_path / 'part'}", *knobs
+        )
+    )
     assert not (tmp_path / "unused").exists()
     assert resumed["val_end"] == whole["val_end"] and resumed["val_start"] == whole["val_start"]
 
     def rows(run):
         timing = ("step_s", "elapsed_s")
-        return [{k: v for k, v in json.loads(line).items() if k not in timing}
-                for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        ]
 
     assert rows("part") == rows("whole")
     for name in ("last", "best"):
@@ -205,20 +278,44 @@ def test_resumed_run_continues_exactly(tiny_world_small, tmp_path):
 @pytest.mark.slow
 def test_epoch_checkpoints_at_epoch_ends_but_not_after_a_step_cap(tiny_world_small, tmp_path):
     n_batches = -(-len(load_split(tiny_world_small.dataset_cfg, "train")) // 6)  # the last may be partial
-    knobs = ["val_steps=100", "sample_steps=100", "sample_docs=1", "val_batches=1", "update_batch_size=6",
-             "reset_base_freq=6", "sequential_update=false",
-             f"grad_acc_steps={n_batches - 1}"]  # one full step per epoch, one batch left over
+    knobs = [
+        "val_steps=100",
+        "sample_steps=100",
+        "sample_docs=1",
+        "val_batches=1",
+        "update_batch_size=6",
+        "reset_base_freq=6",
+        "sequential_update=false",
+        f"grad_acc_steps={n_batches - 1}",
+    ]  # one full step per epoch, one batch left over
     summary = meta_train.train(train_config(tiny_world_small, tmp_path / "natural", "n_epochs=2", *knobs))
     assert summary["steps"] == 4  # the batch left over steps at the epoch's end, as the reference does
     assert sorted(p.name for p in (tmp_path / "natural" / "checkpoints").iterdir()) == [
-        "best", "epoch_1", "epoch_2", "last"]
+        "best",
+        "epoch_1",
+        "epoch_2",
+        "last",
+    ]
     meta_train.train(train_config(tiny_world_small, tmp_path / "capped", "n_epochs=2", "max_outer_steps=1", *knobs))
     assert sorted(p.name for p in (tmp_path / "capped" / "checkpoints").iterdir()) == ["best", "last"]
 
 
-MEMORY_KNOBS = ["max_outer_steps=2", "val_steps=100", "sample_steps=100", "sample_docs=1", "val_batches=1",
-                "update_batch_size=2", "reset_base_freq=6", "grad_acc_steps=2", "inner_lr=1.0", "outer_lr=3e-3",
-                "n_epochs=20", "model.normalize=true", "model.freeze_base=true", "seed=3"]
+MEMORY_KNOBS = [
+    "max_outer_steps=2",
+    "val_steps=100",
+    "sample_steps=100",
+    "sample_docs=1",
+    "val_batches=1",
+    "update_batch_size=2",
+    "reset_base_freq=6",
+    "grad_acc_steps=2",
+    "inner_lr=1.0",
+    "outer_lr=3e-3",
+    "n_epochs=20",
+    "model.normalize=true",
+    "model.freeze_base=true",
+    "seed=3",
+]
 
 
 def trained_head(run_dir):
@@ -234,8 +331,9 @@ def test_checkpointed_meta_training_trains_like_plain(tiny_world_small, tmp_path
     model as without."""
     runs = {}
     for name, extra in (("plain", []), ("checkpointed", ["grad_checkpointing=true", f"checkpoint_every={every}"])):
-        runs[name] = meta_train.train(train_config(tiny_world_small, tmp_path / name, "inner_backend=torch_func",
-                                                   *extra, *MEMORY_KNOBS))
+        runs[name] = meta_train.train(
+            train_config(tiny_world_small, tmp_path / name, "inner_backend=torch_func", *extra, *MEMORY_KNOBS)
+        )
     assert runs["plain"]["val_end"] == pytest.approx(runs["checkpointed"]["val_end"], rel=1e-5)
     plain, checkpointed = trained_head(tmp_path / "plain"), trained_head(tmp_path / "checkpointed")
     assert plain["2.weight"].abs().max() > 0, "the zero-initialised output layer should have moved"
@@ -249,10 +347,22 @@ def test_forward_mode_meta_training_runs_and_moves_the_weights(tiny_world_small,
     forward_mix) through run.py: it trains (finite losses, a non-zero estimated gradient that
     moves the weight model) and writes the usual outputs."""
     world = tiny_world_small
-    result = run_script("run.py", "task=train", "model=CaMeLS", "inner_backend=forward", "forward_probes=2",
-                        f"forward_mix={mix}", "dataset=tiny_world", *train_world_overrides(world),
-                        f"output_dir={tmp_path / 'run'}", f"hydra.run.dir={tmp_path / 'hydra'}", "progress=false",
-                        "device=cpu", "torch_threads=1", *MEMORY_KNOBS)
+    result = run_script(
+        "run.py",
+        "task=train",
+        "model=CaMeLS",
+        "inner_backend=forward",
+        "forward_probes=2",
+        f"forward_mix={mix}",
+        "dataset=tiny_world",
+        *train_world_overrides(world),
+        f"output_dir={tmp_path / 'run'}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        "progress=false",
+        "device=cpu",
+        "torch_threads=1",
+        *MEMORY_KNOBS,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]
@@ -265,8 +375,13 @@ def test_cli_refuses_a_weight_model_with_nothing_to_learn_before_building_anythi
     """The default model is uniform; the run folder's name needs the tiny world, whose first build
     takes minutes: the refusal comes first, and nothing is built or written."""
     cache = tmp_path / "cache"
-    result = run_script("run.py", "task=train", f"hydra.run.dir={tmp_path / 'hydra'}", timeout=120,
-                        env=dict(OFFLINE_ENV, CAMELS_CACHE_DIR=str(cache)))
+    result = run_script(
+        "run.py",
+        "task=train",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        timeout=120,
+        env=dict(OFFLINE_ENV, CAMELS_CACHE_DIR=str(cache)),
+    )
     assert result.returncode == 2
     expected = "error: model=uniform has nothing to learn; task=train needs model=CaMeLS"
     assert result.stderr.strip().splitlines() == [expected]

@@ -1,5 +1,6 @@
 """Paired bootstrap comparison: intervals known by hand, the normal approximation, coverage over
 simulated data sets, and report.py's paired table on a tree of runs with per-question scores."""
+
 import json
 
 import numpy as np
@@ -52,8 +53,9 @@ def test_question_interval_covers_the_true_difference_about_95_percent_of_the_ti
     repeats = 300
     for repeat in range(repeats):
         differences = [rng.choice(values, size=80, p=probabilities) for _ in range(3)]
-        low, high = paired_stats.interval(paired_stats.bootstrap_replicates(differences, 1000, seed=repeat,
-                                                                            over_streams=False))
+        low, high = paired_stats.interval(
+            paired_stats.bootstrap_replicates(differences, 1000, seed=repeat, over_streams=False)
+        )
         covered += low <= 0.1 <= high
     assert 0.90 <= covered / repeats <= 0.99
 
@@ -65,9 +67,19 @@ def write_run(root, method, lr, seed, f1s, questions=None):
     rows = [dict(question=q, answer="a", em=float(f == 1), f1=f) for q, f in zip(questions, f1s)]
     rows.append(dict(question="<summary>", answer="mean F1", em=None, f1=float(np.mean(f1s))))
     pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
-    summary = {"method": method, "lr": lr, "seed": seed, "dataset": "tiny_world", "split": "test",
-               "base_model": "base", "downsample_to": 4, "optimizer": "adam", "n_epochs": 1,
-               "em": float(np.mean([f == 1 for f in f1s])), "f1": float(np.mean(f1s))}
+    summary = {
+        "method": method,
+        "lr": lr,
+        "seed": seed,
+        "dataset": "tiny_world",
+        "split": "test",
+        "base_model": "base",
+        "downsample_to": 4,
+        "optimizer": "adam",
+        "n_epochs": 1,
+        "em": float(np.mean([f == 1 for f in f1s])),
+        "f1": float(np.mean(f1s)),
+    }
     (folder / "summary.json").write_text(json.dumps(summary))
 
 
@@ -88,8 +100,9 @@ def test_report_compares_every_method_with_the_best_baseline(tmp_path):
     assert set(paired.index) == {"ssm", "CaMeLS"} and set(paired["baseline"]) == {"uniform"}
     expected = np.mean([np.mean(np.subtract(SCORES["CaMeLS"][s], SCORES["uniform"][s])) for s in (1, 2)])
     assert paired.loc["CaMeLS", "difference"] == pytest.approx(expected)
-    direct = paired_stats.compare([np.subtract(SCORES["CaMeLS"][s], SCORES["uniform"][s]) for s in (1, 2)],
-                                  n_resamples=2000)
+    direct = paired_stats.compare(
+        [np.subtract(SCORES["CaMeLS"][s], SCORES["uniform"][s]) for s in (1, 2)], n_resamples=2000
+    )
     for key in ("ci_questions_low", "ci_questions_high", "ci_streams_low", "ci_streams_high"):
         assert paired.loc["CaMeLS", key] == pytest.approx(direct[key])
     assert paired.loc["CaMeLS", "n_streams"] == 2 and paired.loc["CaMeLS", "n_questions"] == 8
@@ -114,8 +127,10 @@ def test_streams_whose_questions_differ_are_refused(tmp_path):
 def test_one_world_pools_to_its_own_interval_over_streams_and_questions():
     rng = np.random.default_rng(5)
     streams = [rng.normal(0.1, 0.3, size=n) for n in (20, 35, 50)]
-    assert np.array_equal(paired_stats.hierarchical_replicates([streams], 2000, seed=4),
-                          paired_stats.bootstrap_replicates(streams, 2000, seed=4, over_streams=True))
+    assert np.array_equal(
+        paired_stats.hierarchical_replicates([streams], 2000, seed=4),
+        paired_stats.bootstrap_replicates(streams, 2000, seed=4, over_streams=True),
+    )
     pooled, single = paired_stats.pooled_compare([streams], 2000, seed=4), paired_stats.compare(streams, 2000, seed=4)
     assert pooled["difference"] == single["difference"] == pooled["world_min"] == pooled["world_max"]
     assert (pooled["ci_low"], pooled["ci_high"]) == (single["ci_streams_low"], single["ci_streams_high"])
@@ -146,8 +161,10 @@ def test_pooled_interval_covers_the_true_mean_about_95_percent_of_the_time():
     true_mean, covered, repeats = 0.05, 0, 200
     for repeat in range(repeats):
         world_effects = rng.normal(true_mean, 0.04, size=15)
-        worlds = [[rng.normal(rng.normal(effect, 0.03), 0.3, size=rng.integers(30, 60)) for _ in range(3)]
-                  for effect in world_effects]
+        worlds = [
+            [rng.normal(rng.normal(effect, 0.03), 0.3, size=rng.integers(30, 60)) for _ in range(3)]
+            for effect in world_effects
+        ]
         result = paired_stats.pooled_compare(worlds, 1000, seed=repeat)
         covered += result["ci_low"] <= true_mean <= result["ci_high"]
     assert 0.90 <= covered / repeats <= 0.99

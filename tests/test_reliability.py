@@ -1,6 +1,7 @@
 """Hostile inputs and interrupted runs: nothing in a file runs on load, a diverged run says so, run
 folders are never silently overwritten, meta-training and evaluation resume exactly, sweeps and the
 demo check every value before any work. One test per probe of the reliability table."""
+
 import json
 import os
 import shutil
@@ -12,20 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import demo
-import meta_train
-import evaluation
-import train_qa
-from plumbing import checks, errors, files, loading
-import weight_model as W
-from exp_datasets import QACollator, load_split
-from subroutines import AdaptationSettings, weighted_train
 from conftest import OFFLINE_ENV, REPO, compose, run_script, train_world_overrides, world_overrides
 from test_eval import compose_config as eval_config
 from test_meta_train import train_config
 from test_train_qa import run_overrides as qa_overrides
+
+import demo
+import evaluation
+import meta_train
+import train_qa
+import weight_model as W
+from exp_datasets import QACollator, load_split
+from plumbing import checks, errors, files, loading
 from plumbing.errors import UsageError
+from subroutines import AdaptationSettings, weighted_train
 
 
 def one_line_error(call, *args):
@@ -38,6 +39,7 @@ def one_line_error(call, *args):
 
 def strict_load(path):
     """json.loads that refuses NaN and Infinity tokens, as strict parsers do."""
+
     def refuse(token):
         raise AssertionError(f"{path} holds the non-JSON token {token}")
 
@@ -126,13 +128,27 @@ def test_truncated_safetensors_in_a_camels_folder(tiny_world_small, camels_folde
 # Divergence
 
 
-META_KNOBS = ["val_batches=1", "update_batch_size=3", "reset_base_freq=6", "grad_acc_steps=1", "sample_docs=1",
-              "sample_steps=100", "n_epochs=20"]
+META_KNOBS = [
+    "val_batches=1",
+    "update_batch_size=3",
+    "reset_base_freq=6",
+    "grad_acc_steps=1",
+    "sample_docs=1",
+    "sample_steps=100",
+    "n_epochs=20",
+]
 
 
 def test_meta_training_with_huge_learning_rates_stops_with_one_line(tiny_world_small, tmp_path):
-    cfg = train_config(tiny_world_small, tmp_path / "run", "inner_lr=1e9", "outer_lr=10", "max_outer_steps=8",
-                       "val_steps=4", *META_KNOBS)
+    cfg = train_config(
+        tiny_world_small,
+        tmp_path / "run",
+        "inner_lr=1e9",
+        "outer_lr=10",
+        "max_outer_steps=8",
+        "val_steps=4",
+        *META_KNOBS,
+    )
     message = one_line_error(meta_train.train, cfg)
     assert "diverged" in message and "inner_lr" in message and "outer_lr" in message
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "summary.json").exists()
@@ -140,8 +156,16 @@ def test_meta_training_with_huge_learning_rates_stops_with_one_line(tiny_world_s
 
 def test_nan_meta_training_keeps_the_last_good_checkpoint(tiny_world_small, tmp_path):
     """A too large outer_lr: the first step is fine, the validation after the second diverges."""
-    cfg = train_config(tiny_world_small, tmp_path, "inner_lr=1.0", "outer_lr=3", "model.normalize=false",
-                       "max_outer_steps=20", "val_steps=1", *META_KNOBS)
+    cfg = train_config(
+        tiny_world_small,
+        tmp_path,
+        "inner_lr=1.0",
+        "outer_lr=3",
+        "model.normalize=false",
+        "max_outer_steps=20",
+        "val_steps=1",
+        *META_KNOBS,
+    )
     message = one_line_error(meta_train.train, cfg)
     # at outer step 2 either the weight model's gradient or the validation after it is the first non-finite number
     assert "diverged" in message and ("after 2 outer steps is nan" in message or "at outer step 2 is inf" in message)
@@ -205,17 +229,27 @@ def test_rerun_into_a_finished_run_folder(tiny_world_small, tmp_path):
 
 
 def test_resume_of_meta_training_refuses_changed_options(tiny_world_small, tmp_path):
-    knobs = ["val_steps=1", "sample_docs=1", "val_batches=1", "reset_base_freq=6", "grad_acc_steps=1",
-             "sample_steps=100", "n_epochs=20"]
-    meta_train.train(train_config(tiny_world_small, tmp_path / "part", "max_outer_steps=1",
-                                  "update_batch_size=6", *knobs))
+    knobs = [
+        "val_steps=1",
+        "sample_docs=1",
+        "val_batches=1",
+        "reset_base_freq=6",
+        "grad_acc_steps=1",
+        "sample_steps=100",
+        "n_epochs=20",
+    ]
+    meta_train.train(
+        train_config(tiny_world_small, tmp_path / "part", "max_outer_steps=1", "update_batch_size=6", *knobs)
+    )
     resume = [f"resume_from={tmp_path / 'part'}", "max_outer_steps=2", *knobs]
-    message = one_line_error(meta_train.train, train_config(tiny_world_small, tmp_path / "x", "update_batch_size=3",
-                                                            "inner_lr=0.3", *resume))
+    message = one_line_error(
+        meta_train.train, train_config(tiny_world_small, tmp_path / "x", "update_batch_size=3", "inner_lr=0.3", *resume)
+    )
     assert "update_batch_size: 6 -> 3" in message and "inner_lr: 0.1 -> 0.3" in message
     # where it stops, logging and hardware may change
-    summary = meta_train.train(train_config(tiny_world_small, tmp_path / "x", "update_batch_size=6", "progress=true",
-                                            *resume))
+    summary = meta_train.train(
+        train_config(tiny_world_small, tmp_path / "x", "update_batch_size=6", "progress=true", *resume)
+    )
     assert summary["steps"] == 2
 
 
@@ -269,13 +303,22 @@ def test_stream_resumed_from_a_saved_state_ends_exactly_like_an_uninterrupted_on
     states = []
     torch.manual_seed(0)
     whole = fresh()
-    stats = weighted_train(whole, uniform, texts, collator, "cpu", AdaptationSettings(**settings, save_every_documents=3),
-                           progress=False, save_state=lambda s: states.append(json_free_copy(s)))
+    stats = weighted_train(
+        whole,
+        uniform,
+        texts,
+        collator,
+        "cpu",
+        AdaptationSettings(**settings, save_every_documents=3),
+        progress=False,
+        save_state=lambda s: states.append(json_free_copy(s)),
+    )
     assert [s["documents_seen"] for s in states] == [4, 7, 11]  # after optimiser steps only, never at the end
     torch.manual_seed(123)  # the saved random state, not this one, drives the rest of the stream
     resumed = fresh()
-    again = weighted_train(resumed, uniform, texts, collator, "cpu", AdaptationSettings(**settings), progress=False,
-                           resume_state=states[1])
+    again = weighted_train(
+        resumed, uniform, texts, collator, "cpu", AdaptationSettings(**settings), progress=False, resume_state=states[1]
+    )
     assert again == stats
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
 
@@ -293,8 +336,13 @@ def json_free_copy(state):
 
 def kill_when(args, cwd, ready, timeout=240):
     """Start run.py, kill -9 it as soon as `ready()` holds; returns whether it was killed mid-run."""
-    process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=OFFLINE_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "run.py"), *args],
+        cwd=cwd,
+        env=OFFLINE_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + timeout
     while process.poll() is None and not ready() and time.time() < deadline:
         time.sleep(0.02)
@@ -310,8 +358,15 @@ def eval_args(world):
 
 @pytest.mark.slow
 def test_killed_evaluation_resumes_to_the_same_summary(tiny_world_small, tmp_path):
-    args = [*eval_args(tiny_world_small), "downsample_to=-1", "n_epochs=12", "save_state_every=3", "lr=1e-3",
-            "eval_init=true", "eval_every_k=50"]
+    args = [
+        *eval_args(tiny_world_small),
+        "downsample_to=-1",
+        "n_epochs=12",
+        "save_state_every=3",
+        "lr=1e-3",
+        "eval_init=true",
+        "eval_every_k=50",
+    ]
     whole = run_script("run.py", *args, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     state = tmp_path / "part" / evaluation.EVAL_STATE
@@ -322,8 +377,9 @@ def test_killed_evaluation_resumes_to_the_same_summary(tiny_world_small, tmp_pat
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming the stream after document {position}" in resumed.stdout + resumed.stderr
     a, b = (strict_load(tmp_path / run_name / "summary.json") for run_name in ("whole", "part"))
-    assert {k: v for k, v in a.items() if k not in ("wall_time_s", "run_dir")} == \
-        {k: v for k, v in b.items() if k not in ("wall_time_s", "run_dir")}
+    assert {k: v for k, v in a.items() if k not in ("wall_time_s", "run_dir")} == {
+        k: v for k, v in b.items() if k not in ("wall_time_s", "run_dir")
+    }
     curve = lambda name: strict_load(tmp_path / name / "metrics.json")["curve"]  # noqa: E731
     assert curve("whole") == curve("part") and len(curve("part")) > 1
     assert not state.exists(), "a finished run drops its resume state"
@@ -332,8 +388,18 @@ def test_killed_evaluation_resumes_to_the_same_summary(tiny_world_small, tmp_pat
 @pytest.mark.slow
 def test_killed_meta_training_resumes_to_the_same_run(tiny_world_small, tmp_path):
     world = tiny_world_small
-    args = ["task=train", "model=CaMeLS", *train_world_overrides(world), "device=cpu", "progress=false",
-            "max_outer_steps=16", "val_steps=3", "inner_lr=1.0", "outer_lr=3e-3", *META_KNOBS]
+    args = [
+        "task=train",
+        "model=CaMeLS",
+        *train_world_overrides(world),
+        "device=cpu",
+        "progress=false",
+        "max_outer_steps=16",
+        "val_steps=3",
+        "inner_lr=1.0",
+        "outer_lr=3e-3",
+        *META_KNOBS,
+    ]
     assert run_script("run.py", *args, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path).returncode == 0
     metrics = tmp_path / "part" / "metrics.jsonl"
 
@@ -349,8 +415,10 @@ def test_killed_meta_training_resumes_to_the_same_run(tiny_world_small, tmp_path
     assert resumed.returncode == 0, resumed.stderr
 
     def rows(name):
-        return [{k: v for k, v in json.loads(line).items() if k not in ("step_s", "elapsed_s")}
-                for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k not in ("step_s", "elapsed_s")}
+            for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        ]
 
     assert rows("part") == rows("whole")
     for name in ("last", "best"):
@@ -379,8 +447,15 @@ def test_cli_rerun_with_other_options_leaves_the_run_folder_untouched(tiny_world
 @pytest.mark.slow
 def test_sweep_checks_every_value_before_the_first_job(tiny_world_small, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_script("run.py", "-m", *eval_args(tiny_world_small), "downsample_to=2", "lr=1e-4,abc,1e-3",
-                        f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    result = run_script(
+        "run.py",
+        "-m",
+        *eval_args(tiny_world_small),
+        "downsample_to=2",
+        "lr=1e-4,abc,1e-3",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "lr=abc is invalid" in lines[0] and "no job was started" in lines[0]
@@ -390,8 +465,16 @@ def test_sweep_checks_every_value_before_the_first_job(tiny_world_small, tmp_pat
 @pytest.mark.slow
 def test_a_failed_sweep_job_does_not_stop_the_others(tiny_world_small, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_script("run.py", "-m", *eval_args(tiny_world_small), "downsample_to=3", "optimizer=sgd", "lr=1e9,1e-3",
-                        f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    result = run_script(
+        "run.py",
+        "-m",
+        *eval_args(tiny_world_small),
+        "downsample_to=3",
+        "optimizer=sgd",
+        "lr=1e9,1e-3",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "1 sweep job(s) failed, the others ran" in result.stderr.splitlines()[-1]
     diverged, fine = sorted(sweep_dir.glob("[0-9]_*"))
@@ -403,12 +486,15 @@ def test_a_failed_sweep_job_does_not_stop_the_others(tiny_world_small, tmp_path)
 # demo.py
 
 
-@pytest.mark.parametrize("option,message", [
-    ("lrs=abc", "lrs=abc"),
-    ("qa_checkpoint=highest_fl", "qa_checkpoint=highest_fl is unknown"),
-    ("meta_train_overrides=[inner_lr=abc]", "meta_train_overrides: inner_lr=abc is invalid"),
-    ("methods.ssm=[model=nope]", "Could not find 'model/nope'"),
-])
+@pytest.mark.parametrize(
+    "option,message",
+    [
+        ("lrs=abc", "lrs=abc"),
+        ("qa_checkpoint=highest_fl", "qa_checkpoint=highest_fl is unknown"),
+        ("meta_train_overrides=[inner_lr=abc]", "meta_train_overrides: inner_lr=abc is invalid"),
+        ("methods.ssm=[model=nope]", "Could not find 'model/nope'"),
+    ],
+)
 def test_demo_checks_every_option_before_any_work(tmp_path, option, message):
     out = tmp_path / "demo"
     result = run_script("demo.py", option, f"out_dir={out}", cwd=tmp_path, timeout=120)
@@ -418,23 +504,31 @@ def test_demo_checks_every_option_before_any_work(tmp_path, option, message):
 
 
 def test_lists_of_overrides_need_no_quotes():
-    assert checks.quoted_list_overrides(["meta_train_overrides=[inner_lr=0.1,eval=[em,ppl]]", "lrs=[1e-3,3e-3]",
-                                         "x=['a=b']", "methods.ssm=[model=ssm]"]) == [
-        "meta_train_overrides=['inner_lr=0.1','eval=[em,ppl]']", "lrs=[1e-3,3e-3]", "x=['a=b']",
-        "methods.ssm=['model=ssm']"]
+    assert checks.quoted_list_overrides(
+        ["meta_train_overrides=[inner_lr=0.1,eval=[em,ppl]]", "lrs=[1e-3,3e-3]", "x=['a=b']", "methods.ssm=[model=ssm]"]
+    ) == [
+        "meta_train_overrides=['inner_lr=0.1','eval=[em,ppl]']",
+        "lrs=[1e-3,3e-3]",
+        "x=['a=b']",
+        "methods.ssm=['model=ssm']",
+    ]
 
 
 def test_demo_recomputes_a_step_whose_options_changed_and_the_steps_after_it(tmp_path, capsys):
     out = tmp_path / "demo"
 
     def write(name, text):
-        return ["-c", f"import pathlib; p = pathlib.Path({str(out / name)!r}); p.mkdir(); (p / 'v').write_text({text!r})"]
+        return [
+            "-c",
+            f"import pathlib; p = pathlib.Path({str(out / name)!r}); p.mkdir(); (p / 'v').write_text({text!r})",
+        ]
 
     def demo_run(first_text):
         pipeline = demo.Pipeline(out)
         pipeline.step("first", write("first", first_text), out / "first")
-        pipeline.steps({"second": (write("second", "b"), out / "second"),
-                        "third": (write("third", "c"), out / "third")})
+        pipeline.steps(
+            {"second": (write("second", "b"), out / "second"), "third": (write("third", "c"), out / "third")}
+        )
 
     demo_run("a")
     demo_run("a")

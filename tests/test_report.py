@@ -1,15 +1,15 @@
 """report.py on synthetic trees of summary.json files whose aggregates are known in advance."""
+
 import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import OFFLINE_ENV, run_script
 
 import report
-from conftest import OFFLINE_ENV, run_script
 from plumbing.errors import UsageError
-
 
 # (method, lr) -> per-seed (em, f1, nll). For uniform the best lr by F1 (1e-4) differs from the
 # best by NLL (2.5e-5), so the two metrics are told apart.
@@ -30,11 +30,27 @@ def write_run(folder, method, lr, seed, em, f1, nll, split="test", dataset="tiny
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "config.yaml").write_text(f"lr: {lr}\nseed: {seed}\n")
     (folder / "results.csv").write_text("question,answer,em,f1\nq,a,1,1\n")
-    summary = {"method": method, "lr": lr, "seed": seed, "dataset": dataset, "split": split,
-               "base_model": "tiny/base", "downsample_to": 150, "optimizer": "adam",
-               "n_epochs": 1, "n_documents": 150, "n_questions": 300, "em": em, "f1": f1,
-               "max_f1": f1 + 0.1, "nll": nll, "init": None, "unrelated": None,
-               "wall_time_s": 1.0, "run_dir": str(folder)}
+    summary = {
+        "method": method,
+        "lr": lr,
+        "seed": seed,
+        "dataset": dataset,
+        "split": split,
+        "base_model": "tiny/base",
+        "downsample_to": 150,
+        "optimizer": "adam",
+        "n_epochs": 1,
+        "n_documents": 150,
+        "n_questions": 300,
+        "em": em,
+        "f1": f1,
+        "max_f1": f1 + 0.1,
+        "nll": nll,
+        "init": None,
+        "unrelated": None,
+        "wall_time_s": 1.0,
+        "run_dir": str(folder),
+    }
     summary.update(extra)
     (folder / "summary.json").write_text(json.dumps(summary))
 
@@ -88,11 +104,11 @@ def test_best_lr_by_f1_and_by_nll(test_tree):
 
 
 def test_methods_follow_the_paper_order(tmp_path):
-    runs = {(m, 1e-4): [(0.1, 0.2, 2.0)] for m in ["zeta", "CaMeLS", "alpha", "TFIDF", "ssm",
-                                                    "uniform+qa_tune", "uniform"]}
+    runs = {
+        (m, 1e-4): [(0.1, 0.2, 2.0)] for m in ["zeta", "CaMeLS", "alpha", "TFIDF", "ssm", "uniform+qa_tune", "uniform"]
+    }
     table = report.aggregate([write_tree(tmp_path / "runs", runs)])
-    assert list(table["method"]) == ["uniform", "uniform+qa_tune", "ssm", "TFIDF", "CaMeLS",
-                                     "alpha", "zeta"]
+    assert list(table["method"]) == ["uniform", "uniform+qa_tune", "ssm", "TFIDF", "CaMeLS", "alpha", "zeta"]
 
 
 def test_markdown_shows_percent_with_one_decimal_and_bold_best(test_tree, tmp_path):
@@ -100,8 +116,10 @@ def test_markdown_shows_percent_with_one_decimal_and_bold_best(test_tree, tmp_pa
     markdown = report.write_report(table, report.best_lrs(table, "f1"), tmp_path / "out", "f1")
     f1 = np.array([0.30, 0.34, 0.29])
     em = np.array([0.10, 0.14, 0.12])
-    expected = (f"| uniform | **0.0001** | {100 * em.mean():.1f} ± {100 * np.std(em, ddof=1):.1f} | "
-                f"{100 * f1.mean():.1f} ± {100 * np.std(f1, ddof=1):.1f} |")
+    expected = (
+        f"| uniform | **0.0001** | {100 * em.mean():.1f} ± {100 * np.std(em, ddof=1):.1f} | "
+        f"{100 * f1.mean():.1f} ± {100 * np.std(f1, ddof=1):.1f} |"
+    )
     assert expected in markdown
     # one seed: no std
     assert "| ssm | **2.5e-05** | 5.0 | 15.0 | 25.0 | 3.000 | 1 |" in markdown
@@ -123,8 +141,10 @@ def test_select_from_picks_on_validation_and_reports_test(test_tree, tmp_path):
     # On validation uniform is best at 2.5e-5 (test would say 1e-4); CaMeLS has no run at its
     # validation lr in the test tree; TFIDF has no validation runs at all.
     val_runs = {
-        ("uniform", 1e-4): [(0.0, 0.10, 2.0)], ("uniform", 2.5e-5): [(0.0, 0.30, 2.0)],
-        ("CaMeLS", 6.25e-6): [(0.0, 0.90, 2.0)], ("CaMeLS", 1e-4): [(0.0, 0.20, 2.0)],
+        ("uniform", 1e-4): [(0.0, 0.10, 2.0)],
+        ("uniform", 2.5e-5): [(0.0, 0.30, 2.0)],
+        ("CaMeLS", 6.25e-6): [(0.0, 0.90, 2.0)],
+        ("CaMeLS", 1e-4): [(0.0, 0.20, 2.0)],
         ("ssm", 2.5e-5): [(0.0, 0.10, 2.0)],
     }
     val_tree = write_tree(tmp_path / "val_runs", val_runs, split="val", downsample_to=50)
@@ -231,8 +251,9 @@ def test_diverged_runs_are_left_out_of_the_table(tmp_path, capsys):
     write_run(tmp_path / "runs" / "0", "uniform", 1e-4, 1, 0.1, 0.2, 2.0, diverged=False)
     write_run(tmp_path / "runs" / "1", "uniform", 1e6, 1, 0, 0, 0, diverged=True)
     summary = json.loads((tmp_path / "runs" / "1" / "summary.json").read_text())
-    (tmp_path / "runs" / "1" / "summary.json").write_text(json.dumps(dict(summary, em=None, f1=None, max_f1=None,
-                                                                            nll=None)))
+    (tmp_path / "runs" / "1" / "summary.json").write_text(
+        json.dumps(dict(summary, em=None, f1=None, max_f1=None, nll=None))
+    )
     runs = report.load_runs([tmp_path / "runs"])
     assert [run["lr"] for run in runs] == [1e-4]
     assert "leaving out 1 diverged run" in capsys.readouterr().err
@@ -247,11 +268,27 @@ def test_diverged_runs_are_left_out_of_the_table(tmp_path, capsys):
 def recorded_run(folder, method, lr, seed, f1, em=0.1, overrides=None, **options):
     """A finished run with its run_options.json (and, with `overrides`, Hydra's .hydra/overrides.yaml)."""
     write_run(folder, method, lr, seed, em, f1, 2.0)
-    recorded = {"task_name": "eval", "dataset.name": "tiny_world", "dataset.data_dir": "/data", "split": "test",
-                "base_model": "tiny/base", "downsample_to": 150, "optimizer": "adam", "n_epochs": 1,
-                "max_new_tokens": 16, "decoding": "beam", "model.name": method, "qa_lt_final": False,
-                "method_label": None, "weight_model_path": None, "lr": lr, "seed": seed, "device": "cpu",
-                "progress": True, "torch_threads": None}
+    recorded = {
+        "task_name": "eval",
+        "dataset.name": "tiny_world",
+        "dataset.data_dir": "/data",
+        "split": "test",
+        "base_model": "tiny/base",
+        "downsample_to": 150,
+        "optimizer": "adam",
+        "n_epochs": 1,
+        "max_new_tokens": 16,
+        "decoding": "beam",
+        "model.name": method,
+        "qa_lt_final": False,
+        "method_label": None,
+        "weight_model_path": None,
+        "lr": lr,
+        "seed": seed,
+        "device": "cpu",
+        "progress": True,
+        "torch_threads": None,
+    }
     recorded.update(options)
     (folder / "run_options.json").write_text(json.dumps(recorded))
     if overrides is not None:
@@ -293,8 +330,9 @@ def test_a_summary_in_percent_is_refused(tmp_path):
 def write_multirun(root, lrs, seeds="1"):
     """The multirun.yaml Hydra writes at a sweep's root, with the sweep's overrides."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "multirun.yaml").write_text(f"hydra:\n  overrides:\n    task:\n    - task=eval\n    - lr={lrs}\n"
-                                        f"    - seed={seeds}\n")
+    (root / "multirun.yaml").write_text(
+        f"hydra:\n  overrides:\n    task:\n    - task=eval\n    - lr={lrs}\n    - seed={seeds}\n"
+    )
 
 
 def test_an_incomplete_sweep_is_named_before_its_best_lr(tmp_path, capsys):
@@ -331,12 +369,20 @@ def test_a_complete_sweep_has_no_warning(tmp_path, capsys):
 def test_a_best_lr_at_the_grid_edge_prints_the_command_that_extends_it(tmp_path, capsys):
     root = tmp_path / "sweep"
     for job, (lr, seed, f1) in enumerate([(1e-5, 1, 0.1), (1e-4, 1, 0.2), (1e-3, 1, 0.4), (1e-3, 2, 0.5)]):
-        recorded_run(root / str(job), "uniform", lr, seed, f1,
-                     overrides=["task=eval", "model=uniform", f"lr={lr}", f"seed={seed}", "eval=[em,ppl]"])
+        recorded_run(
+            root / str(job),
+            "uniform",
+            lr,
+            seed,
+            f1,
+            overrides=["task=eval", "model=uniform", f"lr={lr}", f"seed={seed}", "eval=[em,ppl]"],
+        )
     report.main([str(root), "--out", str(tmp_path / "out"), "--baselines", ""])
     printed = capsys.readouterr().out
-    assert ("warning: uniform's best lr 0.001 is the largest of its grid (1e-05, 0.0001, 0.001); the optimum may "
-            "lie beyond it, run: python run.py -m task=eval model=uniform 'eval=[em,ppl]' lr=0.01 seed=1,2") in printed
+    assert (
+        "warning: uniform's best lr 0.001 is the largest of its grid (1e-05, 0.0001, 0.001); the optimum may "
+        "lie beyond it, run: python run.py -m task=eval model=uniform 'eval=[em,ppl]' lr=0.01 seed=1,2"
+    ) in printed
     best = pd.read_csv(tmp_path / "out" / "best.csv").set_index("method")
     assert best.loc["uniform", "edge"] == "largest" and best.loc["uniform", "next_lr"] == pytest.approx(0.01)
     assert "try lr=0.01" in best.loc["uniform", "note"]
@@ -376,7 +422,8 @@ def test_headings_say_validation_or_test(tmp_path):
         for method, f1s in (("uniform", [0.0, 0.5]), ("CaMeLS", [1.0, 0.5])):
             write_run(root / method, method, 1e-4, 1, 0.0, float(np.mean(f1s)), 2.0, split=split)
             pd.DataFrame({"question": ["q1", "q2"], "answer": ["a", "a"], "em": [0.0, 0.0], "f1": f1s}).to_csv(
-                root / method / "results.csv", index=False)
+                root / method / "results.csv", index=False
+            )
         report.main([str(root), "--out", str(tmp_path / f"out_{split}"), "--bootstrap", "200"])
         markdown = (tmp_path / f"out_{split}" / "results.md").read_text()
         assert f"Difference of {word} F1" in markdown and f"highest {word} F1" in markdown
@@ -387,8 +434,13 @@ def test_headings_say_validation_or_test(tmp_path):
 def test_the_chart_title_is_short():
     import report_tables
 
-    row = {"dataset": "tiny_world", "split": "val", "base_model": "/very/long/absolute/path/qa_tune/best",
-           "downsample_to": 100, "setting": "max_new_tokens=4"}
+    row = {
+        "dataset": "tiny_world",
+        "split": "val",
+        "base_model": "/very/long/absolute/path/qa_tune/best",
+        "downsample_to": 100,
+        "setting": "max_new_tokens=4",
+    }
     assert report_tables.short_title(row) == "tiny_world, validation, base best, 100 docs, max_new_tokens=4"
 
 

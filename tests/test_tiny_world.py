@@ -1,5 +1,6 @@
 """The tiny world: deterministic generation, honest splits and spans, incremental atomic builds,
 and CSVs that the dataset registry reads."""
+
 import json
 import re
 import shutil
@@ -10,11 +11,11 @@ import torch
 
 import tiny_world
 from exp_datasets import load_split, load_web_text, make_stream
-from tiny_world import world
-from tiny_world.sanity_report import token_weights
 from plumbing.environment import REPO_ROOT
 from plumbing.errors import UsageError
 from plumbing.loading import load_causal_lm, load_tokenizer
+from tiny_world import world
+from tiny_world.sanity_report import token_weights
 
 STREAM_FILES = ("train.csv", "val.csv", "test.csv", "qa_train.csv", "qa_val.csv", "pretrain_qa.csv")
 
@@ -50,7 +51,7 @@ def test_entities_never_cross_splits(tiny_world_small):
     names = list(groups)
     for i, first in enumerate(names):
         assert groups[first], first
-        for second in names[i + 1:]:
+        for second in names[i + 1 :]:
             assert not groups[first] & groups[second], (first, second)
     # pretraining reads the documents of the pretrain_qa, qa_train and qa_val entities; only the
     # first set's QA pairs are pretrained on (the model builder reads pretrain_qa.csv), so QA
@@ -74,10 +75,11 @@ def test_answer_spans_point_at_the_answer(tiny_world_small):
         frame = read(tiny_world_small.data_dir, file)
         assert len(frame)
         for row in frame.itertuples():
-            assert row.text[row.answer_start:row.answer_end] == row.answers
+            assert row.text[row.answer_start : row.answer_end] == row.answers
             assert row.answers not in row.question
-        per_doc = frame.groupby("doc_id").apply(lambda g: len(set(zip(g.answer_start, g.answer_end))),
-                                                include_groups=False)
+        per_doc = frame.groupby("doc_id").apply(
+            lambda g: len(set(zip(g.answer_start, g.answer_end))), include_groups=False
+        )
         assert per_doc.between(*cfg.facts_per_doc).all(), file
         assert frame.groupby("doc_id")["text"].nunique().eq(1).all()
 
@@ -101,7 +103,7 @@ def test_registry_reads_every_split(tiny_world_small):
         frame = read(tiny_world_small.data_dir, f"{split}.csv")
         assert len(examples) == len(frame)
         assert [e.answer for e in examples] == frame["answers"].astype(str).tolist()
-        assert all(e.text[int(e.extra["answer_start"]):int(e.extra["answer_end"])] == e.answer for e in examples)
+        assert all(e.text[int(e.extra["answer_start"]) : int(e.extra["answer_end"])] == e.answer for e in examples)
     stream = make_stream(load_split(cfg, "test"), downsample_to=-1, seed=0)
     assert len(stream) == read(tiny_world_small.data_dir, "test.csv")["doc_id"].nunique()
     assert len(load_web_text(cfg.web_text_csv)) == small_recipe().n_web_texts
@@ -198,9 +200,8 @@ def test_interrupted_build_leaves_the_previous_build(tiny_world_small, tmp_path,
 
 def test_resolving_a_config_never_builds(tmp_path, monkeypatch):
     """${tiny_world:...} only names paths: resolving the whole run config with an empty cache builds nothing."""
-    from omegaconf import OmegaConf
-
     from conftest import compose
+    from omegaconf import OmegaConf
 
     monkeypatch.setenv("CAMELS_CACHE_DIR", str(tmp_path / "env_cache"))
     monkeypatch.setattr(tiny_world, "build", lambda *a, **k: pytest.fail("resolving a config built the tiny world"))
@@ -215,7 +216,7 @@ def test_resolving_a_config_never_builds(tmp_path, monkeypatch):
     from omegaconf.errors import InterpolationResolutionError
 
     with pytest.raises(InterpolationResolutionError, match="tiny_world:weights. is unknown"):
-        OmegaConf.create({"x": "${tiny_world:weights}"}).x
+        _ = OmegaConf.create({"x": "${tiny_world:weights}"}).x
 
 
 def test_entry_points_build_the_default_world_only_when_the_config_points_into_it(tmp_path, monkeypatch):
@@ -225,8 +226,11 @@ def test_entry_points_build_the_default_world_only_when_the_config_points_into_i
     monkeypatch.setattr(tiny_world, "is_current", lambda root, hashes: False)
     monkeypatch.setattr(tiny_world, "build", lambda cfg: built.append(tiny_world.output_root(cfg)))
     cache = tmp_path / "cache"
-    tiny_world.ensure_built_for(OmegaConf.create({"cache_dir": str(cache), "base_model": "gpt2",
-                                                 "dataset": {"data_dir": str(tmp_path / "mine")}}))
+    tiny_world.ensure_built_for(
+        OmegaConf.create(
+            {"cache_dir": str(cache), "base_model": "gpt2", "dataset": {"data_dir": str(tmp_path / "mine")}}
+        )
+    )
     assert built == []
     tiny_world.ensure_built_for(OmegaConf.create({"cache_dir": str(cache), "base_model": "${tiny_world:base_model}"}))
     assert built == [cache / "tiny_world"]
@@ -236,8 +240,12 @@ def test_every_recipe_has_a_folder_of_its_own(tmp_path, monkeypatch):
     monkeypatch.setenv("CAMELS_CACHE_DIR", str(tmp_path))
     assert tiny_world.output_root(tiny_world.load_recipe()) == tmp_path / "tiny_world"
     # where and how it is built does not change the folder; anything it is made of does
-    assert tiny_world.output_root(tiny_world.load_recipe(["num_threads=2", "progress=false"])) == tmp_path / "tiny_world"
-    variants = {tiny_world.output_root(tiny_world.load_recipe(o)) for o in (["seed=7"], ["seed=8"], ["model.n_layer=2"])}
+    assert (
+        tiny_world.output_root(tiny_world.load_recipe(["num_threads=2", "progress=false"])) == tmp_path / "tiny_world"
+    )
+    variants = {
+        tiny_world.output_root(tiny_world.load_recipe(o)) for o in (["seed=7"], ["seed=8"], ["model.n_layer=2"])
+    }
     assert len(variants) == 3 and all(p.parent == tmp_path and p.name.startswith("tiny_world-") for p in variants)
     assert tiny_world.output_root(tiny_world.load_recipe(["seed=7"])) in variants
     assert tiny_world.output_root(tiny_world.load_recipe(["seed=7", f"out_dir={tmp_path / 'x'}"])) == tmp_path / "x"
@@ -264,8 +272,9 @@ def test_stream_report_averages_streams_each_adapted_from_the_base_model(tiny_wo
     first, second = docs[:3], docs[3:6]
 
     def rows(streams):
-        return stream_adaptation(model, tokenizer, collator, streams, ["oracle"], [3e-2], grad_clip=750.0,
-                                 progress=False)
+        return stream_adaptation(
+            model, tokenizer, collator, streams, ["oracle"], [3e-2], grad_clip=750.0, progress=False
+        )
 
     alone = [rows([first]), rows([second])]
     both = rows([first, second])

@@ -1,27 +1,27 @@
 """train_qa.py: best-checkpoint selection, early stopping, a short real run, the CLI."""
+
 import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, compose, run_script
 from omegaconf import OmegaConf
 
 import train_qa
-from plumbing import errors, loading
 from exp_datasets import QACollator, load_split
+from plumbing import errors, loading
 from subroutines import evaluate_qa, question_sample
-from conftest import REPO, compose, run_script
-
 
 # ---------------------------------------------------------------------------------------------
 # Selection and early stopping on a scripted sequence of validations
 
 SCRIPT = [  # step, nll, em, f1
     (0, 3.0, 0.0, 0.10),
-    (1, 2.5, 0.0, 0.20),   # better nll and f1; em ties -> earlier kept
-    (2, 2.6, 0.1, 0.20),   # better em; f1 ties
-    (3, 2.5, 0.1, 0.30),   # nll ties (no improvement); better f1
+    (1, 2.5, 0.0, 0.20),  # better nll and f1; em ties -> earlier kept
+    (2, 2.6, 0.1, 0.20),  # better em; f1 ties
+    (3, 2.5, 0.1, 0.30),  # nll ties (no improvement); better f1
     (4, 2.4, 0.05, float("nan")),  # better nll; NaN f1 is never best
     (5, 2.45, 0.0, 0.25),
     (6, 2.41, 0.0, 0.10),
@@ -31,10 +31,20 @@ SCRIPT = [  # step, nll, em, f1
 def test_best_tracker_keeps_strictly_better_validations():
     tracker = train_qa.BestTracker()
     improved = [tracker.update(dict(nll=nll, em=em, f1=f1), step, epoch=1) for step, nll, em, f1 in SCRIPT]
-    assert improved == [["lowest_nll", "highest_f1", "highest_em"], ["lowest_nll", "highest_f1"], ["highest_em"],
-                        ["highest_f1"], ["lowest_nll"], [], []]
+    assert improved == [
+        ["lowest_nll", "highest_f1", "highest_em"],
+        ["lowest_nll", "highest_f1"],
+        ["highest_em"],
+        ["highest_f1"],
+        ["lowest_nll"],
+        [],
+        [],
+    ]
     assert {name: (r["step"], r["value"]) for name, r in tracker.best.items()} == {
-        "lowest_nll": (4, 2.4), "highest_f1": (3, 0.30), "highest_em": (2, 0.1)}
+        "lowest_nll": (4, 2.4),
+        "highest_f1": (3, 0.30),
+        "highest_em": (2, 0.1),
+    }
 
 
 def test_early_stopping_counts_validations_without_a_lower_nll():
@@ -56,9 +66,16 @@ def test_early_stopping_counts_validations_without_a_lower_nll():
 
 def run_overrides(world, **extra):
     # torch_threads=null: leave the test session's thread count alone
-    base = dict(model=str(world.base_model), **{"dataset.data_dir": str(world.data_dir)},
-                device="cpu", torch_threads="null", seed=0, max_val_questions=24, eval_batch_size=24,
-                max_new_tokens=6)
+    base = dict(
+        model=str(world.base_model),
+        **{"dataset.data_dir": str(world.data_dir)},
+        device="cpu",
+        torch_threads="null",
+        seed=0,
+        max_val_questions=24,
+        eval_batch_size=24,
+        max_new_tokens=6,
+    )
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -66,8 +83,12 @@ def run_overrides(world, **extra):
 @pytest.fixture(scope="module")
 def short_run(tiny_world_small, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("qa_run")
-    cfg = compose("qa_conf", run_overrides(tiny_world_small, lr=3e-3, batch_size=8, grad_acc_steps=2,
-                                           val_steps=4, max_steps=12, stop_k="null"))
+    cfg = compose(
+        "qa_conf",
+        run_overrides(
+            tiny_world_small, lr=3e-3, batch_size=8, grad_acc_steps=2, val_steps=4, max_steps=12, stop_k="null"
+        ),
+    )
     history = train_qa.train_qa(cfg, run_dir)
     return cfg, run_dir, history
 
@@ -106,8 +127,16 @@ def test_best_json_and_checkpoints_match_the_metrics(short_run, tiny_world_small
     model = loading.load_causal_lm(folder)
     tokenizer = loading.load_tokenizer(folder)
     val = question_sample(load_split(cfg.dataset, "qa_val"), cfg.max_val_questions, cfg.seed)
-    _, summary = evaluate_qa(model, tokenizer, val, QACollator.from_config(tokenizer, cfg.dataset), "cpu",
-                             eval_modes=("ppl",), batch_size=24, progress=False)
+    _, summary = evaluate_qa(
+        model,
+        tokenizer,
+        val,
+        QACollator.from_config(tokenizer, cfg.dataset),
+        "cpu",
+        eval_modes=("ppl",),
+        batch_size=24,
+        progress=False,
+    )
     assert summary["nll"] == pytest.approx(best["lowest_nll"]["value"], rel=1e-5)
 
 
@@ -126,9 +155,21 @@ def test_state_dict_round_trips_into_the_base_architecture(short_run, tiny_world
 
 def test_early_stopping_ends_a_diverging_run(tiny_world_small, tmp_path):
     # a learning rate this large wrecks the model, so no validation beats the one before training
-    cfg = compose("qa_conf", run_overrides(tiny_world_small, optimizer="sgd", lr=50.0, grad_clip_thresh=1e9,
-                                           batch_size=8, grad_acc_steps=1, val_steps=1, stop_k=2, max_steps=40,
-                                           max_new_tokens=2))
+    cfg = compose(
+        "qa_conf",
+        run_overrides(
+            tiny_world_small,
+            optimizer="sgd",
+            lr=50.0,
+            grad_clip_thresh=1e9,
+            batch_size=8,
+            grad_acc_steps=1,
+            val_steps=1,
+            stop_k=2,
+            max_steps=40,
+            max_new_tokens=2,
+        ),
+    )
     history = train_qa.train_qa(cfg, tmp_path)
     assert [r["step"] for r in history] == [0, 1, 2]
     best = json.loads((tmp_path / "best.json").read_text())
@@ -177,8 +218,12 @@ def test_a_finished_run_has_nothing_to_do_and_other_options_are_refused(short_ru
     files = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     assert train_qa.train_qa(cfg, run_dir) == history
     assert "nothing to do" in capsys.readouterr().out
-    other = compose("qa_conf", run_overrides(tiny_world_small, lr=1e-3, batch_size=8, grad_acc_steps=2,
-                                             val_steps=4, max_steps=12, stop_k="null"))
+    other = compose(
+        "qa_conf",
+        run_overrides(
+            tiny_world_small, lr=1e-3, batch_size=8, grad_acc_steps=2, val_steps=4, max_steps=12, stop_k="null"
+        ),
+    )
     with pytest.raises(errors.UsageError, match=r"holds a run with other options \(lr: 0.003 -> 0.001\)"):
         train_qa.train_qa(other, run_dir)
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == files
@@ -187,8 +232,9 @@ def test_a_finished_run_has_nothing_to_do_and_other_options_are_refused(short_ru
 def test_overwrite_replaces_a_run_with_other_options(tiny_world_small, tmp_path):
     first = compose("qa_conf", run_overrides(tiny_world_small, lr=3e-3, batch_size=8, val_steps=2, max_steps=2))
     train_qa.train_qa(first, tmp_path)
-    second = compose("qa_conf", run_overrides(tiny_world_small, lr=1e-3, batch_size=8, val_steps=1, max_steps=1,
-                                              overwrite="true"))
+    second = compose(
+        "qa_conf", run_overrides(tiny_world_small, lr=1e-3, batch_size=8, val_steps=1, max_steps=1, overwrite="true")
+    )
     history = train_qa.train_qa(second, tmp_path)
     assert [r["step"] for r in history] == [0, 1]
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1]
@@ -201,9 +247,16 @@ def test_overwrite_replaces_a_run_with_other_options(tiny_world_small, tmp_path)
 
 @pytest.mark.slow
 def test_cfg_resolves_with_tiny_world_presets_and_output_layout(tiny_world_small):
-    result = run_script("train_qa.py", "--cfg", "all", "--resolve", f"model={tiny_world_small.base_model}",
-                        f"dataset.data_dir={tiny_world_small.data_dir}",
-                        f"dataset.web_text_csv={tiny_world_small.data_dir / 'web_text.csv'}", "val_steps=7")
+    result = run_script(
+        "train_qa.py",
+        "--cfg",
+        "all",
+        "--resolve",
+        f"model={tiny_world_small.base_model}",
+        f"dataset.data_dir={tiny_world_small.data_dir}",
+        f"dataset.web_text_csv={tiny_world_small.data_dir / 'web_text.csv'}",
+        "val_steps=7",
+    )
     assert result.returncode == 0, result.stderr
     cfg = OmegaConf.create(result.stdout)
     assert cfg.val_steps == 7  # the command line wins over the dataset preset...
@@ -216,17 +269,26 @@ def test_cfg_resolves_with_tiny_world_presets_and_output_layout(tiny_world_small
 def test_published_defaults_hold_for_real_datasets():
     cfg = compose("qa_conf", ["dataset=squad", "model=gpt2-xl"])
     assert (cfg.batch_size, cfg.grad_acc_steps, cfg.optimizer, cfg.lr, cfg.grad_clip_thresh, cfg.val_steps) == (
-        32, 2, "adam", 2.5e-5, 100, 512)
+        32,
+        2,
+        "adam",
+        2.5e-5,
+        100,
+        512,
+    )
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("model=/no/such/model", "cannot load a causal LM from '/no/such/model'"),
-    ("dataset.data_dir=/no/such/folder", "data_dir /no/such/folder"),
-    ("batch_size=0", "batch_size=0"),
-    ("optimizer=rmsprop", "optimizer=rmsprop"),
-    ("max_val_questions=-3", "max_val_questions=-3"),
-    ("lr=-2.5e-5", "lr=-2.5e-05 is invalid; it must be a positive number"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model=/no/such/model", "cannot load a causal LM from '/no/such/model'"),
+        ("dataset.data_dir=/no/such/folder", "data_dir /no/such/folder"),
+        ("batch_size=0", "batch_size=0"),
+        ("optimizer=rmsprop", "optimizer=rmsprop"),
+        ("max_val_questions=-3", "max_val_questions=-3"),
+        ("lr=-2.5e-5", "lr=-2.5e-05 is invalid; it must be a positive number"),
+    ],
+)
 def test_bad_input_is_one_line_before_training(tiny_world_small, tmp_path, override, expected):
     cfg = compose("qa_conf", run_overrides(tiny_world_small) + [override])
     with pytest.raises(errors.UsageError) as raised:
@@ -245,8 +307,12 @@ def test_wandb_without_the_package_is_a_usage_error(tiny_world_small, tmp_path):
 
 @pytest.mark.slow
 def test_cli_bad_input_exits_2_with_one_line(tiny_world_small, tmp_path):
-    result = run_script("train_qa.py", f"model={tiny_world_small.base_model}", "dataset.data_dir=/no/such/folder",
-                        f"hydra.run.dir={tmp_path}")
+    result = run_script(
+        "train_qa.py",
+        f"model={tiny_world_small.base_model}",
+        "dataset.data_dir=/no/such/folder",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "/no/such/folder" in lines[0], result.stderr

@@ -1,6 +1,7 @@
 """Weights across tokenizers: a CaMeLS whose body has another tokenizer than the base model reads the
 document with its own tokens and carries the weights to the base tokens through the characters
 (token_alignment.char_overlap_matrix, CaMeLS.transferred_weights)."""
+
 import json
 
 import numpy as np
@@ -11,10 +12,10 @@ from test_weight_model import CORPUS, byte_level_tokenizer, sentencepiece_tokeni
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, PreTrainedTokenizerFast
 
 import token_alignment as T
-from plumbing import errors
 import weight_model as W
 from exp_datasets import pad
 from exp_datasets.collate import model_positions
+from plumbing import errors
 
 TEXTS = CORPUS + [
     "  Two leading spaces,\n\ttabs, and the café's crème brûlée; 東京 and 日本 are far — very far.",
@@ -29,16 +30,18 @@ def unigram_tokenizer(texts, vocab_size):
 
     trainer_tokenizer = Tokenizer(models.Unigram())
     trainer_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer_tokenizer.train_from_iterator(texts, trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<unk>", "</s>"], unk_token="<unk>"))
+    trainer_tokenizer.train_from_iterator(
+        texts, trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "</s>"], unk_token="<unk>")
+    )
     pieces = json.loads(trainer_tokenizer.to_str())["model"]["vocab"]
     known = {piece for piece, _ in pieces}
     pieces = [(piece, score) for piece, score in pieces]
     pieces += [(f"<0x{b:02X}>", -50.0) for b in range(256) if f"<0x{b:02X}>" not in known]
     tokenizer = Tokenizer(models.Unigram(pieces, unk_id=0, byte_fallback=True))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                           decoders.Strip(" ", 1, 0)])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="</s>")
 
 
@@ -57,8 +60,17 @@ def unigram():
 def make_body(tmp_path_factory, tokenizer, name, n_positions=256, seed=0):
     """A save_pretrained folder of a random 2-layer GPT-2 and its tokenizer."""
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=16, n_layer=2, n_head=2,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        attn_implementation="eager",
+    )
     path = tmp_path_factory.mktemp(name)
     GPT2LMHeadModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -67,8 +79,9 @@ def make_body(tmp_path_factory, tokenizer, name, n_positions=256, seed=0):
 
 def weight_model(body, base_tokenizer, seed=3, **options):
     """A CaMeLS on `body` reading `base_tokenizer`'s ids, its head perturbed so weights differ by token."""
-    model = W.build_weight_model(OmegaConf.create(dict(name="CaMeLS", pretrained_model=str(body), head_width=8,
-                                                       **options)), base_tokenizer)
+    model = W.build_weight_model(
+        OmegaConf.create(dict(name="CaMeLS", pretrained_model=str(body), head_width=8, **options)), base_tokenizer
+    )
     with torch.no_grad():
         generator = torch.Generator().manual_seed(seed)
         for p in model.head.parameters():
@@ -97,13 +110,16 @@ def batch_of(tokenizer, texts):
 
 def test_overlap_matrix_hand_cases():
     # "abcdef": base tokens abc|def, body tokens ab|cd|ef; each base token: mean over its 3 characters
-    assert np.allclose(T.char_overlap_matrix([(0, 3), (3, 6)], [(0, 2), (2, 4), (4, 6)], 6),
-                       [[2 / 3, 1 / 3, 0], [0, 1 / 3, 2 / 3]])
+    assert np.allclose(
+        T.char_overlap_matrix([(0, 3), (3, 6)], [(0, 2), (2, 4), (4, 6)], 6), [[2 / 3, 1 / 3, 0], [0, 1 / 3, 2 / 3]]
+    )
     # one body token spanning both base tokens gives each its weight (no mass counted twice)
     assert np.allclose(T.char_overlap_matrix([(0, 1), (1, 3)], [(0, 3)], 3), [[1], [1]])
     # a 3-character text whose middle character is 2 byte pieces of the body: each piece half of it
-    assert np.allclose(T.char_overlap_matrix([(0, 2), (2, 3)], [(0, 1), (1, 2), (1, 2), (2, 3)], 3),
-                       [[1 / 2, 1 / 4, 1 / 4, 0], [0, 0, 0, 1]])
+    assert np.allclose(
+        T.char_overlap_matrix([(0, 2), (2, 3)], [(0, 1), (1, 2), (1, 2), (2, 3)], 3),
+        [[1 / 2, 1 / 4, 1 / 4, 0], [0, 0, 0, 1]],
+    )
     # base byte pieces of one character all read that character
     assert np.allclose(T.char_overlap_matrix([(0, 1), (0, 1), (1, 2)], [(0, 2)], 2), [[1], [1], [1]])
     # a character no body token covers (a trimmed space) takes the nearest covered one's weight,
@@ -113,8 +129,10 @@ def test_overlap_matrix_hand_cases():
     assert np.allclose(T.char_overlap_matrix([(3, 4)], [(0, 1), (1, 2)], 4), [[0, 1]])
     # empty spans (BOS at the start, EOS at the end, a special token inside): the character before
     # (the first at the start)
-    assert np.allclose(T.char_overlap_matrix([(0, 0), (0, 2), (2, 2), (2, 3), (3, 3)], [(0, 1), (1, 3)], 3),
-                       [[1, 0], [1 / 2, 1 / 2], [0, 1], [0, 1], [0, 1]])
+    assert np.allclose(
+        T.char_overlap_matrix([(0, 0), (0, 2), (2, 2), (2, 3), (3, 3)], [(0, 1), (1, 3)], 3),
+        [[1, 0], [1 / 2, 1 / 2], [0, 1], [0, 1], [0, 1]],
+    )
     # body special tokens (empty spans) receive nothing; no text at all: weight 0
     assert np.allclose(T.char_overlap_matrix([(0, 2)], [(0, 0), (0, 2)], 2), [[0, 1]])
     assert T.char_overlap_matrix([(0, 0)], [(0, 0)], 0).tolist() == [[0.0]]
@@ -178,7 +196,8 @@ def own_reading(model, text_ids):
 
 @pytest.mark.parametrize("base_name,body_name", [("bpe", "unigram"), ("unigram", "bpe"), ("sentencepiece", "bpe")])
 def test_transferred_weights_are_character_means_of_the_body_weights(
-        request, base_name, body_name, bpe, unigram, tmp_path_factory):
+    request, base_name, body_name, bpe, unigram, tmp_path_factory
+):
     """Each base token weighs the mean over its characters of the body's per-character weights,
     computed here by loops from the body's own reading of the decoded text (whitespace, merges that
     split differently, byte fallback and characters of several bytes on both sides)."""
@@ -191,7 +210,7 @@ def test_transferred_weights_are_character_means_of_the_body_weights(
     weights = model(ids, mask)
     assert weights[mask == 0].eq(0).all()
     split_differently = 0
-    for row, text in enumerate(TEXTS):
+    for row in range(len(TEXTS)):
         base_ids = ids[row, mask[row].bool()].tolist()
         decoded, base_spans = T.decode_with_offsets(base, base_ids)
         body_ids, body_spans = T.tokenize_with_offsets(body_tokenizer, decoded)
@@ -262,7 +281,7 @@ def test_long_documents_are_read_in_windows(unigram, bpe, tmp_path_factory):
     decoded, base_spans = T.decode_with_offsets(bpe, ids[0].tolist())
     body_ids, body_spans = T.tokenize_with_offsets(unigram, decoded)
     assert len(body_ids) > 3 * 8
-    windows = [own_reading(model, body_ids[k:k + 8]) for k in range(0, len(body_ids), 8)]
+    windows = [own_reading(model, body_ids[k : k + 8]) for k in range(0, len(body_ids), 8)]
     per_char = char_weights_by_hand(body_spans, [w for window in windows for w in window], len(decoded))
     assert weights[0].tolist() == pytest.approx(base_weights_by_hand(base_spans, per_char), rel=1e-5)
     whole = own_reading(model, body_ids[:8])
@@ -325,11 +344,31 @@ def test_saved_folder_carries_the_bodys_tokenizer(unigram_body, unigram, bpe, tm
 
 def micro_weight_model(tokenizer, base_tokenizer, seed=5, normalize=False):
     torch.manual_seed(seed)
-    backbone = GPT2Model(GPT2Config(vocab_size=len(tokenizer), n_positions=16, n_embd=8, n_layer=1, n_head=2,
-                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.3,
-                                    attn_implementation="eager"))
-    model = W.CaMeLS(backbone, head_width=4, normalize=normalize, pretrained_model="micro",
-                     vocabulary=W.vocabulary_record(tokenizer)).double().eval()
+    backbone = GPT2Model(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=16,
+            n_embd=8,
+            n_layer=1,
+            n_head=2,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            initializer_range=0.3,
+            attn_implementation="eager",
+        )
+    )
+    model = (
+        W.CaMeLS(
+            backbone,
+            head_width=4,
+            normalize=normalize,
+            pretrained_model="micro",
+            vocabulary=W.vocabulary_record(tokenizer),
+        )
+        .double()
+        .eval()
+    )
     model.body_tokenizer = tokenizer
     with torch.no_grad():
         for p in model.head.parameters():
@@ -373,13 +412,28 @@ def micro_meta_problem(unigram, bpe):
     """A micro base model of byte-level BPE ids, a weight model whose body reads Unigram tokens, and
     a batch of three documents and two questions (float64)."""
     torch.manual_seed(0)
-    base = GPT2LMHeadModel(GPT2Config(vocab_size=len(bpe), n_positions=32, n_embd=16, n_layer=2, n_head=2,
-                                      initializer_range=0.3, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                      attn_implementation="eager")).double().eval()
-    text_ids, text_mask = pad([bpe(t)["input_ids"][:12] for t in (TEXTS[4], CORPUS[0], CORPUS[3])],
-                              bpe.pad_token_id)
-    qa_ids, qa_mask = pad([bpe(q)["input_ids"][:6] for q in ("Who visited Paris?", "Where is Zürich?")],
-                          bpe.pad_token_id)
+    base = (
+        GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(bpe),
+                n_positions=32,
+                n_embd=16,
+                n_layer=2,
+                n_head=2,
+                initializer_range=0.3,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+                attn_implementation="eager",
+            )
+        )
+        .double()
+        .eval()
+    )
+    text_ids, text_mask = pad([bpe(t)["input_ids"][:12] for t in (TEXTS[4], CORPUS[0], CORPUS[3])], bpe.pad_token_id)
+    qa_ids, qa_mask = pad(
+        [bpe(q)["input_ids"][:6] for q in ("Who visited Paris?", "Where is Zürich?")], bpe.pad_token_id
+    )
     qa_labels = qa_ids.masked_fill(qa_mask == 0, -100)
     qa_labels[:, :3] = -100
     batch = {"text_ids": text_ids, "text_mask": text_mask, "qa_ids": qa_ids, "qa_mask": qa_mask, "qa_labels": qa_labels}
@@ -439,8 +493,9 @@ def test_forward_mode_meta_gradient_across_tokenizers(micro_meta_problem):
     model.zero_grad(set_to_none=True)
     generator = torch.Generator().manual_seed(5)
     probe = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in trainable]
-    estimate = forward_meta_gradient(model, base, batch, {}, dataclasses.replace(settings, backend="forward"),
-                                     probes=tuple(v[None] for v in probe))[-1]
+    estimate = forward_meta_gradient(
+        model, base, batch, {}, dataclasses.replace(settings, backend="forward"), probes=tuple(v[None] for v in probe)
+    )[-1]
     slope = (flat(estimate) @ flat(probe)) / (flat(probe) @ flat(probe))
     expected = exact @ flat(probe)
     assert abs(expected) > 1e-3

@@ -1,4 +1,5 @@
 """weight_model.py: token alignment, the three heuristic weightings, CaMeLS and its checkpoints."""
+
 import copy
 import re
 
@@ -10,9 +11,9 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 import token_alignment
-from plumbing import environment, errors
 import weight_model as W
 from exp_datasets import pad
+from plumbing import environment, errors
 
 CORPUS = [
     "Barack Obama visited Paris on Monday with 3 friends and paid $5 at Google.",
@@ -25,8 +26,9 @@ CORPUS = [
 def byte_level_tokenizer(texts, vocab_size):
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, special_tokens=["<|endoftext|>"])
-    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
-                                  bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tokenizer = GPT2TokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
     tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -61,7 +63,7 @@ def marked_characters(text, words):
     score = [0.0] * len(text)
     for word in words:
         start = text.index(word)
-        score[start:start + len(word)] = [1.0] * len(word)
+        score[start : start + len(word)] = [1.0] * len(word)
     return score
 
 
@@ -92,7 +94,7 @@ def test_alignment_special_tokens_are_empty_and_text_round_trips(tokenizer):
         assert text == sentence
         # the spans tile the text in order, overlapping only where a character is split
         assert spans[0][0] == 0 and spans[-1][1] == len(sentence)
-        for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
+        for (_, e0), (s1, e1) in zip(spans, spans[1:]):
             assert s1 in (e0, e0 - 1) and e1 > s1
         for token_id, (start, end) in zip(ids, spans):
             piece = tokenizer.decode([token_id])
@@ -143,7 +145,7 @@ def tfidf_expected(tokenizer, documents, text, **vectorizer_options):
     for match in re.finditer(r"(?u)\b\w\w+\b", text):
         column = vectorizer.vocabulary_.get(match.group().lower())
         if column is not None:
-            char_score[match.start(): match.end()] = [row[column]] * (match.end() - match.start())
+            char_score[match.start() : match.end()] = [row[column]] * (match.end() - match.start())
     ids, offsets = hf_offsets(tokenizer, text)
     return expected_weights_from_char_scores(offsets, char_score)
 
@@ -173,8 +175,13 @@ def oracle_stream():
     """Documents of CORPUS with questions: one answer given by its span, one found by its string."""
     from exp_datasets import Document, Example
 
-    violin = Example(CORPUS[2], "What does Alice play?", "violin", "d2",
-                     extra={"answer_start": CORPUS[2].index("violin"), "answer_end": CORPUS[2].index("violin") + 6})
+    violin = Example(
+        CORPUS[2],
+        "What does Alice play?",
+        "violin",
+        "d2",
+        extra={"answer_start": CORPUS[2].index("violin"), "answer_end": CORPUS[2].index("violin") + 6},
+    )
     london = Example(CORPUS[2], "Where does Alice work?", "London", "d2")  # no span: every occurrence
     oslo = Example(CORPUS[3], "Where does Greta live?", "Oslo", "d3")
     return [Document(CORPUS[2], "d2", [violin, london]), Document(CORPUS[3], "d3", [oslo])]
@@ -190,8 +197,9 @@ def test_oracle_weighs_exactly_the_answer_tokens(tokenizer):
         expected = expected_weights_from_char_scores(offsets, char_score)
         assert weights[row][mask[row].bool()].tolist() == expected and 0 < sum(expected) < len(expected)
     # normalised: the same tokens, each document with the mass of uniform weights
-    normalized = W.build_weight_model(OmegaConf.load(environment.REPO_ROOT / "conf/model/oracle.yaml"), tokenizer,
-                                      stream=stream)
+    normalized = W.build_weight_model(
+        OmegaConf.load(environment.REPO_ROOT / "conf/model/oracle.yaml"), tokenizer, stream=stream
+    )
     scaled, _ = weights_for(normalized, tokenizer, [CORPUS[2], CORPUS[3]])
     assert torch.equal(scaled > 0, weights > 0)
     assert scaled.sum(1).tolist() == pytest.approx(mask.sum(1).float().tolist())
@@ -335,8 +343,9 @@ def sentencepiece_tokenizer():
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                           decoders.Strip(" ", 1, 0)])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>")
 
 
@@ -350,4 +359,4 @@ def test_alignment_of_sentencepiece_byte_fallback():
     pieces = [text[s:e] for s, e in spans]
     assert pieces.count("日") == 3 and pieces.count("本") == 3 and pieces.count("é") == 2
     assert len({span for span, piece in zip(spans, pieces) if piece == "日"}) == 1  # one character, one span
-    assert text[spans[0][0]: spans[0][1]] == " Obama"
+    assert text[spans[0][0] : spans[0][1]] == " Obama"

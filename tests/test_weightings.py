@@ -1,6 +1,7 @@
 """The weightings read from the adapted model (loss_weightings.py): surprisal and excess_loss weights
 against per-token losses computed here by hand, top-k selection, weights that follow the model as it
 learns, online adaptation with them, and the run.py / demo.py paths that bind them to the base model."""
+
 import copy
 import math
 
@@ -11,9 +12,9 @@ from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import loss_weightings as L
-from plumbing import environment, errors, loading
 import weight_model as W
 from exp_datasets import pad
+from plumbing import environment, errors, loading
 from subroutines import AdaptationSettings, weighted_train
 
 VOCAB = 40
@@ -21,8 +22,16 @@ VOCAB = 40
 
 def micro_gpt2(seed, dropout=0.0):
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=2, resid_pdrop=dropout,
-                        embd_pdrop=dropout, attn_pdrop=dropout)
+    config = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=32,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+    )
     return GPT2LMHeadModel(config).double().eval()
 
 
@@ -70,7 +79,7 @@ def weigh(weight_model, docs):
     ids, mask = pad(docs, 0)
     weights = weight_model(ids, mask)
     assert (weights[mask == 0] == 0).all()
-    return [weights[row, :len(doc)].tolist() for row, doc in enumerate(docs)]
+    return [weights[row, : len(doc)].tolist() for row, doc in enumerate(docs)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,8 +105,10 @@ def test_top_k_keeps_the_highest_scores_and_every_tie_at_the_cut():
     assert candidates.tolist() == [[False] + [True] * 6, [False, True, True, True, True, False, False]]
     # 34% of 6 candidates -> 3 kept (7, 5, 3); of 4 candidates -> 2 kept, but three tie at 4.0
     kept = L.keep_top_percent(scores, candidates, 34)
-    assert kept.tolist() == [[False, False, True, True, True, False, False],
-                             [False, True, True, True, False, False, False]]
+    assert kept.tolist() == [
+        [False, False, True, True, True, False, False],
+        [False, True, True, True, False, False, False],
+    ]
     assert L.keep_top_percent(scores, candidates, 100).equal(candidates)
     assert L.keep_top_percent(scores, candidates, 1).sum(1).tolist() == [1, 3]
     # 8.8% of 375 is 33 (not 34, although 375 * 8.8 / 100 is 33.00000000000001 in floating point)
@@ -145,8 +156,9 @@ def test_excess_loss_is_the_adapted_loss_minus_the_reference_loss(tmp_path):
     weighting = W.build_weight_model(config("excess_loss", **options), None).bind(model)
     reference = loading.load_causal_lm(tmp_path / "reference")
     scores = weighting.token_scores(*pad(docs[:1], 0))[0, 1:].tolist()
-    assert scores == pytest.approx([a - b for a, b in zip(hand_losses(model, docs[0]),
-                                                          hand_losses(reference, docs[0]))], abs=1e-5)
+    assert scores == pytest.approx(
+        [a - b for a, b in zip(hand_losses(model, docs[0]), hand_losses(reference, docs[0]))], abs=1e-5
+    )
 
 
 def test_bad_options_and_an_unbound_weighting_are_one_line_errors(tmp_path):
@@ -176,7 +188,7 @@ class IdCollator:
     max_text_len = 16
 
     def encode_texts(self, texts):
-        return pad([[int(t) for t in text.split()][:self.max_text_len] for text in texts], 0)
+        return pad([[int(t) for t in text.split()][: self.max_text_len] for text in texts], 0)
 
 
 @pytest.mark.parametrize("name", ["surprisal", "excess_loss"])
@@ -185,14 +197,21 @@ def test_weighted_train_steps_on_the_weights_of_the_model_just_before_each_step(
     start = micro_gpt2(11)
     options = dict(top_k_percent=60, temperature=0.5) if name == "surprisal" else dict(top_k_percent=60)
     model = copy.deepcopy(start)
-    weighted_train(model, W.build_weight_model(config(name, **options), None).bind(model),
-                   [" ".join(map(str, d)) for d in docs], IdCollator(), "cpu",
-                   AdaptationSettings(optimizer="sgd", lr=0.5, grad_clip_thresh=1e9), progress=False)
+    weighted_train(
+        model,
+        W.build_weight_model(config(name, **options), None).bind(model),
+        [" ".join(map(str, d)) for d in docs],
+        IdCollator(),
+        "cpu",
+        AdaptationSettings(optimizer="sgd", lr=0.5, grad_clip_thresh=1e9),
+        progress=False,
+    )
 
     expected = copy.deepcopy(start)
     for doc in docs:  # one SGD step per document on its weighted loss, weights from the model of that moment
-        weights = (hand_surprisal(expected, doc, 60, 0.5) if name == "surprisal"
-                   else hand_excess(expected, start, doc, 60))
+        weights = (
+            hand_surprisal(expected, doc, 60, 0.5) if name == "surprisal" else hand_excess(expected, start, doc, 60)
+        )
         logits = expected.train()(input_ids=torch.tensor([doc])).logits[0]
         losses = F.cross_entropy(logits[:-1], torch.tensor(doc[1:]), reduction="none")
         loss = (losses * torch.tensor(weights[1:], dtype=losses.dtype)).sum() / (IdCollator.max_text_len - 1)
@@ -215,8 +234,12 @@ def test_run_adapts_with_each_weighting_bound_to_its_base_model(tiny_world_small
     import evaluation
 
     for name in ("surprisal", "excess_loss"):
-        summary = evaluation.evaluate(compose_config(tiny_world_small, [f"model={name}", "eval=[ppl]", "eval_init=true",
-                                                                 "downsample_to=3", "lr=1e-3"]), tmp_path / name)
+        summary = evaluation.evaluate(
+            compose_config(
+                tiny_world_small, [f"model={name}", "eval=[ppl]", "eval_init=true", "downsample_to=3", "lr=1e-3"]
+            ),
+            tmp_path / name,
+        )
         assert summary["method"] == name and summary["adapts"] is True
         assert summary["nll"] < summary["init"]["nll"]
 
@@ -224,14 +247,24 @@ def test_run_adapts_with_each_weighting_bound_to_its_base_model(tiny_world_small
 def test_demo_describes_the_weightings_read_from_the_base_model(tiny_world_small, tmp_path):
     import demo
 
-    cfg = OmegaConf.create({
-        "base_model": str(tiny_world_small.base_model), "dataset": "tiny_world",
-        "world_overrides": [f"dataset.data_dir={tiny_world_small.data_dir}"],
-        "all_methods": {"surprisal": ["model=surprisal"], "excess_loss": ["model=excess_loss"]},
-        "eval_overrides": [], "test_downsample_to": 3, "test_seeds": [1], "heatmap_documents": 1})
+    cfg = OmegaConf.create(
+        {
+            "base_model": str(tiny_world_small.base_model),
+            "dataset": "tiny_world",
+            "world_overrides": [f"dataset.data_dir={tiny_world_small.data_dir}"],
+            "all_methods": {"surprisal": ["model=surprisal"], "excess_loss": ["model=excess_loss"]},
+            "eval_overrides": [],
+            "test_downsample_to": 3,
+            "test_seeds": [1],
+            "heatmap_documents": 1,
+        }
+    )
     demo.describe_weightings(cfg, tmp_path)
-    rows = [line.split("|")[1].strip() for line in (tmp_path / "answer_mass.md").read_text().splitlines()
-            if line.startswith("| ") and "%" in line]
+    rows = [
+        line.split("|")[1].strip()
+        for line in (tmp_path / "answer_mass.md").read_text().splitlines()
+        if line.startswith("| ") and "%" in line
+    ]
     assert rows == ["surprisal", "excess_loss"]
     for name in rows:
         assert (tmp_path / f"weights_{name}.html").read_text().count("<span") > 10

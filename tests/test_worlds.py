@@ -1,25 +1,30 @@
 """worlds.py: the plan of demo commands over world seeds, and the comparison pooled over worlds
 against the paired bootstrap computed here from the per-question scores."""
+
 import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
-
-import tiny_world
-import paired_stats
-import worlds
 from test_paired_stats import write_run
+
+import paired_stats
+import tiny_world
+import worlds
 from plumbing.environment import REPO_ROOT
 from plumbing.errors import UsageError
 
 # world -> method -> stream seed -> per-question F1 (each method at its only lr, 1e-3)
 SCORES = {
-    "worldA": {"uniform": {1: [0.0, 0.5, 1.0, 0.0], 2: [0.0, 0.0, 0.5, 0.0]},
-               "TFIDF": {1: [0.0, 0.0, 0.0, 0.0], 2: [0.0, 0.0, 0.0, 0.5]},
-               "CaMeLS": {1: [1.0, 0.5, 1.0, 0.5], 2: [0.5, 0.0, 1.0, 1.0]}},
-    "worldB": {"uniform": {1: [0.0, 0.0, 0.0], 2: [0.5, 0.0, 0.0], 3: [0.0, 0.0, 0.0]},
-               "TFIDF": {1: [1.0, 0.0, 0.5], 2: [0.5, 0.5, 0.0], 3: [0.0, 1.0, 0.0]},
-               "CaMeLS": {1: [1.0, 0.0, 0.0], 2: [0.5, 0.5, 1.0], 3: [0.0, 1.0, 0.5]}},
+    "worldA": {
+        "uniform": {1: [0.0, 0.5, 1.0, 0.0], 2: [0.0, 0.0, 0.5, 0.0]},
+        "TFIDF": {1: [0.0, 0.0, 0.0, 0.0], 2: [0.0, 0.0, 0.0, 0.5]},
+        "CaMeLS": {1: [1.0, 0.5, 1.0, 0.5], 2: [0.5, 0.0, 1.0, 1.0]},
+    },
+    "worldB": {
+        "uniform": {1: [0.0, 0.0, 0.0], 2: [0.5, 0.0, 0.0], 3: [0.0, 0.0, 0.0]},
+        "TFIDF": {1: [1.0, 0.0, 0.5], 2: [0.5, 0.5, 0.0], 3: [0.0, 1.0, 0.0]},
+        "CaMeLS": {1: [1.0, 0.0, 0.0], 2: [0.5, 0.5, 1.0], 3: [0.0, 1.0, 0.5]},
+    },
 }
 
 
@@ -31,10 +36,19 @@ def demo_arguments(arguments):
 
 def test_plan_runs_one_demo_per_world_seed_into_its_own_folder(tmp_path, monkeypatch, capsys):
     recipe = ["n_test_docs=50", "report.stream.lrs=[1.0e-3,3.0e-3]", "seed=9"]
-    cfg = OmegaConf.merge(OmegaConf.load(REPO_ROOT / "conf" / "worlds.yaml"), {
-        "out_dir": str(tmp_path / "worlds"), "world_seeds": [0, 3], "dry_run": True,
-        "demo_overrides": ["parallel_jobs=1", f"tiny_world_overrides=[{','.join(repr(o) for o in recipe)}]",
-                           "out_dir=elsewhere"]})
+    cfg = OmegaConf.merge(
+        OmegaConf.load(REPO_ROOT / "conf" / "worlds.yaml"),
+        {
+            "out_dir": str(tmp_path / "worlds"),
+            "world_seeds": [0, 3],
+            "dry_run": True,
+            "demo_overrides": [
+                "parallel_jobs=1",
+                f"tiny_world_overrides=[{','.join(repr(o) for o in recipe)}]",
+                "out_dir=elsewhere",
+            ],
+        },
+    )
     planned = worlds.plan(cfg)
     assert [seed for seed, *_ in planned] == [0, 3]
     for seed, folder, arguments, world_root in planned:
@@ -82,8 +96,9 @@ def test_pooled_table_matches_the_bootstrap_of_the_hand_differences(tmp_path):
         direct = paired_stats.compare(differences, 2000, seed=0)
         assert camels.loc[world, "baseline"] == baseline
         assert camels.loc[world, "difference"] == pytest.approx(direct["difference"])
-        assert (camels.loc[world, "ci_low"], camels.loc[world, "ci_high"]) == \
-            pytest.approx((direct["ci_streams_low"], direct["ci_streams_high"]))
+        assert (camels.loc[world, "ci_low"], camels.loc[world, "ci_high"]) == pytest.approx(
+            (direct["ci_streams_low"], direct["ci_streams_high"])
+        )
     per_world = [np.mean([np.mean(d) for d in hand[w][1]]) for w in SCORES]
     pooled = paired_stats.pooled_compare([hand[w][1] for w in SCORES], 2000, seed=0)
     row = camels.loc["pooled"]
@@ -96,12 +111,14 @@ def test_pooled_table_matches_the_bootstrap_of_the_hand_differences(tmp_path):
     assert f"| CaMeLS | pooled | TFIDF/uniform | {100 * np.mean(per_world):+.1f} |" in text
 
     # one world pools to its own result
-    worlds.pool_main([folders[0], "--baselines", "uniform,TFIDF", "--bootstrap", "2000",
-                      "--out", str(tmp_path / "one")])
+    worlds.pool_main(
+        [folders[0], "--baselines", "uniform,TFIDF", "--bootstrap", "2000", "--out", str(tmp_path / "one")]
+    )
     one = pd.read_csv(tmp_path / "one" / "pooled.csv")
     one = one[one["method"] == "CaMeLS"].set_index("world")
-    assert one.loc["pooled", ["difference", "ci_low", "ci_high"]].tolist() == \
-        pytest.approx(one.loc["worldA", ["difference", "ci_low", "ci_high"]].tolist())
+    assert one.loc["pooled", ["difference", "ci_low", "ci_high"]].tolist() == pytest.approx(
+        one.loc["worldA", ["difference", "ci_low", "ci_high"]].tolist()
+    )
 
 
 def test_a_folder_that_is_not_a_demo_output_is_refused(tmp_path):

@@ -8,6 +8,7 @@ anything, which builds the default world when the run's config points into it an
 its recipe changed; `build(cfg)` builds any recipe into any folder. The config resolver
 ${tiny_world:...} only names paths (plumbing.schemas).
 """
+
 import ast
 import hashlib
 import json
@@ -28,9 +29,19 @@ RUNTIME_KEYS = ("cache_dir", "out_dir", "device", "num_threads", "progress")
 STAGE_GROUPS = {"model": ("tokenizer", "model", "pretrain"), "report": ("report",)}
 # Code each stage's output depends on (relative to the repository); the report also measures with
 # the project's own evaluation code, so a change there refreshes the report (not the model)
-STAGE_SOURCES = {"data": ("tiny_world/world.py",), "model": ("tiny_world/model.py",),
-                 "report": ("tiny_world/sanity_report.py", "util.py", "subroutines.py", "exp_datasets/answer_spans.py",
-                            "exp_datasets/base.py", "exp_datasets/collate.py", "exp_datasets/registry.py")}
+STAGE_SOURCES = {
+    "data": ("tiny_world/world.py",),
+    "model": ("tiny_world/model.py",),
+    "report": (
+        "tiny_world/sanity_report.py",
+        "util.py",
+        "subroutines.py",
+        "exp_datasets/answer_spans.py",
+        "exp_datasets/base.py",
+        "exp_datasets/collate.py",
+        "exp_datasets/registry.py",
+    ),
+}
 STAGE_OUTPUTS = {"data": ("data",), "model": ("base_model",), "report": ("report.json", "report.md")}
 
 
@@ -53,7 +64,7 @@ def load_recipe(overrides=()):
 
 
 def recipe_key(cfg):
-    """"tiny_world" for the recipe of conf/tiny_world.yaml, else "tiny_world-<hash of the recipe>":
+    """ "tiny_world" for the recipe of conf/tiny_world.yaml, else "tiny_world-<hash of the recipe>":
     every variant world has a folder of its own, so that no build replaces another recipe's world."""
     from omegaconf import OmegaConf
 
@@ -103,7 +114,8 @@ def read_built(root: Path):
 
 def is_current(root: Path, hashes) -> bool:
     return read_built(root).get("hashes") == hashes and all(
-        (root / name).exists() for outputs in STAGE_OUTPUTS.values() for name in outputs)
+        (root / name).exists() for outputs in STAGE_OUTPUTS.values() for name in outputs
+    )
 
 
 def build_lock(root: Path):
@@ -123,17 +135,21 @@ def check_recipe(cfg):
     if cfg.n_qa_entities < 2:
         raise UsageError(f"n_qa_entities={cfg.n_qa_entities} must be at least 2 (some for qa_train, some for qa_val)")
     if not 0 < round(cfg.n_qa_entities * cfg.qa_val_fraction) < cfg.n_qa_entities:
-        raise UsageError(f"qa_val_fraction={cfg.qa_val_fraction} leaves qa_train or qa_val without entities; "
-                         "choose a fraction strictly between 0 and 1 (or more n_qa_entities)")
+        raise UsageError(
+            f"qa_val_fraction={cfg.qa_val_fraction} leaves qa_train or qa_val without entities; "
+            "choose a fraction strictly between 0 and 1 (or more n_qa_entities)"
+        )
     if cfg.facts_per_doc[1] > 4:
         raise UsageError("facts_per_doc allows at most 4 facts (the smallest entity kind has 4 attributes)")
     if cfg.fact_mentions[1] > 4:
         raise UsageError("fact_mentions allows at most 4 statements of a fact (each attribute has 4 wordings)")
     report_docs = cfg.report.one_step.n_docs + cfg.report.stream.n_docs * cfg.report.stream.n_streams
     if report_docs > cfg.n_test_docs:
-        raise UsageError(f"the report reads report.one_step.n_docs + report.stream.n_docs x report.stream.n_streams = "
-                         f"{report_docs} test documents, more than n_test_docs={cfg.n_test_docs}; lower them or "
-                         "raise n_test_docs")
+        raise UsageError(
+            f"the report reads report.one_step.n_docs + report.stream.n_docs x report.stream.n_streams = "
+            f"{report_docs} test documents, more than n_test_docs={cfg.n_test_docs}; lower them or "
+            "raise n_test_docs"
+        )
     if cfg.model.n_embd % cfg.model.n_head:
         raise UsageError(f"model.n_embd={cfg.model.n_embd} must be a multiple of model.n_head={cfg.model.n_head}")
 
@@ -181,7 +197,9 @@ def run_stage(stage, cfg, folder: Path, progress):
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg.num_threads)
     try:
-        {"data": world.build_data, "model": model.build_model, "report": sanity_report.build_report}[stage](cfg, folder, progress)
+        {"data": world.build_data, "model": model.build_model, "report": sanity_report.build_report}[stage](
+            cfg, folder, progress
+        )
     finally:
         torch.set_num_threads(threads)
 

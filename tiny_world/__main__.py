@@ -1,4 +1,5 @@
 """`python -m tiny_world [key=value ...]`: build the tiny world (recipe conf/tiny_world.yaml)."""
+
 import hydra
 
 from plumbing import schemas  # noqa: F401 - registers tiny_world_schema

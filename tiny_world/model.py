@@ -1,6 +1,7 @@
 """The tiny world's tokenizer and base model: byte-level BPE trained on the pretraining split, and
 a GPT-2 causal LM pretrained on its documents (each read as its own sequence from position 0, as
 online adaptation later reads them) mixed with QA pairs formatted by QACollator.qa_tokens."""
+
 import math
 import random
 
@@ -17,22 +18,40 @@ def train_tokenizer(texts, vocab_size, model_max_length):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     bpe.train_from_iterator(texts, trainer=trainer)
-    return GPT2TokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS,
-                             pad_token=EOS, model_max_length=model_max_length)
+    return GPT2TokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=EOS,
+        eos_token=EOS,
+        unk_token=EOS,
+        pad_token=EOS,
+        model_max_length=model_max_length,
+    )
 
 
 def make_model(model_cfg, tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=model_cfg.n_positions, n_embd=model_cfg.n_embd,
-                        n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, resid_pdrop=model_cfg.dropout,
-                        activation_function=model_cfg.activation,
-                        embd_pdrop=model_cfg.dropout, attn_pdrop=model_cfg.dropout,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=model_cfg.n_positions,
+        n_embd=model_cfg.n_embd,
+        n_layer=model_cfg.n_layer,
+        n_head=model_cfg.n_head,
+        resid_pdrop=model_cfg.dropout,
+        activation_function=model_cfg.activation,
+        embd_pdrop=model_cfg.dropout,
+        attn_pdrop=model_cfg.dropout,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
     return GPT2LMHeadModel(config)
 
 
@@ -43,8 +62,8 @@ def length_batches(sequences, batch_size, rng):
     window = batch_size * 32  # sort within windows of 32 batches: little padding, still well mixed
     batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start:start + window], key=lambda i: len(sequences[i][0]))
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+        chunk = sorted(order[start : start + window], key=lambda i: len(sequences[i][0]))
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
 
@@ -72,15 +91,18 @@ def pretrain(model, doc_sequences, qa_sequences, train_cfg, pad_id, seed, progre
     steps_per_epoch = math.ceil(len(doc_sequences) / train_cfg.doc_batch_size)
     total = steps_per_epoch * train_cfg.epochs
     qa_batch_size = max(1, math.ceil(len(qa_sequences) / steps_per_epoch)) if qa_sequences else 0
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
-                                  betas=tuple(train_cfg.betas))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, betas=tuple(train_cfg.betas)
+    )
     warmup = max(1, int(train_cfg.warmup_fraction * total))
 
     def lr_at(step):
         if step < warmup:
             return (step + 1) / warmup
         progress_frac = (step - warmup) / max(1, total - warmup)
-        return train_cfg.final_lr_fraction + (1 - train_cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress_frac))
+        return train_cfg.final_lr_fraction + (1 - train_cfg.final_lr_fraction) * 0.5 * (
+            1 + math.cos(math.pi * progress_frac)
+        )
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     model.train()
@@ -94,7 +116,9 @@ def pretrain(model, doc_sequences, qa_sequences, train_cfg, pad_id, seed, progre
                 if len(qa_order) < qa_batch_size:
                     qa_order += rng.sample(range(len(qa_sequences)), len(qa_sequences))
                 picked, qa_order = qa_order[:qa_batch_size], qa_order[qa_batch_size:]
-                loss = loss + train_cfg.qa_loss_weight * lm_loss(model, collate([qa_sequences[i] for i in picked], pad_id))
+                loss = loss + train_cfg.qa_loss_weight * lm_loss(
+                    model, collate([qa_sequences[i] for i in picked], pad_id)
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
@@ -125,10 +149,12 @@ def build_model(cfg, folder, progress=True):
     qa = pd.read_csv(folder / "data" / "pretrain_qa.csv", keep_default_na=False, dtype=str)
     questions, answers = qa["question"].tolist(), qa["answers"].tolist()
     started = time.time()
-    tokenizer = train_tokenizer(docs + [f"{q} {a}" for q, a in zip(questions, answers)],
-                                cfg.tokenizer.vocab_size, cfg.model.n_positions)
-    collator = QACollator(tokenizer, cfg.model.n_positions, train_cfg.max_question_len, train_cfg.max_answer_len,
-                          qa_eos=train_cfg.qa_eos)
+    tokenizer = train_tokenizer(
+        docs + [f"{q} {a}" for q, a in zip(questions, answers)], cfg.tokenizer.vocab_size, cfg.model.n_positions
+    )
+    collator = QACollator(
+        tokenizer, cfg.model.n_positions, train_cfg.max_question_len, train_cfg.max_answer_len, qa_eos=train_cfg.qa_eos
+    )
     full_docs = [tokenizer(d, verbose=False)["input_ids"] for d in docs]
     doc_sequences = [(ids[: cfg.model.n_positions],) * 2 for ids in full_docs]
     # the QA loss covers the answer (and end-of-text) tokens only, as in QA tuning
@@ -141,10 +167,17 @@ def build_model(cfg, folder, progress=True):
     tokenizer.save_pretrained(target)
     every = max(1, len(losses) // 50)
     log = dict(
-        params=sum(p.numel() for p in model.parameters()), seconds=round(time.time() - started, 1),
-        device=str(device), steps=len(losses), documents=len(docs), qa_pairs=len(qa_sequences),
-        mean_document_tokens=sum(map(len, full_docs)) / len(full_docs), max_document_tokens=max(map(len, full_docs)),
+        params=sum(p.numel() for p in model.parameters()),
+        seconds=round(time.time() - started, 1),
+        device=str(device),
+        steps=len(losses),
+        documents=len(docs),
+        qa_pairs=len(qa_sequences),
+        mean_document_tokens=sum(map(len, full_docs)) / len(full_docs),
+        max_document_tokens=max(map(len, full_docs)),
         truncated_documents=sum(len(d) > cfg.model.n_positions for d in full_docs),
-        loss_curve=[round(sum(losses[i:i + every]) / len(losses[i:i + every]), 4) for i in range(0, len(losses), every)],
+        loss_curve=[
+            round(sum(losses[i : i + every]) / len(losses[i : i + every]), 4) for i in range(0, len(losses), every)
+        ],
     )
     (target / "pretraining.json").write_text(json.dumps(log, indent=2) + "\n")
