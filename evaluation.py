@@ -43,16 +43,7 @@ PERCENT_FIELDS = ("em", "f1", "max_f1")
 EVAL_STATE = "eval_state.pt"
 RUN_FOLDER = run_folder.RunProtocol(
     outputs=("summary.json", "results.csv", "metrics.json", "config.yaml", EVAL_STATE),
-    resumable=(
-        "progress",
-        "wandb",
-        "wandb_project",
-        "device",
-        "torch_threads",
-        "overwrite",
-        "cache_dir",
-        "save_state_every",
-    ),
+    resumable=(*run_folder.RUNTIME_OPTIONS, "save_state_every"),
     state=EVAL_STATE,
 )
 

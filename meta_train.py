@@ -26,17 +26,11 @@ RESUME_FILE = "trainer_state.pt"
 RUN_FOLDER = run_folder.RunProtocol(
     outputs=("metrics.jsonl", "summary.json", "checkpoints", "samples", "config.yaml", "config_resumed_at_step_*.yaml"),
     resumable=(
+        *run_folder.RUNTIME_OPTIONS,
         "max_outer_steps",
         "n_epochs",
-        "progress",
-        "wandb",
-        "wandb_project",
-        "device",
-        "torch_threads",
         "output_dir",
         "resume_from",
-        "overwrite",
-        "cache_dir",
         "dist_timeout_min",
     ),
     state=f"checkpoints/last/{RESUME_FILE}",

@@ -57,7 +57,7 @@ import pandas as pd
 from paired_stats import paired_table
 from plumbing.errors import UsageError, run_cli
 from plumbing.files import atomic_path, atomic_write_text, check_folder_path, read_json
-from plumbing.run_folder import OPTIONS_FILE, differences
+from plumbing.run_folder import OPTIONS_FILE, RUNTIME_OPTIONS, differences
 from plumbing.schemas import method_name
 from report_tables import (  # noqa: F401
     HEADLINE_COLUMNS,
@@ -80,14 +80,8 @@ NOT_SETTING_OPTIONS = (
     "model",
     "weight_model_path",
     "qa_lt_final",  # the method axis (see METHOD_OPTIONS)
-    # logging, hardware, progress and where outputs go: they do not change a number
-    "progress",
-    "wandb",
-    "wandb_project",
-    "device",
-    "torch_threads",
-    "overwrite",
-    "cache_dir",
+    # how a run runs and logs: they do not change a number
+    *RUNTIME_OPTIONS,
     "save_state_every",
     "eval_batch_size",
     "hydra",

@@ -39,16 +39,7 @@ VAL_MODES = ("em", "ppl")
 RESUME_STATE, DONE = "resume.pt", "done.json"
 RUN_FOLDER = run_folder.RunProtocol(
     outputs=("metrics.jsonl", "best.json", "checkpoints", RESUME_STATE, DONE),
-    resumable=(
-        "device",
-        "torch_threads",
-        "wandb",
-        "wandb_project",
-        "overwrite",
-        "eval_batch_size",
-        "save_resume_state",
-        "cache_dir",
-    ),
+    resumable=(*run_folder.RUNTIME_OPTIONS, "eval_batch_size", "save_resume_state"),
     state=RESUME_STATE,
 )
 

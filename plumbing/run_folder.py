@@ -13,6 +13,9 @@ from plumbing.errors import UsageError
 from plumbing.files import atomic_write_text, read_json, strict_json
 
 OPTIONS_FILE = "run_options.json"
+# Options that say how a run runs and logs, never what it computes: a continuation may change them, and
+# runs that differ only in them are one setting (report.py)
+RUNTIME_OPTIONS = ("progress", "wandb", "wandb_project", "device", "torch_threads", "overwrite", "cache_dir")
 
 
 def flatten(container, prefix=""):

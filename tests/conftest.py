@@ -30,6 +30,28 @@ def compose(config_dir, overrides=(), config_name="config", return_hydra_config=
         )
 
 
+def directional_derivatives(params, loss_of, eps=1e-6, seed=11):
+    """(analytic, numeric) derivative of `loss_of(differentiable)` along one random float64 direction in
+    `params`: autograd's gradient dotted with the direction, and the central difference
+    (loss(+eps) - loss(-eps)) / 2 eps of the loss computed without a graph."""
+    generator = torch.Generator().manual_seed(seed)
+    directions = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in params]
+    grads = torch.autograd.grad(loss_of(True), params)
+    analytic = sum((g * d).sum() for g, d in zip(grads, directions)).item()
+
+    def shifted(scale):
+        with torch.no_grad():
+            for p, d in zip(params, directions):
+                p.add_(scale * d)
+        value = loss_of(False).item()  # not under no_grad: an inner loop may take gradients itself
+        with torch.no_grad():
+            for p, d in zip(params, directions):
+                p.sub_(scale * d)
+        return value
+
+    return analytic, (shifted(eps) - shifted(-eps)) / (2 * eps)
+
+
 def run_script(*args, cwd=REPO, timeout=600, env=None):
     """`python <args>` from the repository (e.g. run_script("run.py", "task=eval", ...)), offline, its
     output captured."""

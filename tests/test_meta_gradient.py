@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import directional_derivatives
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 from meta_objective import MetaSettings, outer_loss
@@ -162,24 +163,11 @@ def test_weight_model_gradient_directional(base_model, weight_model, batch, back
     difference of the outer loss along v."""
     settings = settings_for(backend, sequential, 2, 0.7)
     params = list(weight_model.head.parameters()) + [weight_model.backbone.h[0].mlp.c_fc.weight]
-    generator = torch.Generator().manual_seed(11)
-    directions = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in params]
-
-    loss = outer_of_weight_model(weight_model, base_model, batch, settings, differentiable=True)
-    grads = torch.autograd.grad(loss, params)
-    analytic = sum((g * d).sum() for g, d in zip(grads, directions)).item()
-
-    def shifted(scale):
-        with torch.no_grad():
-            for p, d in zip(params, directions):
-                p.add_(scale * d)
-        value = outer_of_weight_model(weight_model, base_model, batch, settings, differentiable=False).item()
-        with torch.no_grad():
-            for p, d in zip(params, directions):
-                p.sub_(scale * d)
-        return value
-
-    numeric = (shifted(FD_EPS) - shifted(-FD_EPS)) / (2 * FD_EPS)
+    analytic, numeric = directional_derivatives(
+        params,
+        lambda differentiable: outer_of_weight_model(weight_model, base_model, batch, settings, differentiable),
+        FD_EPS,
+    )
     assert abs(numeric) > 1e-4
     assert abs(analytic - numeric) / abs(numeric) < TOLERANCE
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import directional_derivatives
 from omegaconf import OmegaConf
 from test_weight_model import CORPUS, byte_level_tokenizer, sentencepiece_tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, PreTrainedTokenizerFast
@@ -376,33 +377,13 @@ def micro_weight_model(tokenizer, base_tokenizer, seed=5, normalize=False):
     return model.read_base_tokens(base_tokenizer)
 
 
-def directional_check(model, params, loss_of):
-    generator = torch.Generator().manual_seed(11)
-    directions = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in params]
-    grads = torch.autograd.grad(loss_of(), params)
-    analytic = sum((g * d).sum() for g, d in zip(grads, directions)).item()
-
-    def shifted(scale):
-        with torch.no_grad():
-            for p, d in zip(params, directions):
-                p.add_(scale * d)
-            value = loss_of().item()
-            for p, d in zip(params, directions):
-                p.sub_(scale * d)
-        return value
-
-    eps = 1e-6
-    numeric = (shifted(eps) - shifted(-eps)) / (2 * eps)
-    return analytic, numeric
-
-
 @pytest.mark.parametrize("normalize", [False, True])
 def test_transfer_gradient_matches_finite_differences(unigram, bpe, normalize):
     model = micro_weight_model(unigram, bpe, normalize=normalize)
     ids, mask = batch_of(bpe, [TEXTS[4][:40], CORPUS[0][:30]])
     coefficients = torch.randn(ids.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     params = list(model.head.parameters()) + [model.backbone.h[0].mlp.c_fc.weight]
-    analytic, numeric = directional_check(model, params, lambda: (model(ids, mask) * coefficients).sum())
+    analytic, numeric = directional_derivatives(params, lambda differentiable: (model(ids, mask) * coefficients).sum())
     assert abs(numeric) > 1e-4
     assert abs(analytic - numeric) / abs(numeric) < 1e-6
 
@@ -454,23 +435,7 @@ def test_meta_gradient_across_tokenizers_matches_finite_differences(micro_meta_p
         weights = model(batch["text_ids"], batch["text_mask"])
         return outer_loss(base, weights, batch, {}, settings, differentiable=differentiable)[0]
 
-    params = list(model.head.parameters())
-    generator = torch.Generator().manual_seed(11)
-    directions = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in params]
-    grads = torch.autograd.grad(outer(True), params)
-    analytic = sum((g * d).sum() for g, d in zip(grads, directions)).item()
-
-    def shifted(scale):
-        with torch.no_grad():
-            for p, d in zip(params, directions):
-                p.add_(scale * d)
-        value = outer(False).item()
-        with torch.no_grad():
-            for p, d in zip(params, directions):
-                p.sub_(scale * d)
-        return value
-
-    numeric = (shifted(FD_EPS) - shifted(-FD_EPS)) / (2 * FD_EPS)
+    analytic, numeric = directional_derivatives(list(model.head.parameters()), outer, FD_EPS)
     assert abs(numeric) > 1e-4
     assert abs(analytic - numeric) / abs(numeric) < TOLERANCE
 
