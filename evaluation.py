@@ -5,8 +5,7 @@ outputs. demo.py and the tiny world's report reach the same code.
 Each evaluation run folder holds:
     config.yaml    the resolved configuration (Hydra's unresolved copies are in .hydra/)
     results.csv    one row per question, then summary rows (EM, mean F1, max F1, mean NLL)
-    summary.json   the run's numbers in the schema report.py reads: EM/F1 as fractions in [0, 1]
-                   (em, f1, max_f1), with the same numbers in % beside them (em_percent, ...)
+    summary.json   the run's numbers in the schema report.py reads
     metrics.json   details: adaptation loss/steps/time, unrelated-QA before adapting,
                    light-tuning validations, the eval_every_k curve
 """
@@ -15,27 +14,18 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Sequence, Tuple
 
 import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from exp_datasets import QACollator, load_split, make_stream
-from plumbing import distributed, environment, files, loading, run_folder, schemas
+import adaptation
+from adaptation import adapt_on_stream, load_for_adaptation
+from exp_datasets import load_split, make_stream
+from plumbing import environment, files, run_folder
 from plumbing.errors import UsageError
-from plumbing.schemas import SPLITS, method_name, stream_name
-from subroutines import (
-    AdaptationSettings,
-    Decoding,
-    LightTuneSettings,
-    check_optimizer,
-    evaluate_qa,
-    light_tune,
-    parse_eval_modes,
-    question_sample,
-    weighted_train,
-)
-from weight_model import WEIGHT_MODELS, build_weight_model, load_weight_model
+from plumbing.schemas import method_name, stream_name
+from subroutines import Decoding, LightTuneSettings, evaluate_qa, light_tune, parse_eval_modes, question_sample
 
 log = logging.getLogger(__name__)
 # summary.json's fractions that it also gives in percent
@@ -54,54 +44,58 @@ RUN_FOLDER = run_folder.RunProtocol(
 
 def check_config(cfg):
     """What the schema (schemas.EvalConfig) cannot say: registries, files, options that go together."""
-    schemas.check_values(cfg)
+    adaptation.check_adaptation(cfg)
     Decoding.from_config(cfg).check(parse_eval_modes(cfg.eval)[0])
-    name = cfg.model.get("name")
-    if name not in WEIGHT_MODELS:
-        raise UsageError(f"model={name} is unknown; choose one of {', '.join(WEIGHT_MODELS)}")
-    if WEIGHT_MODELS[name].learned and not cfg.weight_model_path:
-        raise UsageError(f"model={name} needs weight_model_path=/path/to/checkpoint (a folder or .pt from task=train)")
-    if cfg.test_path and not Path(cfg.test_path).is_file():
-        raise UsageError(f"test_path {cfg.test_path} does not exist; point it at a CSV of the dataset's format")
-    loading.base_state_dict(cfg)
-    environment.pick_device(cfg.device)
-    check_optimizer(cfg.optimizer)
-    if distributed.env_world_size() > 1:
-        raise UsageError("task=eval runs in one process; start it with python, not torchrun")
-    environment.check_wandb(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 
 
-def dataset_texts(dataset_cfg, stream_texts):
-    """Every document the dataset config reaches (all splits) plus the stream's: TF-IDF's corpus."""
-    texts = list(stream_texts)
-    for split in SPLITS:
-        try:
-            texts += [example.text for example in load_split(dataset_cfg, split)]
-        except UsageError:  # a split whose files this config does not have is not part of the corpus
-            continue
-    return texts
+dataset_texts = adaptation.dataset_texts
 
 
 def load_weight_model_for_eval(cfg, tokenizer, stream, base_model):
-    """The weight model that weighs `stream` (a list of Documents) for `base_model` (bound to it, as
-    the model is before the stream): loaded from weight_model_path, or built from its config (TF-IDF
-    fits on the dataset's texts, the oracle reads the stream's answers)."""
-    if cfg.weight_model_path and not WEIGHT_MODELS[cfg.model.name].learned:
-        # one sweep may cover model=uniform,ssm,TFIDF,CaMeLS with the CaMeLS checkpoint given once
-        log.info(f"model={cfg.model.name} has no parameters: weight_model_path is not used")
-        cfg.weight_model_path = None
-    if cfg.weight_model_path:
-        weight_model = load_weight_model(cfg.weight_model_path, tokenizer, cfg.model)
-        cfg.model.pretrained_model = weight_model.options["pretrained_model"]  # record the real body
-        return weight_model.bind(base_model)
+    """The weight model that weighs `stream` (a list of Documents) for `base_model` (bound to it, as the
+    model is before the stream): loaded from weight_model_path, or built from its config (TF-IDF fits on
+    the dataset's texts, the oracle reads the stream's answers)."""
     texts = [document.text for document in stream]
-    return build_weight_model(
-        cfg.model, tokenizer, documents=lambda: dataset_texts(cfg.dataset, texts), stream=stream
-    ).bind(base_model)
+    return adaptation.configured_weight_model(
+        cfg, tokenizer, base_model, stream, lambda: dataset_texts(cfg.dataset, texts)
+    )
+
+
+def score_qa(
+    model,
+    tokenizer,
+    qa_pairs: Sequence[Tuple[str, str]],
+    eval_modes: Sequence[str] = ("em", "ppl"),
+    decoding: Decoding = Decoding(method="greedy"),
+    max_question_len: int = 128,
+    max_answer_len: int = 24,
+    batch_size: int = 16,
+) -> Tuple[list, dict]:
+    """Score `model` on (question, answer) pairs as task=eval does (evaluate_qa): returns the per-question
+    rows and the summary (em, f1, max_f1: top-1 answers generated with `decoding`; nll: mean answer NLL,
+    with "ppl" among `eval_modes`). The answer is the training target and the only gold alternative."""
+    from exp_datasets import Example, QACollator
+    from exp_datasets.collate import min_positions
+
+    examples = [
+        Example(text="", question=question, answer=answer, doc_id=str(i))
+        for i, (question, answer) in enumerate(qa_pairs)
+    ]
+    collator = QACollator(
+        tokenizer,
+        max_question_len=max_question_len,
+        max_answer_len=max_answer_len,
+        qa_eos=True,
+        max_positions=min_positions([model]),
+    )
+    device = next(model.parameters()).device
+    return evaluate_qa(
+        model, tokenizer, examples, collator, device, list(eval_modes), batch_size, decoding, progress=False
+    )
 
 
 def metric_subset(summary):
@@ -146,8 +140,8 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     """One online-adaptation run as configured; writes the run folder and returns summary.json's dict."""
     started = time.time()
     check_config(cfg)
-    old = RUN_FOLDER.claim(run_dir, cfg)
-    if old is not None and (run_dir / "summary.json").is_file():
+    check_folder(cfg, run_dir)
+    if run_folder.recorded_options(run_dir) is not None and not cfg.overwrite and (run_dir / "summary.json").is_file():
         summary = files.read_json(
             run_dir / "summary.json",
             "the evaluation summary",
@@ -161,6 +155,27 @@ def evaluate(cfg: DictConfig, run_dir: Path):
             )
         log.info(f"{run_dir} holds this evaluation already complete; nothing to do")
         return summary
+    eval_modes = list(cfg.eval)
+    progress = bool(cfg.progress)
+
+    stream = make_stream(load_split(cfg.dataset, cfg.split, cfg.test_path), cfg.downsample_to, cfg.seed)
+    texts = [document.text for document in stream]
+    questions = [example for document in stream for example in document.examples]
+    unrelated = None
+    if cfg.unrelated_qa_eval:
+        unrelated = question_sample(load_split(cfg.dataset, cfg.unrelated_split), cfg.unrelated_questions, cfg.seed)
+    if cfg.qa_lt_final:
+        lt_train = load_split(cfg.dataset, "qa_train")
+        lt_val = question_sample(load_split(cfg.dataset, "qa_val"), cfg.lt_val_questions, cfg.seed)
+    parts = load_for_adaptation(cfg, stream, lambda: dataset_texts(cfg.dataset, texts))
+    base_model, tokenizer, weight_model, collator, device = (
+        parts.base_model,
+        parts.tokenizer,
+        parts.weight_model,
+        parts.collator,
+        parts.device,
+    )
+    old = RUN_FOLDER.claim(run_dir, cfg)  # the inputs loaded: the folder becomes this run's
     state_path = run_dir / EVAL_STATE
     resume_state = (
         files.load_tensors(
@@ -183,35 +198,7 @@ def evaluate(cfg: DictConfig, run_dir: Path):
         if old is not None and state_path.is_file()
         else None
     )
-    if cfg.torch_threads:
-        torch.set_num_threads(int(cfg.torch_threads))
-    device = environment.pick_device(cfg.device)
-    dtype = environment.pick_dtype(cfg.dtype)
-    environment.set_seed(cfg.seed)
-    eval_modes = list(cfg.eval)
-    progress = bool(cfg.progress)
-
-    tokenizer = loading.load_tokenizer(cfg.tokenizer_name or cfg.base_model)
-    base_model = loading.load_causal_lm(cfg.base_model, loading.base_state_dict(cfg), torch_dtype=dtype)
-    stream = make_stream(load_split(cfg.dataset, cfg.split, cfg.test_path), cfg.downsample_to, cfg.seed)
-    texts = [document.text for document in stream]
-    questions = [example for document in stream for example in document.examples]
-    weight_model = load_weight_model_for_eval(cfg, tokenizer, stream, base_model)
-    collator = QACollator.from_config(
-        tokenizer, cfg.dataset, models=[base_model, weight_model], answer_match=cfg.answer_match
-    )
     decoding = Decoding.from_config(cfg)
-    unrelated = None
-    if cfg.unrelated_qa_eval:
-        unrelated = question_sample(load_split(cfg.dataset, cfg.unrelated_split), cfg.unrelated_questions, cfg.seed)
-    if cfg.qa_lt_final:
-        lt_train = load_split(cfg.dataset, "qa_train")
-        lt_val = question_sample(load_split(cfg.dataset, "qa_val"), cfg.lt_val_questions, cfg.seed)
-    if cfg.grad_checkpointing:
-        base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base_model.config.use_cache = False
-    base_model.to(device)
-    weight_model.to(device)
     method = cfg.method_label or method_name(cfg.model.name, cfg.qa_lt_final)
     log.info(
         f"{method} on {cfg.dataset.name}/{stream_name(cfg.split, cfg.test_path)}: {len(texts)} documents, "
@@ -242,31 +229,22 @@ def evaluate(cfg: DictConfig, run_dir: Path):
             metrics["unrelated_init"] = metric_subset(score(unrelated, "unrelated QA before")[1])
         curve = []
 
-    def save_state(state):
-        files.atomic_torch_save(dict(state, metrics=metrics, init=init_summary, curve=curve), state_path)
-
     def record(n_documents):
         curve.append(dict(n_documents=n_documents, **score(questions, f"QA after {n_documents} docs")[1]))
         log.info(f"after {n_documents} documents: {curve[-1]}")
 
-    adapt_started = time.time()
-    if weight_model.adapts:
-        adaptation = weighted_train(
-            base_model,
-            weight_model,
-            texts,
-            collator,
-            device,
-            AdaptationSettings.from_config(cfg),
-            progress=progress,
-            callback=record,
-            resume_state=resume_state,
-            save_state=save_state,
-        )
-    else:  # the no-adaptation floor: the base model as it is
-        adaptation = dict(n_steps=0, n_batches=0, mean_loss=None, diverged=None)
-    metrics["adaptation"] = dict(adaptation, wall_time_s=time.time() - adapt_started)
-    diverged = adaptation["diverged"]
+    adaptation_result = adapt_on_stream(
+        cfg,
+        parts,
+        texts,
+        state_path,
+        resume_state,
+        saved_with_state=lambda: dict(metrics=metrics, init=init_summary, curve=curve),
+        callback=record,
+        every_k_documents=cfg.eval_every_k,
+    )
+    metrics["adaptation"] = adaptation_result
+    diverged = adaptation_result["diverged"]
     if diverged and diverged["before_any_update"]:
         raise UsageError(
             f"the weighted loss of document {diverged['document']} is not finite ({diverged['value']}) "
@@ -319,8 +297,9 @@ def evaluate(cfg: DictConfig, run_dir: Path):
             f"the adapted model's scores are not finite: the run diverged; lower lr={cfg.lr}. "
             f"{run_dir / 'summary.json'} marks it diverged"
         )
-    shown = ("em_percent", "f1_percent", "max_f1_percent", "nll", "wall_time_s")
-    log.info("summary: " + files.strict_json({k: summary[k] for k in shown}))
+    log.info(
+        "summary: " + files.strict_json({k: summary[k] for k in ("em", "f1", "max_f1", "nll", "init", "wall_time_s")})
+    )
     run = environment.start_wandb(cfg, run_dir)
     if run is not None:
         run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})

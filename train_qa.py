@@ -4,7 +4,7 @@ It learns to continue a question with " <answer>" (README: "QA model pretraining
 
     python train_qa.py dataset=squad model=gpt2-xl
 
-Output folder (hydra.run.dir): outputs/qa_pretraining/<dataset>/<model basename>/<timestamp>/
+Output folder (hydra.run.dir): outputs/qa_pretraining/<dataset>/<model label>-lr<lr>-bs<batch>x<acc>-seed<seed>/
     .hydra/config.yaml   the composed configuration (overrides.yaml: the command line)
     run_options.json     the options of the run: a rerun into the folder must have the same ones
     metrics.jsonl        one row per validation (the first is before any training)

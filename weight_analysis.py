@@ -41,10 +41,8 @@ def render_weights(
     heading="Token weights",
 ):
     """Show per-token weights of documents: an HTML page with each token shaded by its weight
-    (hover shows the value) and a PNG bar chart per document. `highlight` (B x T bool, optional)
-    marks tokens to outline, e.g. answer tokens; `titles` names the documents."""
-    from matplotlib.figure import Figure
-
+    (hover shows the value) and a PNG of the same shaded text (render_text_png). `highlight` (B x T bool,
+    optional) marks tokens to outline, e.g. answer tokens; `titles` names the documents."""
     input_ids = torch.as_tensor(input_ids).cpu()
     weights = torch.as_tensor(weights).detach().cpu().double()
     mask = (
@@ -94,28 +92,106 @@ def render_weights(
     parts.append("</body></html>")
     files.atomic_write_text("\n".join(parts), path_html)
 
-    figure = Figure(figsize=(12, 2.2 * len(docs) + 0.8))
-    axes = figure.subplots(len(docs), 1, squeeze=False)[:, 0]
-    for axis, (title, tokens, values, marked) in zip(axes, docs):
-        # one line per token as a single collection: far cheaper to draw than bar patches
-        axis.vlines(
-            range(len(values)),
-            0,
-            values,
-            colors=["#1a5fb4" if m else "#e65000" for m in marked],
-            linewidth=max(0.5, min(4.0, 600 / max(len(values), 1))),
-        )
+    render_text_png(
+        docs, shade, low, high, path_png, heading + (" (outlined: answer tokens)" if highlight is not None else "")
+    )
+
+
+# The PNG sets each document as wrapped monospaced text, every token on a background shaded by its
+# weight: monospaced glyphs have one advance width, so a token's box is its characters' columns
+PNG_COLUMNS = 110  # characters per line
+PNG_FONT_SIZE = 9  # points
+MONOSPACE_ADVANCE = 0.6021  # DejaVu Sans Mono's advance width, in ems
+PNG_LINE_HEIGHT = 1.55  # lines, in font sizes
+
+
+def wrap_tokens(tokens, columns=PNG_COLUMNS):
+    """Lay out tokens like text: (line, column, shown text) per token, a line broken before a token that
+    would overrun `columns` (a longer token is cut) and after a newline; newlines show as ↵, tabs as a space."""
+    placed, line, column = [], 0, 0
+    for token in tokens:
+        shown = token.replace("\n", "↵").replace("\t", " ").replace("\r", "") or "·"
+        shown = shown[:columns]
+        if column + len(shown) > columns:
+            line, column = line + 1, 0
+        placed.append((line, column, shown))
+        column += len(shown)
+        if "\n" in token:
+            line, column = line + 1, 0
+    return placed
+
+
+def render_text_png(docs, shade, low, high, path_png, heading):
+    """Each document of `docs` (title, tokens, weights, answer marks) as wrapped text whose token
+    backgrounds are shaded by weight (the HTML page's colours), under its title and weight range."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    layouts = [wrap_tokens(tokens) for _, tokens, _, _ in docs]
+    char_width = MONOSPACE_ADVANCE * PNG_FONT_SIZE / 72  # inches
+    line_height = PNG_LINE_HEIGHT * PNG_FONT_SIZE / 72
+    title_lines = 2.2
+    lines = [max((line for line, _, _ in layout), default=0) + 1 + title_lines for layout in layouts]
+    width, height = PNG_COLUMNS * char_width + 0.4, sum(lines) * line_height + 0.7
+    figure = Figure(figsize=(width, height))
+    axis = figure.add_axes((0.2 / width, 0.1 / height, PNG_COLUMNS * char_width / width, 1 - 0.7 / height))
+    total = sum(lines)
+    axis.set_xlim(0, PNG_COLUMNS)
+    axis.set_ylim(total, 0)  # one unit per line, from the top
+    axis.set_axis_off()
+    top = 0.0
+    for (title, _, values, marked), layout, n_lines in zip(docs, layouts, lines):
         title = str(title)
-        axis.set_title(title if len(title) <= 130 else title[:129] + "…", fontsize=9, loc="left")
-        axis.set_ylabel("weight")
-        axis.set_xlim(-1, max(len(values), 1))
-        axis.set_ylim(0, max(high, 1e-12) * 1.05)
-        if len(tokens) <= 80:
-            axis.set_xticks(range(len(tokens)), [t.strip() or "·" for t in tokens], rotation=90, fontsize=6)
-        else:
-            axis.set_xlabel("token position")
-    figure.suptitle(heading + (" (blue: answer tokens)" if highlight is not None else ""))
-    figure.subplots_adjust(hspace=0.7 if any(len(d[1]) <= 80 for d in docs) else 0.55)
+        mean = sum(values) / max(len(values), 1)
+        axis.text(
+            0,
+            top + 0.8,
+            title if len(title) <= PNG_COLUMNS else title[: PNG_COLUMNS - 1] + "…",
+            fontsize=PNG_FONT_SIZE,
+            fontweight="bold",
+            va="center",
+        )
+        axis.text(
+            0,
+            top + 1.7,
+            f"mean weight {mean:.4g}, max {max(values, default=0):.4g}",
+            fontsize=PNG_FONT_SIZE - 1,
+            color="#555555",
+            va="center",
+        )
+        body = top + title_lines
+        for (line, column, shown), value, answer in zip(layout, values, marked):
+            axis.add_patch(
+                Rectangle(
+                    (column, body + line + 0.05),
+                    len(shown),
+                    0.9,
+                    linewidth=1.2 if answer else 0,
+                    facecolor=(230 / 255, 80 / 255, 0, shade(value)),
+                    edgecolor="#1a5fb4" if answer else "none",
+                )
+            )
+        rows = {}
+        for line, column, shown in layout:
+            text = rows.setdefault(line, [])
+            text.append(" " * (column - len("".join(text))) + shown)
+        for line, parts in rows.items():
+            axis.text(
+                0,
+                body + line + 0.5,
+                "".join(parts),
+                family="DejaVu Sans Mono",
+                fontsize=PNG_FONT_SIZE,
+                va="center",
+                ha="left",
+            )
+        top += n_lines
+    figure.suptitle(
+        f"{heading}; shading from {low:.4g} (lightest) to {high:.4g} (darkest)",
+        fontsize=PNG_FONT_SIZE + 1,
+        y=1 - 0.15 / height,
+        va="top",
+    )
     with files.atomic_path(path_png) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
 

@@ -3,14 +3,19 @@ surprisal and excess_loss) behind one registry.
 
 Every weight model is called the same way:  weights = wm(input_ids, attention_mask)  -> B×T float,
 0 on padding, after `wm.bind(base_model)` has told it which model it weighs for. `build_weight_model`
-makes one from a `model` config (conf/model/*.yaml, keyed by its `name`); `load_weight_model` reads a
-saved CaMeLS (a folder or a single .pt file).
+makes one from a `model` config (conf/model/*.yaml, keyed by its `name`); `load_weight_model` (or
+CaMeLS.from_pretrained) reads a saved CaMeLS (a folder or a single .pt file); `token_weights` gives one
+text's per-token weights.
 """
 
 import hashlib
 import json
+import os
 import re
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -78,6 +83,29 @@ def build_weight_model(model_cfg, tokenizer, documents=None, stream=None):
     return WEIGHT_MODELS[name].from_config(model_cfg, tokenizer, documents, stream)
 
 
+@dataclass
+class TokenWeights:
+    """One text's tokens (decoded one by one), their ids and the weight of each."""
+
+    tokens: List[str]
+    input_ids: List[int]
+    weights: List[float]
+
+
+@torch.no_grad()
+def token_weights(weight_model: "WeightModel", tokenizer, text: str, max_tokens: Optional[int] = None) -> TokenWeights:
+    """The weight `weight_model` gives each token of `text` as read by `tokenizer` (the base model's: the
+    tokens adaptation trains on), the text cut to what the weight model can read (or to `max_tokens`)."""
+    from exp_datasets.collate import model_positions
+
+    limits = [n for n in (model_positions(weight_model), max_tokens) if n is not None]
+    ids = tokenizer(text)["input_ids"][: min(limits)] if limits else tokenizer(text)["input_ids"]
+    device = next((p.device for p in weight_model.parameters()), torch.device("cpu"))
+    input_ids = torch.tensor([ids], device=device)
+    weights = weight_model(input_ids, torch.ones_like(input_ids))[0].float().cpu().tolist()
+    return TokenWeights([tokenizer.decode([i]) for i in ids], list(ids), weights)
+
+
 # ---------------------------------------------------------------------------------------------
 # CaMeLS: a causal-LM body with a small head
 
@@ -91,7 +119,7 @@ ACTIVATIONS = {
 }
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FOLDER = "tokenizer"
+TOKENIZER_FOLDER = "tokenizer"  # the tokenizer the body reads, saved with it
 
 
 def regular_vocabulary(tokenizer):
@@ -167,7 +195,9 @@ class CaMeLS(WeightModel):
                 f"cannot load the weight model's body {name!r} ({first_line(err)}); "
                 "set model.pretrained_model to a Hugging Face name or a save_pretrained folder"
             ) from None
+        # the tokenizer the body reads: its own, else that of the base model it is built for (same ids)
         body_tokenizer = load_body_tokenizer(name)
+        body_tokenizer = tokenizer if body_tokenizer is None else body_tokenizer
         model = cls(
             backbone,
             **cls.options_from(model_cfg),
@@ -215,6 +245,11 @@ class CaMeLS(WeightModel):
             )
         self.base_tokenizer = tokenizer
         return self
+
+    @property
+    def tokenizer(self):
+        """The tokenizer the body reads (saved with the weight model in tokenizer/)."""
+        return self.body_tokenizer
 
     @property
     def base_position_limit(self):
@@ -295,24 +330,40 @@ class CaMeLS(WeightModel):
 
     # -- saving and loading ------------------------------------------------------------------
 
-    def config_dict(self):
-        return {"weight_model": dict(name=self.name, **self.options), "backbone": self.backbone.config.to_dict()}
+    def config_dict(self, saved_at=None):
+        """config.json's content. `saved_at` (the folder or file written): a local body is named by its
+        path relative to there, so that the record stays true when the two move together."""
+        options = dict(self.options, pretrained_model=portable_body_name(self.options["pretrained_model"], saved_at))
+        return {"weight_model": dict(name=self.name, **options), "backbone": self.backbone.config.to_dict()}
 
     def save(self, path):
-        """A folder (config.json + model.safetensors), or one self-describing file if `path` ends
-        in .pt. Either loads with `load_weight_model` without the hub."""
+        """A folder (config.json + model.safetensors + tokenizer/), or one self-describing file if
+        `path` ends in .pt. Either loads with `load_weight_model` from any working directory, without
+        the hub and without the body's folder (config.json holds the body's config, the weights hold
+        its parameters)."""
         from safetensors.torch import save_model
 
         path = Path(path)
         if path.suffix == ".pt":
-            atomic_torch_save({"camels_config": self.config_dict(), "state_dict": self.state_dict()}, path)
+            atomic_torch_save({"camels_config": self.config_dict(path.parent), "state_dict": self.state_dict()}, path)
             return path
         with atomic_dir(path) as tmp:
-            (tmp / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2))
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config_dict(path), indent=2))
             save_model(self, str(tmp / WEIGHTS_FILE))
             if self.body_tokenizer is not None:  # to read base models of other tokenizers
                 self.body_tokenizer.save_pretrained(str(tmp / TOKENIZER_FOLDER))
         return path
+
+    def save_pretrained(self, folder):
+        """`save` into a folder, named as in transformers."""
+        if Path(folder).suffix == ".pt":
+            raise UsageError(f"save_pretrained writes a folder, and {folder} names a .pt file; use save for a file")
+        return self.save(folder)
+
+    @classmethod
+    def from_pretrained(cls, folder, tokenizer=None):
+        """A weight model saved with save_pretrained or save (load_weight_model), named as in transformers."""
+        return load_weight_model(folder, tokenizer)
 
     @classmethod
     def from_config_dict(cls, config):
@@ -366,6 +417,39 @@ def same_tokenizer(vocabulary, tokenizer):
     )
 
 
+def portable_body_name(name, saved_at=None):
+    """How a saved weight model names its body: a hub name as it is; a local folder by its path relative
+    to `saved_at` (where the weight model is written), None staying None."""
+    if name is None or saved_at is None or not Path(name).exists():
+        return name
+    return os.path.relpath(os.path.abspath(name), os.path.abspath(saved_at))
+
+
+def resolved_body_name(name, saved_at):
+    """The body a saved weight model names, as a path from here when it is one relative to `saved_at` that
+    exists, else as recorded (a hub name, an absolute path, or a folder that did not move with it)."""
+    if name is None or Path(name).is_absolute():
+        return name
+    local = Path(saved_at) / name
+    return os.path.normpath(os.path.abspath(local)) if local.exists() else name
+
+
+def folder_tokenizer(path, body):
+    """The tokenizer a weight-model folder carries (tokenizer/, or tokenizer files in the folder itself);
+    for an older folder without one, the tokenizer of its recorded body when that loads; else None."""
+    from transformers import AutoTokenizer
+
+    for place in (path / TOKENIZER_FOLDER, path):
+        if (place / "tokenizer_config.json").is_file():
+            try:
+                return AutoTokenizer.from_pretrained(str(place))
+            except (OSError, ValueError, ImportError) as err:
+                raise UsageError(
+                    f"cannot load the tokenizer in {place} ({first_line(err)}); save the weight model again"
+                ) from None
+    return load_body_tokenizer(body)
+
+
 def load_weight_model(path, tokenizer=None, model_cfg=None):
     """A saved CaMeLS: a folder written by `save`, or a .pt file holding what `save` writes or a bare
     state dict (then `model_cfg` gives the architecture). Nothing in the file runs on load. With
@@ -404,6 +488,8 @@ def load_folder(path):
             "entries; a language-model folder is a base_model or a model.pretrained_model); point "
             "weight_model_path at a folder written by meta-training (e.g. <run>/checkpoints/best)"
         )
+    options = config["weight_model"]
+    options["pretrained_model"] = resolved_body_name(options.get("pretrained_model"), path)
     model = CaMeLS.from_config_dict(config)
     try:
         load_model(model, str(path / WEIGHTS_FILE))
@@ -412,14 +498,22 @@ def load_folder(path):
             f"cannot load {path / WEIGHTS_FILE} into the model of its {CONFIG_FILE} ({first_line(err)}); "
             "the file is damaged or from another model: save the weight model again"
         ) from None
-    if (path / TOKENIZER_FOLDER).is_dir():
-        model.body_tokenizer = load_body_tokenizer(path / TOKENIZER_FOLDER)
+    model.body_tokenizer = folder_tokenizer(path, options["pretrained_model"])
+    if model.body_tokenizer is None:
+        checked = "its recorded vocabulary fingerprint only" if options.get("vocabulary") else "no vocabulary check"
+        warnings.warn(
+            f"weight model {path} carries no tokenizer and none loads from its body {options['pretrained_model']}: "
+            f"loaded with {checked}; save it again (save_pretrained) to make it self-contained",
+            stacklevel=3,
+        )
     return model
 
 
 def load_pt_checkpoint(path, model_cfg, tokenizer):
     content = load_tensors(path, "weight model checkpoint")
     if isinstance(content, dict) and "camels_config" in content:
+        options = content["camels_config"]["weight_model"]
+        options["pretrained_model"] = resolved_body_name(options.get("pretrained_model"), path.parent)
         return CaMeLS.from_config_dict(content["camels_config"]).load_weights(content["state_dict"], path)
     if isinstance(content, dict) and "state_dict" in content:
         content = content["state_dict"]

@@ -137,7 +137,11 @@ class EarlyChecks(Callback):
             check_run(config)
 
     def on_multirun_start(self, config, config_name=None, **kwargs):
+        import time
+
         from hydra import compose
+
+        self.sweep_started = time.time()
         from hydra.errors import HydraException
 
         jobs = sweep_jobs(config.hydra.overrides.task)
@@ -153,11 +157,17 @@ class EarlyChecks(Callback):
                     ) from None
 
     def on_multirun_end(self, config, **kwargs):
-        failed = sorted(Path(config.hydra.sweep.dir).glob(f"*/{ERROR_FILE}"))
+        # job folders lie at any depth below the sweep folder (hydra.sweep.subdir may name several levels);
+        # this sweep's failures are the error files written since it started
+        started = getattr(self, "sweep_started", 0.0)
+        failed = sorted(
+            path for path in Path(config.hydra.sweep.dir).rglob(ERROR_FILE) if path.stat().st_mtime >= started
+        )
         if failed:
             first = failed[0].read_text().strip()
+            job = failed[0].parent.relative_to(config.hydra.sweep.dir)
             print(
-                f"error: {len(failed)} sweep job(s) failed, the others ran; {failed[0].parent.name}: {first} "
+                f"error: {len(failed)} sweep job(s) failed, the others ran; {job}: {first} "
                 f"(each failure is in {ERROR_FILE} of its folder)",
                 file=sys.stderr,
                 flush=True,

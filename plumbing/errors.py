@@ -20,6 +20,7 @@ def run_cli(main_fn):
     from omegaconf.errors import InterpolationResolutionError
 
     with usage_errors_exit():
+        check_shell_completion(sys.argv)
         try:
             main_fn()
         except HydraException as err:
@@ -51,11 +52,43 @@ def resolver_usage_error(err):
     return text[len(prefix) :] if text.startswith(prefix) else None
 
 
+SHELL_COMPLETION_COMMANDS = ("install", "uninstall", "query")
+
+
+def check_shell_completion(argv):
+    """Hydra's --shell-completion (-sc) needs one of its subcommands; without one Hydra raises a traceback."""
+    if not {"--shell-completion", "-sc"} & set(argv):
+        return
+    if not any(arg.split("=")[0] in SHELL_COMPLETION_COMMANDS for arg in argv[1:]):
+        script = os.path.basename(argv[0])
+        choices = ", ".join(f"{command}=SHELL" for command in SHELL_COMPLETION_COMMANDS)
+        raise UsageError(f'--shell-completion needs one of {choices}; e.g. eval "$(python {script} -sc install=bash)"')
+
+
+# key -> the option names a config may hold at that key's level; plumbing.schemas installs it (the
+# schemas know the names; this module imports nothing of the project)
+option_names = None
+
+
+def unknown_option(message):
+    """`key` when Hydra's message says an override names no option of the config, else None."""
+    match = re.search(r"Could not override '([^']+)'|Key '([^']+)' is not in struct", message)
+    return match and (match[1] or match[2])
+
+
 def composition_error(err):
     """One line for an error of Hydra's config composition: a value of the wrong type for its schema
-    as `key=value is invalid; it must be ...`, anything else as its message on one line."""
+    as `key=value is invalid; it must be ...`, an option name the config does not have with the closest
+    known names, anything else as its message on one line."""
+    import difflib
+
     from omegaconf.errors import ValidationError
 
+    key = unknown_option(str(err))
+    if key and not key.startswith("hydra."):
+        close = difflib.get_close_matches(key, option_names(key) if option_names else [], n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else "see --help for the options"
+        return f"{key} is not an option; {hint}"
     cause = err.__cause__
     kind = (
         re.search(r"converted to (\w+)|not a valid (bool)", str(cause)) if isinstance(cause, ValidationError) else None

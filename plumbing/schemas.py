@@ -9,12 +9,15 @@ Importing this module registers
     ranges and choices declared beside each field (cross-field rules live with the code they guard);
   - the resolvers `${tiny_world:data|base_model}` (a path in the tiny world's folder: nothing is built,
     entry points call tiny_world.ensure_built), `${basename:path}`, `${method_name:model,qa_lt_final}`
-    and `${stream_name:split,test_path}`.
+    `${stream_name:split,test_path}`, and the run-folder labels `${base_label:base_model}`,
+    `${weights_label:model,weight_model_path}` and `${source_name:documents,dataset,split,test_path,downsample_to}`.
 Each field's value and its comment are in the YAML file; a schema says only what a value may be
 (MISSING here: the YAML must set it). Every choice list has its home here; the method's modules import it.
 """
 
 import dataclasses
+import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from plumbing import errors
 from plumbing.environment import DTYPES, cache_dir
 from plumbing.errors import UsageError
 
@@ -159,7 +163,7 @@ MODEL_SCHEMAS = {
 
 @dataclass
 class RunConfig:
-    task_name: str = key(choices=("eval", "train"))
+    task_name: str = key(choices=("eval", "train", "adapt"))
     dataset: Any = key()
     model: Any = key()
     base_model: str = key()
@@ -178,9 +182,10 @@ class RunConfig:
 
 
 @dataclass
-class EvalConfig(RunConfig):
+class AdaptationOptions(RunConfig):
+    """What task=adapt and task=eval share (conf/adaptation.yaml): the weighting, the stream, the adaptation."""
+
     weight_model_path: Optional[str] = key()
-    method_label: Optional[str] = key()
     split: str = key(choices=SPLITS)
     test_path: Optional[str] = key()
     downsample_to: int = key("documents_or_all")
@@ -192,6 +197,18 @@ class EvalConfig(RunConfig):
     grad_clip_thresh: float = key("positive")
     grad_checkpointing: bool = key()
     save_state_every: Optional[int] = key("positive_int")
+
+
+@dataclass
+class AdaptConfig(AdaptationOptions):
+    documents: Optional[str] = key()
+    save_model: bool = key()
+    render_documents: int = key("non_negative_int")
+
+
+@dataclass
+class EvalConfig(AdaptationOptions):
+    method_label: Optional[str] = key()
     qa_lt_final: bool = key()
     lt_lr: float = key("positive")
     lt_batch_size: int = key("positive_int")
@@ -424,6 +441,7 @@ def store_schemas():
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     store.store(group="schema/task", name="eval", node=EvalConfig)
+    store.store(group="schema/task", name="adapt", node=AdaptConfig)
     store.store(group="schema/task", name="train", node=TrainConfig)
     store.store(name="qa_tune_schema", node=QATuneConfig)
     store.store(name="demo_schema", node=DemoConfig)
@@ -470,11 +488,57 @@ def stream_name(split, test_path):
     return Path(str(test_path)).stem if test_path else str(split)
 
 
+def path_label(path, parts=2, local_only=False):
+    """A model or file as run folders name it: a name that is no local path (a hub name) as it is, '/'
+    turned into '_'; a local path (always, with `local_only`) as its last `parts` path parts and a short
+    hash of its absolute path, so that two worlds' base_model folders, or two runs' checkpoints/best,
+    name different folders."""
+    text = str(path)
+    local = Path(text).expanduser()
+    if not local_only and not local.exists() and not text.startswith(("/", ".", "~")):
+        return text.replace("/", "_")
+    absolute = Path(os.path.abspath(local))
+    digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:6]
+    return "_".join(absolute.parts[-parts:]) + "-" + digest
+
+
+def base_label(base_model, *, _root_=None):
+    """${base_label:${base_model}}: the base model as run folders name it (path_label), followed by its
+    state dict's (base_model_state_dict, or base_model_state_dict_path, of the same config) when one is given."""
+    state_dict = None
+    if isinstance(_root_, DictConfig):
+        state_dict = _root_.get("base_model_state_dict") or _root_.get("base_model_state_dict_path")
+    return path_label(base_model) + (f"+{path_label(state_dict, local_only=True)}" if state_dict else "")
+
+
+# the weightings whose parameters come from weight_model_path (weight_model.WEIGHT_MODELS[name].learned)
+LEARNED_WEIGHTINGS = ("CaMeLS",)
+
+
+def weights_label(model_name, weight_model_path):
+    """${weights_label:${model.name},${weight_model_path}}: "@<path_label>" of the checkpoint a learned
+    weighting reads (two checkpoints are two methods), "" for every other weighting."""
+    if model_name not in LEARNED_WEIGHTINGS or not weight_model_path:
+        return ""
+    return "@" + path_label(weight_model_path)
+
+
+def source_name(documents, dataset_name, split, test_path, downsample_to):
+    """${source_name:...}: task=adapt's documents as run folders name them: the file or folder
+    (path_label), else the dataset, its stream and how many documents were sampled."""
+    if documents:
+        return path_label(documents, parts=1, local_only=True)
+    return f"{dataset_name}-{stream_name(split, test_path)}-ds{downsample_to}"
+
+
 RESOLVERS = {
     "tiny_world": tiny_world_path,
     "basename": basename,
     "method_name": method_name,
     "stream_name": stream_name,
+    "base_label": base_label,
+    "weights_label": weights_label,
+    "source_name": source_name,
 }
 
 
@@ -553,5 +617,27 @@ def check_values(cfg, prefix: str = "") -> None:
             raise UsageError(f"{prefix}{spec.name}={value} is invalid; {VALUE_RULES[check][1]}{optional}")
 
 
+def option_names(key):
+    """The option names a config may hold at `key`'s level (for errors.composition_error's suggestions): for a
+    top-level key, every field of the running entry point's schemas (all entry points' when it is another
+    program) and `task`; for dataset.<x> and model.<x>, the fields of every dataset and weight-model schema."""
+    import sys
+
+    prefix, _, _ = key.rpartition(".")
+    by_script = {
+        "run.py": [EvalConfig, AdaptConfig, TrainConfig],
+        "train_qa.py": [QATuneConfig],
+        "demo.py": [DemoConfig],
+    }
+    if prefix:
+        groups = {"dataset": DATASET_SCHEMAS.values(), "model": MODEL_SCHEMAS.values()}.get(prefix, ())
+    else:
+        script = Path(sys.argv[0]).name
+        groups = by_script.get(script, [schema for entry in by_script.values() for schema in entry])
+    names = {spec.name for schema in groups for spec in dataclasses.fields(schema)} | (set() if prefix else {"task"})
+    return sorted(f"{prefix}.{name}" if prefix else name for name in names)
+
+
 store_schemas()
 register_resolvers()
+errors.option_names = option_names

@@ -69,7 +69,8 @@ def test_qa_tuning_reads_the_same_dataset_configs():
         ("conf", ["model=CaMeLS", "model.head_width=wide"], "model.head_width=wide is invalid; it must be an integer"),
         ("conf", ["dataset.max_text_len=1k"], "dataset.max_text_len=1k is invalid; it must be an integer"),
         ("qa_conf", ["lr=2.5e-5x"], "lr=2.5e-5x is invalid; it must be a number"),
-        ("conf", ["lerning_rate=1"], "Could not override 'lerning_rate'"),
+        ("conf", ["lerning_rate=1"], "lerning_rate is not an option; see --help"),
+        ("conf", ["grad_acc_step=1"], "grad_acc_step is not an option; did you mean grad_acc_steps"),
     ],
 )
 def test_mistyped_values_and_unknown_keys_are_one_line_composition_errors(conf_dir, overrides, message):

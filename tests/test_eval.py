@@ -1,6 +1,7 @@
 """Online-adaptation evaluation: QA scoring, weighted stream training, light tuning, run.py."""
 
 import copy
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -14,6 +15,7 @@ from conftest import REPO, compose, run_script, world_overrides
 from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
+import adaptation
 import evaluation
 import util
 import weight_model as W
@@ -374,7 +376,7 @@ def test_bad_inputs_fail_with_one_line_before_training(world, world_parts, tmp_p
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(evaluation, "weighted_train", no_training)
+    monkeypatch.setattr(adaptation, "weighted_train", no_training)
     for name, (overrides, message) in bad_input_cases(world, tmp_path, world_parts.tokenizer).items():
         with pytest.raises(errors.UsageError) as caught:
             evaluation.evaluate(compose_config(world, overrides), tmp_path / name)
@@ -391,12 +393,22 @@ def test_cli_sweep_makes_one_folder_per_job_and_bad_input_exits_2(world, tmp_pat
     assert len(summaries) == 2
     assert sorted(json.loads(p.read_text())["lr"] for p in summaries) == [1e-4, 1e-3]
     for path in summaries:
-        assert "lr" in path.parent.name and (path.parent / "results.csv").is_file()
+        assert (path.parent / "results.csv").is_file()
         assert (path.parent / ".hydra" / "config.yaml").is_file() and (path.parent / "config.yaml").is_file()
         assert set(json.loads(path.read_text())) == SUMMARY_KEYS
-    assert all(
-        p.relative_to(tmp_path).parts[:4] == ("outputs", "eval", "tiny_world", "uniform-test-ds2") for p in summaries
-    )
+    # one folder per setting, named from it: outputs/eval/<dataset>/<method-stream-lr-ds-seed>/<base model>
+    assert sorted(p.relative_to(tmp_path).parts[:4] for p in summaries) == [
+        ("outputs", "eval", "tiny_world", f"uniform-test-lr{lr}-ds2-seed42") for lr in ("0.0001", "0.001")
+    ]
+    assert {p.parent.name for p in summaries} == {
+        f"{world.base_model.parent.name}_base_model-{hashlib.sha256(str(world.base_model).encode()).hexdigest()[:6]}"
+    }
+    # the single run of a setting the sweep ran finds it finished in the same folder
+    stamp = summaries[1].stat().st_mtime_ns
+    again = run_script("run.py", "task=eval", "model=uniform", "lr=1e-3", *common, cwd=tmp_path)
+    assert again.returncode == 0 and "already complete" in again.stdout + again.stderr
+    assert sorted((tmp_path / "outputs").rglob("summary.json")) == summaries
+    assert summaries[1].stat().st_mtime_ns == stamp
 
     result = run_script("run.py", "task=eval", "model=CaMeLS", *common, cwd=tmp_path)
     assert result.returncode == 2

@@ -477,7 +477,11 @@ def test_a_failed_sweep_job_does_not_stop_the_others(tiny_world_small, tmp_path)
     )
     assert result.returncode == 2
     assert "1 sweep job(s) failed, the others ran" in result.stderr.splitlines()[-1]
-    diverged, fine = sorted(sweep_dir.glob("[0-9]_*"))
+    folders = [path.parent for path in sweep_dir.rglob("summary.json")]
+    (fine,), (diverged,) = (
+        [f for f in folders if "-lr0.001-" in str(f)],
+        [f for f in folders if "-lr0.001-" not in str(f)],
+    )
     assert "diverged" in (diverged / "error.txt").read_text() and strict_load(diverged / "summary.json")["diverged"]
     assert strict_load(fine / "summary.json")["diverged"] is False and not (fine / "error.txt").exists()
 

@@ -16,6 +16,7 @@ from test_meta_train import train_config
 from test_reliability import WritesAFile, one_line_error
 from test_train_qa import run_overrides as qa_overrides
 
+import adaptation
 import evaluation
 import meta_train
 import report
@@ -223,7 +224,7 @@ def test_documents_cut_below_two_tokens_are_refused_and_a_nan_loss_before_any_up
 
 
 def test_nan_loss_before_any_update_is_not_blamed_on_the_learning_rate(tiny_world_small, tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluation, "load_weight_model_for_eval", lambda *args: NanWeights())
+    monkeypatch.setattr(adaptation, "configured_weight_model", lambda *args: NanWeights())
     cfg = eval_config(tiny_world_small, ["lr=1e-12", "downsample_to=2", "eval=[ppl]"])
     message = one_line_error(evaluation.evaluate, cfg, tmp_path / "run")
     assert "before any update, so no learning rate causes it" in message and "lower lr" not in message

@@ -39,7 +39,7 @@ def sweep(world, sweep_dir, launcher, lrs):
 
 
 def job_summaries(sweep_dir):
-    return sorted(Path(sweep_dir).glob("*/summary.json"))
+    return sorted(Path(sweep_dir).rglob("summary.json"))
 
 
 @pytest.mark.slow
@@ -52,7 +52,10 @@ def test_parallel_sweep_writes_one_summary_per_job_and_report_reads_them(tiny_wo
     result = sweep(tiny_world_small, tmp_path / "sweep", launcher, "1e-4,3e-4")
     assert result.returncode == 0, result.stderr[-2000:]
     summaries = job_summaries(tmp_path / "sweep")
-    assert [p.parent.name for p in summaries] == ["0_uniform-lr0.0001-seed42", "1_uniform-lr0.0003-seed42"]
+    assert [p.parent.parent.name for p in summaries] == [
+        "uniform-test-lr0.0001-ds2-seed42",
+        "uniform-test-lr0.0003-ds2-seed42",
+    ]
     if launcher[0].endswith("joblib"):
         assert "Joblib.Parallel(n_jobs=2," in result.stdout + result.stderr
     else:

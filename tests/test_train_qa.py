@@ -263,7 +263,9 @@ def test_cfg_resolves_with_tiny_world_presets_and_output_layout(tiny_world_small
     preset = OmegaConf.load(REPO / "qa_conf" / "tuning" / "tiny_world.yaml")
     assert (cfg.lr, cfg.torch_threads) == (preset.lr, preset.torch_threads)  # ...which wins over the defaults
     run_dir = Path(cfg.hydra.run.dir)
-    assert run_dir.parts[:4] == ("outputs", "qa_pretraining", "tiny_world", Path(tiny_world_small.base_model).name)
+    assert run_dir.parts[:3] == ("outputs", "qa_pretraining", "tiny_world") and len(run_dir.parts) == 4
+    assert run_dir.name.startswith(f"{tiny_world_small.base_model.parent.name}_base_model-")
+    assert run_dir.name.endswith(f"-lr{cfg.lr}-bs{cfg.batch_size}x{cfg.grad_acc_steps}-seed42")
 
 
 def test_published_defaults_hold_for_real_datasets():

@@ -1,6 +1,8 @@
 """weight_model.py: token alignment, the three heuristic weightings, CaMeLS and its checkpoints."""
 
 import copy
+import json
+import os
 import re
 
 import pytest
@@ -289,6 +291,47 @@ def test_camels_save_and_load_give_identical_weights(tokenizer, body_dir, tmp_pa
         assert other.options["activation"] == "sigmoid" and other.options["head_width"] == 16
 
 
+def test_a_moved_weight_model_folder_is_self_contained(tokenizer, body_dir, tmp_path, monkeypatch):
+    """save_pretrained writes the body's tokenizer and names the body relative to the folder; a copy on
+    another path (original deleted, another working directory) loads with the same weights and tokenizer."""
+    import shutil
+
+    monkeypatch.chdir(body_dir.parent)
+    model = W.build_weight_model(camels_cfg(body_dir.name), tokenizer)  # the body named relative to the cwd
+    with torch.no_grad():
+        model.head[2].weight.normal_()
+    expected, _ = weights_for(model.eval(), tokenizer, CORPUS)
+    model.save_pretrained(tmp_path / "runs" / "wm")
+    recorded = json.loads((tmp_path / "runs" / "wm" / "config.json").read_text())["weight_model"]["pretrained_model"]
+    assert recorded == os.path.relpath(body_dir, tmp_path / "runs" / "wm")
+    assert W.CaMeLS.from_pretrained(tmp_path / "runs" / "wm").options["pretrained_model"] == str(body_dir)
+    shutil.copytree(tmp_path / "runs" / "wm", tmp_path / "elsewhere" / "deep" / "wm")
+    shutil.rmtree(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    moved = W.CaMeLS.from_pretrained("deep/wm", tokenizer)
+    assert torch.equal(weights_for(moved, tokenizer, CORPUS)[0], expected)
+    assert moved.tokenizer.get_vocab() == tokenizer.get_vocab()
+    weighed = W.token_weights(moved, tokenizer, CORPUS[0])
+    ids = tokenizer(CORPUS[0])["input_ids"]
+    assert weighed.input_ids == ids and "".join(weighed.tokens) == tokenizer.decode(ids)
+    alone, _ = weights_for(moved, tokenizer, CORPUS[:1])
+    assert weighed.weights == pytest.approx(alone[0].tolist(), rel=1e-6)
+
+
+def test_an_old_weight_model_folder_without_tokenizer_still_loads(tokenizer, body_dir, tmp_path):
+    """No tokenizer/ in the folder: the recorded body's tokenizer when the body is there, else a warning."""
+    import shutil
+
+    W.build_weight_model(camels_cfg(body_dir), tokenizer).save(tmp_path / "wm")
+    shutil.rmtree(tmp_path / "wm" / "tokenizer")
+    assert W.load_weight_model(tmp_path / "wm").tokenizer.get_vocab() == tokenizer.get_vocab()
+    config = json.loads((tmp_path / "wm" / "config.json").read_text())
+    config["weight_model"]["pretrained_model"] = str(tmp_path / "gone")
+    (tmp_path / "wm" / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="carries no tokenizer and none loads from its body .*gone"):
+        assert W.load_weight_model(tmp_path / "wm", tokenizer).tokenizer is None
+
+
 def test_camels_refuses_another_vocabulary_without_its_own_tokenizer(tokenizer, body_dir, tmp_path):
     """A weight model whose body's tokenizer cannot be loaded (a folder saved without tokenizer/,
     a body folder that no longer holds one) refuses a base tokenizer of another vocabulary; with its
@@ -303,8 +346,9 @@ def test_camels_refuses_another_vocabulary_without_its_own_tokenizer(tokenizer, 
     shutil.copytree(body_dir, tmp_path / "body")
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
         (tmp_path / "body" / name).unlink(missing_ok=True)
-    config = tmp_path / "wm" / "config.json"
-    config.write_text(config.read_text().replace(str(body_dir), str(tmp_path / "body")))
+    config = json.loads((tmp_path / "wm" / "config.json").read_text())
+    config["weight_model"]["pretrained_model"] = str(tmp_path / "body")  # a body folder without a tokenizer
+    (tmp_path / "wm" / "config.json").write_text(json.dumps(config))
     with pytest.raises(errors.UsageError, match="another vocabulary"):
         W.load_weight_model(tmp_path / "wm", other)
     # the same tokenizer is read directly, without the body's tokenizer
