@@ -15,6 +15,8 @@ Independent steps run `parallel_jobs` at a time, each on one CPU thread with its
 OUT/logs/. A step that finished is not run again, so an interrupted demo resumes where it stopped;
 a step whose command changed (e.g. other qa_tune_overrides) is recomputed, and so is every step
 after it. All options, and the configuration of every command, are checked before the first step.
+`python demo.py experiment=transfer`: the same pipeline on other base models with the default
+demo's weight models (run_transfer; docs/transfer.md).
 """
 
 import json
@@ -235,43 +237,57 @@ def world_overrides(cfg):
 
 def method_table(cfg, pipeline):
     """Every method's run.py overrides: those of `methods`, each meta-trained one (CaMeLS) once per
-    meta-training seed as <name>_seed<k> with that seed's weight model."""
+    meta-training seed as <name>_seed<k> with that seed's weight model, and once per entry of
+    `weight_models` (label -> a weight model made elsewhere) under that label."""
     methods = {}
     for name, overrides in cfg.methods.items():
         if name not in cfg.meta_trained_methods:
             methods[name] = list(overrides)
             continue
-        for seed in cfg.meta_train_seeds:
-            label = f"{name}_seed{seed}"
-            checkpoint = pipeline.out / "meta_train" / f"seed{seed}" / "checkpoints" / cfg.weight_checkpoint
+        checkpoints = {
+            f"{name}_seed{seed}": pipeline.out / "meta_train" / f"seed{seed}" / "checkpoints" / cfg.weight_checkpoint
+            for seed in cfg.meta_train_seeds
+        }
+        for label, checkpoint in {**cfg.weight_models, **checkpoints}.items():
             methods[label] = [*overrides, f"weight_model_path={checkpoint}", f"method_label={label}"]
     return methods
 
 
-def run_demo(cfg):
-    """Every step of the demo as `cfg` (conf/demo.yaml's keys) describes; returns the report folder."""
-    pipeline = Pipeline(cfg.out_dir, cfg.parallel_jobs)
+def qa_tuned_base(cfg, pipeline, world_root):
+    """Steps 0 and 1: the world, and QA tuning of `base_model_source` (null: the world's base model)
+    into OUT/qa_tune; records the QA-tuned checkpoint as cfg.base_model. Returns the QA-tuning folder."""
     qa_dir = pipeline.out / "qa_tune"
-    cfg.base_model = str(qa_dir / "checkpoints" / cfg.qa_checkpoint)
-    world_root, cfg.world_overrides = world_overrides(cfg)
-    cfg.all_methods = method_table(cfg, pipeline)
-    check_demo_config(cfg, world_root)
-    started = time.time()
-    environment = record_environment(pipeline)
-
+    source = cfg.base_model_source or world_root / "base_model"
     pipeline.step("tiny_world", ["-m", "tiny_world", *cfg.tiny_world_overrides, f"out_dir={world_root}"])
     pipeline.step(
         "qa_tune",
         [
             "train_qa.py",
             f"dataset={cfg.dataset}",
-            f"model={world_root / 'base_model'}",
+            f"model={source}",
             *cfg.world_overrides,
             *cfg.qa_tune_overrides,
             f"hydra.run.dir={qa_dir}",
         ],
         qa_dir,
     )
+    return qa_dir
+
+
+def run_demo(cfg):
+    """Every step of the demo as `cfg` (conf/demo.yaml's keys) describes; returns the report folder.
+    With `transfer.bases` set, the transfer experiment instead (run_transfer)."""
+    if cfg.transfer.bases:
+        return run_transfer(cfg)
+    pipeline = Pipeline(cfg.out_dir, cfg.parallel_jobs)
+    cfg.base_model = str(pipeline.out / "qa_tune" / "checkpoints" / cfg.qa_checkpoint)
+    world_root, cfg.world_overrides = world_overrides(cfg)
+    cfg.all_methods = method_table(cfg, pipeline)
+    check_demo_config(cfg, world_root)
+    started = time.time()
+    environment = record_environment(pipeline)
+
+    qa_dir = qa_tuned_base(cfg, pipeline, world_root)
 
     # meta-training (once per seed) runs side by side with the validation sweeps of the methods
     # that do not need it, then the meta-trained methods' sweeps beside the others' test runs
@@ -326,6 +342,82 @@ def run_demo(cfg):
         f"weight heat-maps in {report_dir}\n\n{closing}"
     )
     return report_dir
+
+
+def run_transfer(cfg):
+    """The transfer experiment (docs/transfer.md): CaMeLS weight models meta-trained with the world's
+    base model (the proxy: the demo of `transfer.proxy_demo_dir`, whose QA tuning and meta-training
+    are reused, or run there when missing) weigh the documents of each transfer base (the targets,
+    python -m tiny_world.transfer_bases), each QA-tuned and evaluated with every method as the demo
+    does, into OUT/<base>/ with its own report; a base of `transfer.target_meta_train` also gets
+    weight models meta-trained with itself (CaMeLS_seed<k>) beside the proxy's (CaMeLS_proxy_seed<k>).
+    Returns the output folder."""
+    import copy
+
+    from tiny_world import transfer_bases
+
+    out = Path(cfg.out_dir).resolve()
+    world_root, cfg.world_overrides = world_overrides(cfg)
+    names = list(cfg.transfer.bases)
+    proxy_cfg = copy.deepcopy(cfg)
+    proxy_cfg.out_dir, proxy_cfg.base_model_source, proxy_cfg.weight_models = cfg.transfer.proxy_demo_dir, None, {}
+    proxy = Pipeline(proxy_cfg.out_dir, cfg.parallel_jobs)
+    proxy_cfg.base_model = str(proxy.out / "qa_tune" / "checkpoints" / cfg.qa_checkpoint)
+    proxy_cfg.all_methods = method_table(proxy_cfg, proxy)
+    check_demo_config(proxy_cfg, world_root)
+    started = time.time()
+
+    # the proxy: the demo's own steps, with its commands, so that each demo reuses the other's
+    qa_tuned_base(proxy_cfg, proxy, world_root)
+    proxy.steps(
+        {
+            f"meta_train_seed{seed}": (
+                meta_train_command(proxy_cfg, world_root, seed, proxy.thread_overrides, proxy.out),
+                proxy.out / "meta_train" / f"seed{seed}",
+            )
+            for seed in cfg.meta_train_seeds
+        }
+    )
+    proxy_models = {
+        f"{name}_proxy_seed{seed}": str(
+            proxy.out / "meta_train" / f"seed{seed}" / "checkpoints" / cfg.weight_checkpoint
+        )
+        for name in cfg.meta_trained_methods
+        for seed in cfg.meta_train_seeds
+    }
+
+    world = [f"'{override}'" for override in [*cfg.tiny_world_overrides, f"out_dir={world_root}"]]
+    Pipeline(out, cfg.parallel_jobs).step(
+        "transfer_bases",
+        ["-m", "tiny_world.transfer_bases", f"world_overrides=[{','.join(world)}]", f"build=[{','.join(names)}]"],
+    )
+    reports = {}
+    for name, folder in transfer_bases.base_folders(world_root, names).items():
+        print(f"\n[demo] transfer base {name}: {folder}", flush=True)
+        base_cfg = copy.deepcopy(cfg)
+        base_cfg.transfer.bases, base_cfg.transfer.target_meta_train = [], []
+        base_cfg.out_dir, base_cfg.base_model_source = str(out / name), str(folder)
+        base_cfg.weight_models = proxy_models
+        base_cfg.meta_train_seeds = list(
+            cfg.transfer.target_meta_train_seeds if name in cfg.transfer.target_meta_train else []
+        )
+        reports[name] = run_demo(base_cfg)
+    lines = [
+        f"Transfer experiment: weight models meta-trained with the world's base model ({proxy.out}), used on "
+        f"other base models; {(time.time() - started) / 60:.1f} min."
+    ]
+    for name, report_dir in reports.items():
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            (report_dir / "results.md").read_text().strip(),
+            "",
+            (report_dir / "summary.md").read_text().strip(),
+        ]
+    files.atomic_write_text("\n".join(lines) + "\n", out / "summary.md")
+    print(f"\n[demo] transfer experiment: tables of every base in {out / 'summary.md'}")
+    return out
 
 
 def meta_train_command(cfg, world_root, seed, thread_overrides, out):

@@ -15,8 +15,20 @@ def check_options(cfg):
             raise UsageError(
                 f"{key}={list(cfg[key])} is invalid; give a list of names among methods ({', '.join(cfg.methods)})"
             )
-    if cfg.meta_trained_methods and not cfg.meta_train_seeds:
-        raise UsageError("meta_train_seeds=[] is invalid; a meta-trained method needs seeds, e.g. [0,1]")
+    if cfg.meta_trained_methods and not (cfg.meta_train_seeds or cfg.weight_models):
+        raise UsageError(
+            "meta_train_seeds=[] is invalid; a meta-trained method needs seeds, e.g. [0,1] (or weight_models)"
+        )
+    if not set(cfg.transfer.target_meta_train) <= set(cfg.transfer.bases):
+        raise UsageError(
+            f"transfer.target_meta_train={list(cfg.transfer.target_meta_train)} is invalid; give "
+            f"names among transfer.bases ({', '.join(cfg.transfer.bases) or 'none'})"
+        )
+    if cfg.transfer.bases and not cfg.meta_train_seeds:
+        raise UsageError(
+            "meta_train_seeds=[] is invalid for the transfer experiment: the proxy's weight models "
+            "are meta-trained with these seeds"
+        )
 
 
 def compose(config_dir, overrides, what):

@@ -708,12 +708,16 @@ class Oracle(TextWeightModel):
         return cls(tokenizer, stream, model_cfg.get("normalize", True))
 
     def document_spans(self, text):
-        """Answer spans of the stream document whose text is `text` or starts with it (truncated)."""
+        """Answer spans of the stream document whose text is `text` or starts with it (truncated).
+        A SentencePiece-style tokenizer (▁ before the first word) decodes a document with a space in
+        front: it is matched without that space, its spans moved by one character."""
         if text in self.spans:
             return self.spans[text]
         for full, spans in self.spans.items():
             if full.startswith(text):
                 return spans
+        if text.startswith(" ") and not any(full.startswith(" ") for full in self.spans):
+            return {(start + 1, end + 1) for start, end in self.document_spans(text[1:])}
         raise UsageError(
             f"model=oracle was asked to weigh a document that is not in its stream "
             f"({text[:60]!r}...); build it from the stream it weighs"

@@ -313,16 +313,26 @@ SELECTION_METRICS = ("f1", "em", "nll")
 
 
 @dataclass
+class TransferExperimentConfig:
+    bases: List[str] = key()
+    proxy_demo_dir: str = key()
+    target_meta_train: List[str] = key()
+    target_meta_train_seeds: List[int] = key()
+
+
+@dataclass
 class DemoConfig:
     out_dir: str = key()
     dataset: str = key()
     tiny_world_overrides: List[str] = key("overrides")
     parallel_jobs: int = key("positive_int")
+    base_model_source: Optional[str] = key()
     qa_tune_overrides: List[str] = key("overrides")
     qa_checkpoint: str = key(choices=QA_CHECKPOINTS)
     meta_train_seeds: List[int] = key("seeds")
     meta_train_overrides: List[str] = key("overrides")
     weight_checkpoint: str = key("checkpoint_name")
+    weight_models: Dict[str, str] = key()
     methods: Dict[str, List[str]] = key()
     meta_trained_methods: List[str] = key()
     unswept_methods: List[str] = key()
@@ -337,6 +347,7 @@ class DemoConfig:
     baselines: List[str] = key()
     bootstrap_resamples: int = key("at_least_100")
     heatmap_documents: int = key("non_negative_int")
+    transfer: TransferExperimentConfig = field(default_factory=TransferExperimentConfig)
 
 
 @dataclass
@@ -437,6 +448,32 @@ class TinyWorldRecipe:
     report: ReportRecipe = field(default_factory=ReportRecipe)
 
 
+# ---------------------------------------------------------------------------------------------
+# Transfer bases: more base models on a tiny world's data (conf/transfer_bases.yaml;
+# python -m tiny_world.transfer_bases)
+
+TRANSFER_ARCHITECTURES = ("gpt2", "llama")
+TRANSFER_TOKENIZERS = ("world", "byte_bpe", "unigram")
+
+
+@dataclass
+class TransferBaseRecipe:
+    architecture: str = key(choices=TRANSFER_ARCHITECTURES)
+    tokenizer: str = key(choices=TRANSFER_TOKENIZERS)
+    vocab_size: Optional[int] = key("positive_int")
+    intermediate_size: Optional[int] = key("positive_int")
+
+
+@dataclass
+class TransferBasesConfig:
+    world_overrides: List[str] = key("overrides")
+    device: str = key()
+    num_threads: Optional[int] = key("positive_int")
+    progress: bool = key()
+    build: List[str] = key()
+    bases: Dict[str, TransferBaseRecipe] = key()
+
+
 def store_schemas():
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
@@ -447,6 +484,7 @@ def store_schemas():
     store.store(name="demo_schema", node=DemoConfig)
     store.store(name="worlds_schema", node=WorldsConfig)
     store.store(name="tiny_world_schema", node=TinyWorldRecipe)
+    store.store(name="transfer_bases_schema", node=TransferBasesConfig)
     for name, schema in DATASET_SCHEMAS.items():
         store.store(group="schema/dataset", name=name, node=schema)
     for name, schema in MODEL_SCHEMAS.items():

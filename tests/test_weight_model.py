@@ -211,6 +211,21 @@ def test_oracle_weighs_exactly_the_answer_tokens(tokenizer):
     assert torch.equal(cut[0], weights[0][: len(ids) - 3])
 
 
+def test_oracle_finds_documents_decoded_with_a_sentencepiece_space_in_front():
+    """A Unigram tokenizer (▁ before the first word) decodes the document as " " + text: the oracle
+    still weighs exactly the tokens of the answers."""
+    from tiny_world.transfer_bases import train_unigram_tokenizer
+
+    unigram = train_unigram_tokenizer(CORPUS * 4, 120, 256)
+    stream = oracle_stream()
+    model = W.build_weight_model(OmegaConf.create({"name": "oracle", "normalize": False}), unigram, stream=stream)
+    ids = unigram(CORPUS[3])["input_ids"]
+    assert token_alignment.decode_with_offsets(unigram, ids)[0] == " " + CORPUS[3]
+    weights = model(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0]
+    marked = [i for i, w in enumerate(weights.tolist()) if w > 0]
+    assert marked and unigram.decode([ids[i] for i in marked]).strip() == "Oslo"
+
+
 def test_oracle_refuses_documents_it_has_no_answers_for(tokenizer):
     cfg = OmegaConf.create({"name": "oracle", "normalize": True})
     with pytest.raises(errors.UsageError, match="model=oracle"):

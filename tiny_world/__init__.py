@@ -178,6 +178,8 @@ def build(cfg, progress=None) -> Path:
                     continue
                 run_stage(stage, cfg, tmp, progress)
                 timings[stage] = round(time.time() - stage_start, 1)
+            if (root / "transfer_bases").is_dir():  # tiny_world.transfer_bases's; each records what it was built on
+                copy_any(root / "transfer_bases", tmp / "transfer_bases")
             timings["total"] = round(time.time() - started, 1)
             record = dict(hashes=hashes, timings_s=timings, config=_plain(cfg))
             (tmp / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
