@@ -329,7 +329,7 @@ class DemoConfig:
     base_model_source: Optional[str] = key()
     qa_tune_overrides: List[str] = key("overrides")
     qa_checkpoint: str = key(choices=QA_CHECKPOINTS)
-    meta_train_seeds: List[int] = key("seeds")
+    meta_train_seeds: List[int] = key("seed_list")  # may be empty: weight_models gives the weight models
     meta_train_overrides: List[str] = key("overrides")
     weight_checkpoint: str = key("checkpoint_name")
     weight_models: Dict[str, str] = key()
@@ -598,6 +598,10 @@ VALUE_RULES = {
     "seeds": (
         lambda v: len(v) > 0 and all(is_seed(x) for x in v),
         f"give a list of at least one seed, each an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}",
+    ),
+    "seed_list": (
+        lambda v: all(is_seed(x) for x in v),
+        f"give a list of seeds, each an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}",
     ),
     "device": (lambda v: re.fullmatch(DEVICE_PATTERN, v) is not None, "use auto, cpu, cuda, cuda:<index> or mps"),
     # the loss of a document predicts each token from the ones before it: one token has none to predict
