@@ -371,6 +371,7 @@ def test_forward_mode_meta_training_runs_and_moves_the_weights(tiny_world_small,
     assert trained_head(tmp_path / "run")["2.weight"].abs().max() > 0, "the zero-initialised output layer moved"
 
 
+@pytest.mark.slow  # runs run.py in a subprocess
 def test_cli_refuses_a_weight_model_with_nothing_to_learn_before_building_anything(tmp_path):
     """The default model is uniform; the run folder's name needs the tiny world, whose first build
     takes minutes: the refusal comes first, and nothing is built or written."""

@@ -490,6 +490,7 @@ def test_a_failed_sweep_job_does_not_stop_the_others(tiny_world_small, tmp_path)
 # demo.py
 
 
+@pytest.mark.slow  # runs demo.py in a subprocess
 @pytest.mark.parametrize(
     "option,message",
     [
