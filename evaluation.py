@@ -52,16 +52,13 @@ def check_config(cfg):
 # Evaluation
 
 
-dataset_texts = adaptation.dataset_texts
-
-
 def load_weight_model_for_eval(cfg, tokenizer, stream, base_model):
     """The weight model that weighs `stream` (a list of Documents) for `base_model` (bound to it, as the
     model is before the stream): loaded from weight_model_path, or built from its config (TF-IDF fits on
     the dataset's texts, the oracle reads the stream's answers)."""
     texts = [document.text for document in stream]
     return adaptation.configured_weight_model(
-        cfg, tokenizer, base_model, stream, lambda: dataset_texts(cfg.dataset, texts)
+        cfg, tokenizer, base_model, stream, lambda: adaptation.dataset_texts(cfg.dataset, texts)
     )
 
 
@@ -167,7 +164,7 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     if cfg.qa_lt_final:
         lt_train = load_split(cfg.dataset, "qa_train")
         lt_val = question_sample(load_split(cfg.dataset, "qa_val"), cfg.lt_val_questions, cfg.seed)
-    parts = load_for_adaptation(cfg, stream, lambda: dataset_texts(cfg.dataset, texts))
+    parts = load_for_adaptation(cfg, stream, lambda: adaptation.dataset_texts(cfg.dataset, texts))
     base_model, tokenizer, weight_model, collator, device = (
         parts.base_model,
         parts.tokenizer,
