@@ -520,6 +520,7 @@ def describe_weightings(cfg, report_dir):
     """Each weighting, built exactly as run.py task=eval builds it, on the first test stream: the
     share of its weight that lands on answer tokens (answer_mass.md) and heat-maps of a few
     documents with the answers to their questions marked (weights_<name>.html/.png)."""
+    import pandas as pd
     from hydra import compose, initialize_config_dir
 
     import evaluation
@@ -531,6 +532,7 @@ def describe_weightings(cfg, report_dir):
     tokenizer = loading.load_tokenizer(cfg.base_model)
     base_model = loading.load_causal_lm(cfg.base_model)  # what weightings read from the adapted model weigh for
     lines = ["| weighting | weight on answer tokens | answer tokens |", "|---|---|---|"]
+    shares = []
     drawn = set()
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
         for overrides in cfg.all_methods.values():
@@ -565,7 +567,9 @@ def describe_weightings(cfg, report_dir):
                     mass = answer_mass(weigh(batch), batch)
                 totals = [t + m for t, m in zip(totals, mass or (0.0, 0.0, 0, 0))]
             if totals[1] and totals[3]:
-                lines.append(f"| {name} | {100 * totals[0] / totals[1]:.1f}% | {100 * totals[2] / totals[3]:.1f}% |")
+                weight_share, token_share = totals[0] / totals[1], totals[2] / totals[3]
+                lines.append(f"| {name} | {100 * weight_share:.1f}% | {100 * token_share:.1f}% |")
+                shares.append(dict(weighting=name, answer_weight_share=weight_share, answer_token_share=token_share))
             render_document_weights(
                 tokenizer,
                 collator,
@@ -582,6 +586,8 @@ def describe_weightings(cfg, report_dir):
         + "\n"
     )
     files.atomic_write_text(text, report_dir / "answer_mass.md")
+    # the same shares as fractions, for worlds.py pool
+    files.atomic_write_text(pd.DataFrame(shares).to_csv(index=False), report_dir / "answer_mass.csv")
     print("\n" + text, flush=True)
 
 

@@ -13,7 +13,8 @@ OUT/pooled. dry_run=true lists the demo commands and the world folders, and runs
 its lr chosen on validation, against the best baseline on the same test streams (report.py's paired
 comparison, with the demo's baselines and selection metric), then per method one row per world and
 the pooled row: the mean of the per-world differences with a hierarchical bootstrap interval
-(paired_stats.pooled_compare) and their spread. Writes pooled.md and pooled.csv.
+(paired_stats.pooled_compare) and their spread; and per world each method's test score and share of
+weight on answer tokens (the demo's report/answer_mass.csv). Writes pooled.md, pooled.csv, worlds.csv.
 """
 
 import argparse
@@ -108,8 +109,9 @@ def run_worlds(cfg):
 
 
 def world_comparisons(out_dir, metric, baselines):
-    """{method: (entry, differences)} of one demo output folder: each method at its lr chosen on
-    OUT/val against the best of `baselines` on OUT/test (paired_stats.paired_comparisons)."""
+    """One demo output folder's ({method: (entry, differences)}, profile): each method at its lr chosen
+    on OUT/val against the best of `baselines` on OUT/test (paired_stats.paired_comparisons), and
+    world_profile's rows."""
     import report
 
     out_dir = Path(out_dir)
@@ -124,18 +126,52 @@ def world_comparisons(out_dir, metric, baselines):
     compared = paired_comparisons(
         best, runs, baselines, ["setting_key"], lambda a, b: True, "em" if metric == "em" else "f1"
     )
-    return {entry["method"]: (entry, differences) for entry, differences in compared}
+    return {entry["method"]: (entry, differences) for entry, differences in compared}, world_profile(out_dir, best)
+
+
+def world_profile(out_dir, best):
+    """Per method of one demo output folder: its mean test F1 and EM at the lr chosen on validation
+    and, where the demo wrote report/answer_mass.csv, its share of weight on the answer tokens of the
+    first test stream beside those tokens' share (what sets a world apart: its floor `none`, its
+    ceiling `oracle`, where each weighting puts its weight)."""
+    profile = best[["method", "lr", "f1_fraction_mean", "em_fraction_mean"]].rename(
+        columns={"f1_fraction_mean": "test_f1_fraction", "em_fraction_mean": "test_em_fraction"}
+    )
+    mass_file = Path(out_dir) / "report" / "answer_mass.csv"
+    if mass_file.is_file():
+        mass = read_answer_mass(mass_file)
+        profile = profile.merge(mass, how="left", left_on="method", right_on="weighting").drop(columns="weighting")
+    else:
+        profile = profile.assign(answer_weight_share=float("nan"), answer_token_share=float("nan"))
+    return profile.assign(world=Path(out_dir).resolve().name)
+
+
+def read_answer_mass(path):
+    columns = {"weighting", "answer_weight_share", "answer_token_share"}
+    try:
+        mass = pd.read_csv(path)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path} cannot be read ({err}); rerun that world's demo, which rewrites its report") from None
+    if not columns <= set(mass.columns):
+        raise UsageError(
+            f"{path} lacks the columns {', '.join(sorted(columns - set(mass.columns)))}; rerun that world's demo, "
+            "which rewrites its report"
+        )
+    return mass[sorted(columns)]
 
 
 def pooled_table(out_dirs, metric, baselines, n_resamples=10_000, seed=0):
-    """Per method compared in every world: one row per world (its difference to its best baseline,
-    the interval over streams and questions) and a `pooled` row (pooled_compare). Columns: world,
-    method, baseline, difference, ci_low, ci_high, n_streams, n_questions, n_worlds, world_sd,
-    world_min, world_max (the last four on pooled rows)."""
+    """(comparisons, profiles). comparisons, per method compared in every world: one row per world
+    (its difference to its best baseline, the interval over streams and questions) and a `pooled` row
+    (pooled_compare); columns world, method, baseline, difference, ci_low, ci_high, n_streams,
+    n_questions, n_worlds, world_sd, world_min, world_max (the last four on pooled rows). profiles:
+    world_profile's rows of every world."""
     names = [Path(d).resolve().name for d in out_dirs]
     if len(set(names)) < len(names):
         raise UsageError(f"the world folders {', '.join(map(str, out_dirs))} share names; give folders named apart")
-    per_world = [world_comparisons(d, metric, baselines) for d in out_dirs]
+    read = [world_comparisons(d, metric, baselines) for d in out_dirs]
+    per_world = [comparisons for comparisons, _ in read]
+    profiles = pd.concat([profile for _, profile in read], ignore_index=True)
     methods = [m for m in per_world[0] if all(m in world for world in per_world)]
     if not methods:
         raise UsageError("no method is compared with a baseline in every world; pool worlds of the same demo")
@@ -159,7 +195,7 @@ def pooled_table(out_dirs, metric, baselines, n_resamples=10_000, seed=0):
         pooled = pooled_compare([world[method][1] for world in per_world], n_resamples, seed)
         baselines_used = sorted({world[method][0]["baseline"] for world in per_world})
         rows.append(dict(world=POOLED, method=method, baseline="/".join(baselines_used), **pooled))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), profiles
 
 
 def render_pooled(table, metric):
@@ -186,6 +222,37 @@ def render_pooled(table, metric):
             f"[{points(row['ci_low'])}, {points(row['ci_high'])}] | {row['n_streams']:.0f} | "
             f"{row['n_questions']:.0f} | {spread} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def render_profiles(profiles, metric):
+    """Methods by worlds: each method's test score at its validation-chosen lr and its share of
+    weight on answer tokens."""
+    label = "EM" if metric == "em" else "F1"
+    column = "test_em_fraction" if metric == "em" else "test_f1_fraction"
+    names = list(dict.fromkeys(profiles["world"]))
+    indexed = profiles.set_index(["method", "world"])
+    tokens = profiles.groupby("world", sort=False)["answer_token_share"].max()
+    lines = [
+        f"## Each world: test {label} at the lr chosen on validation · share of weight on answer tokens",
+        "",
+        "Answer-token shares are over the first test stream's documents (report/answer_mass.csv); "
+        "`–` where the world's demo wrote none.",
+        "",
+        "| Method | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    share = lambda value: "–" if pd.isna(value) else f"{100 * value:.1f}%"  # noqa: E731
+    lines.append("| (answer tokens) | " + " | ".join(share(tokens.get(name)) for name in names) + " |")
+    for method in dict.fromkeys(profiles["method"]):
+        cells = []
+        for name in names:
+            if (method, name) not in indexed.index:
+                cells.append("")
+                continue
+            row = indexed.loc[(method, name)]
+            cells.append(f"{100 * row[column]:.1f} · {share(row['answer_weight_share'])}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -217,13 +284,16 @@ def pool_main(argv):
     args = parser.parse_args(argv)
     if args.bootstrap < 100:
         raise UsageError(f"--bootstrap {args.bootstrap} is too few resamples for a 95% interval; use at least 100")
-    table = pooled_table(args.folders, args.metric, [b for b in args.baselines.split(",") if b], args.bootstrap)
+    table, profiles = pooled_table(
+        args.folders, args.metric, [b for b in args.baselines.split(",") if b], args.bootstrap
+    )
     out = Path(args.out) if args.out else Path(args.folders[0]).resolve().parent / POOLED
-    markdown = render_pooled(table, args.metric)
+    markdown = render_pooled(table, args.metric) + "\n" + render_profiles(profiles, args.metric)
     files.atomic_write_text(table.to_csv(index=False), out / "pooled.csv")
+    files.atomic_write_text(profiles.to_csv(index=False), out / "worlds.csv")
     files.atomic_write_text(markdown, out / "pooled.md")
     print(markdown)
-    print(f"wrote {out}/pooled.md, pooled.csv")
+    print(f"wrote {out}/pooled.md, pooled.csv, worlds.csv")
 
 
 def main(argv):

@@ -158,6 +158,13 @@ def test_miniature_demo_runs_end_to_end_and_resumes(tiny_world_small, tmp_path, 
     weight_share, token_share = (float(cell.strip().rstrip("%")) for cell in shares["uniform"])
     assert weight_share == token_share > 0
     assert float(shares["oracle"][0].strip().rstrip("%")) == 100.0
+    # answer_mass.csv holds the same shares as fractions (worlds.py pool reads it)
+    mass = pd.read_csv(report_dir / "answer_mass.csv").set_index("weighting")
+    assert sorted(mass.index) == sorted(shares)
+    assert mass.loc["uniform", "answer_weight_share"] == pytest.approx(mass.loc["uniform", "answer_token_share"])
+    assert mass.loc["oracle", "answer_weight_share"] == pytest.approx(1.0)
+    for name, (weight_cell, _) in shares.items():
+        assert f"{100 * mass.loc[name, 'answer_weight_share']:.1f}%" == weight_cell.strip()
     for seed in (0, 1):
         assert (out / "meta_train" / f"seed{seed}" / "checkpoints" / "best" / "model.safetensors").is_file()
     timings = json.loads((out / "timings.json").read_text())

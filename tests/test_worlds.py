@@ -86,8 +86,21 @@ def hand_differences(world):
 def test_pooled_table_matches_the_bootstrap_of_the_hand_differences(tmp_path):
     for world, scores in SCORES.items():
         write_world(tmp_path / world, scores)
+    # worldA's demo wrote its answer shares, worldB's (older code) did not
+    (tmp_path / "worldA" / "report").mkdir()
+    pd.DataFrame(
+        dict(weighting=["uniform", "CaMeLS"], answer_weight_share=[0.05, 0.25], answer_token_share=[0.05, 0.05])
+    ).to_csv(tmp_path / "worldA" / "report" / "answer_mass.csv", index=False)
     folders = [str(tmp_path / w) for w in SCORES]
     worlds.pool_main([*folders, "--baselines", "uniform,TFIDF", "--bootstrap", "2000", "--out", str(tmp_path / "out")])
+    profiles = pd.read_csv(tmp_path / "out" / "worlds.csv").set_index(["world", "method"])
+    for world, scores in SCORES.items():
+        for method, streams in scores.items():
+            hand_f1 = np.mean([np.mean(f1s) for f1s in streams.values()])
+            assert profiles.loc[(world, method), "test_f1_fraction"] == pytest.approx(hand_f1)
+    assert profiles.loc[("worldA", "CaMeLS"), "answer_weight_share"] == 0.25
+    assert np.isnan(profiles.loc[("worldA", "TFIDF"), "answer_weight_share"])
+    assert profiles["answer_weight_share"].loc["worldB"].isna().all()
     table = pd.read_csv(tmp_path / "out" / "pooled.csv")
     camels = table[table["method"] == "CaMeLS"].set_index("world")
     hand = {world: hand_differences(world) for world in SCORES}
@@ -109,6 +122,7 @@ def test_pooled_table_matches_the_bootstrap_of_the_hand_differences(tmp_path):
     assert row["n_worlds"] == 2 and row["n_streams"] == 5 and row["baseline"] == "TFIDF/uniform"
     text = (tmp_path / "out" / "pooled.md").read_text()
     assert f"| CaMeLS | pooled | TFIDF/uniform | {100 * np.mean(per_world):+.1f} |" in text
+    assert "| (answer tokens) | 5.0% | – |" in text and "| CaMeLS | 68.8 · 25.0% | 50.0 · – |" in text
 
     # one world pools to its own result
     worlds.pool_main(
@@ -125,5 +139,10 @@ def test_a_folder_that_is_not_a_demo_output_is_refused(tmp_path):
     write_run(tmp_path / "runs" / "test", "uniform", 1e-3, 1, [0.0, 1.0])
     with pytest.raises(UsageError, match="no val/ folder"):
         worlds.pool_main([str(tmp_path / "runs")])
+    write_world(tmp_path / "world", SCORES["worldA"])
+    (tmp_path / "world" / "report").mkdir()
+    (tmp_path / "world" / "report" / "answer_mass.csv").write_text("weighting,share\nuniform,0.1\n")
+    with pytest.raises(UsageError, match="answer_mass.csv lacks the columns answer_token_share, answer_weight_share"):
+        worlds.pool_main([str(tmp_path / "world")])
     with pytest.raises(UsageError, match="give a command"):
         worlds.main(["pool_all"])
