@@ -27,7 +27,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from plumbing import errors
-from plumbing.environment import DTYPES, cache_dir
+from plumbing.environment import DTYPES, REPO_ROOT, cache_dir
 from plumbing.errors import UsageError
 
 # Choice lists: the values an option may take
@@ -512,6 +512,13 @@ def tiny_world_path(name, *, _root_=None):
     return str(tiny_world_root(configured) / name)
 
 
+def config_groups(config_dir, *groups):
+    """${config_groups:conf,task,model}: "group: option, option" lines of the public config groups of a
+    --help (Hydra's own list also shows the schemas and the groups other groups pull in)."""
+    root = REPO_ROOT / str(config_dir)
+    return "\n".join(f"{group}: {', '.join(sorted(p.stem for p in (root / group).glob('*.yaml')))}" for group in groups)
+
+
 def basename(path):
     return Path(str(path)).name or str(path)
 
@@ -572,6 +579,7 @@ def source_name(documents, dataset_name, split, test_path, downsample_to):
 RESOLVERS = {
     "tiny_world": tiny_world_path,
     "basename": basename,
+    "config_groups": config_groups,
     "method_name": method_name,
     "stream_name": stream_name,
     "base_label": base_label,

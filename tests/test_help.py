@@ -11,8 +11,20 @@ from plumbing import errors
 @pytest.mark.parametrize(
     "script, expected",
     [
-        ("run.py", ["task=...", "eval ", "adapt ", "train ", "lr=", "(1e-4)", "python run.py task=adapt documents="]),
-        ("train_qa.py", ["QA pre-tuning", "stop_k", "(2.5e-5, 32, 2", "python train_qa.py dataset="]),
+        (
+            "run.py",
+            [
+                *("task=...", "eval ", "adapt ", "train ", "lr=", "(1e-4)", "python run.py task=adapt documents="),
+                "\nmodel: CaMeLS, TFIDF, excess_loss, none, oracle, ssm, surprisal, uniform\n",
+            ],
+        ),
+        (
+            "train_qa.py",
+            [
+                *("QA pre-tuning", "stop_k", "(2.5e-5, 32, 2", "python train_qa.py dataset="),
+                "\ndataset: archivalqa, squad, streamingqa, tiny_world\n",
+            ],
+        ),
         ("demo.py", ["in miniature", "parallel_jobs", "(outputs/demo)", "python demo.py "]),
     ],
 )
@@ -20,6 +32,7 @@ def test_help_describes_the_tasks_options_and_an_example(script, expected):
     result = run_script(script, "--help", timeout=120)
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert all(text in result.stdout for text in expected), result.stdout
+    assert "schema/" not in result.stdout  # the groups a user picks, not the schemas behind them
     for args in (["--shell-completion"], ["-sc"]):
         result = run_script(script, *args, timeout=120)
         assert result.returncode == 2 and "Traceback" not in result.stderr
