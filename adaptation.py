@@ -350,25 +350,23 @@ def run_adapt(cfg: DictConfig, run_dir: Path) -> dict:
     check_config(cfg)
     run_dir = Path(run_dir)
     check_folder(cfg, run_dir)
-    if run_folder.recorded_options(run_dir) is not None and not cfg.overwrite and (run_dir / "summary.json").is_file():
+    summary = RUN_FOLDER.finished(
+        run_dir, cfg, "the adaptation summary", "delete it to adapt again, or pass overwrite=true"
+    )
+    if summary is not None:
         log.info(f"{run_dir} holds this adaptation already complete; nothing to do")
-        return files.read_json(
-            run_dir / "summary.json", "the adaptation summary", "delete it to adapt again, or pass overwrite=true"
-        )
+        return summary
     documents = load_documents(cfg)
     parts = load_for_adaptation(cfg, documents.stream, documents.corpus)
-    old = RUN_FOLDER.claim(run_dir, cfg)  # the inputs loaded: the folder becomes this run's
-    state_path = run_dir / ADAPT_STATE
-    resume_state = (
-        files.load_tensors(
-            state_path,
-            "adaptation state",
-            keys=("model", "optimizer", "documents_seen", "rng", "loss_base", "loss_before_step"),
-            fix="delete it to adapt from the start",
-        )
-        if old is not None and state_path.is_file()
-        else None
+    # the inputs loaded: the folder becomes this run's
+    resume_state = RUN_FOLDER.claim_with_state(
+        run_dir,
+        cfg,
+        "adaptation state",
+        keys=("model", "optimizer", "documents_seen", "rng", "loss_base", "loss_before_step"),
+        fix="delete it to adapt from the start",
     )
+    state_path = run_dir / ADAPT_STATE
     texts = documents.texts
     source = cfg.documents or f"{cfg.dataset.name}/{stream_name(cfg.split, cfg.test_path)}"
     log.info(

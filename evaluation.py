@@ -138,13 +138,14 @@ def evaluate(cfg: DictConfig, run_dir: Path):
     started = time.time()
     check_config(cfg)
     check_folder(cfg, run_dir)
-    if run_folder.recorded_options(run_dir) is not None and not cfg.overwrite and (run_dir / "summary.json").is_file():
-        summary = files.read_json(
-            run_dir / "summary.json",
-            "the evaluation summary",
-            "delete it to run the evaluation again, or pass overwrite=true",
-            keys=("diverged",),
-        )
+    summary = RUN_FOLDER.finished(
+        run_dir,
+        cfg,
+        "the evaluation summary",
+        "delete it to run the evaluation again, or pass overwrite=true",
+        keys=("diverged",),
+    )
+    if summary is not None:
         if summary.get("diverged"):
             raise UsageError(
                 f"{run_dir} holds this evaluation, which diverged; lower lr={cfg.lr}, or pass "
@@ -172,29 +173,26 @@ def evaluate(cfg: DictConfig, run_dir: Path):
         parts.collator,
         parts.device,
     )
-    old = RUN_FOLDER.claim(run_dir, cfg)  # the inputs loaded: the folder becomes this run's
-    state_path = run_dir / EVAL_STATE
-    resume_state = (
-        files.load_tensors(
-            state_path,
-            "evaluation state",
-            keys=(
-                "model",
-                "optimizer",
-                "n_steps",
-                "n_batches",
-                "total_loss",
-                "documents_seen",
-                "rng",
-                "metrics",
-                "init",
-                "curve",
-            ),
-            fix="delete it to run the stream from its start",
-        )
-        if old is not None and state_path.is_file()
-        else None
+    # the inputs loaded: the folder becomes this run's
+    resume_state = RUN_FOLDER.claim_with_state(
+        run_dir,
+        cfg,
+        "evaluation state",
+        keys=(
+            "model",
+            "optimizer",
+            "n_steps",
+            "n_batches",
+            "total_loss",
+            "documents_seen",
+            "rng",
+            "metrics",
+            "init",
+            "curve",
+        ),
+        fix="delete it to run the stream from its start",
     )
+    state_path = run_dir / EVAL_STATE
     decoding = Decoding.from_config(cfg)
     method = cfg.method_label or method_name(cfg.model.name, cfg.qa_lt_final)
     log.info(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from plumbing.errors import UsageError
-from plumbing.files import atomic_write_text, read_json, strict_json
+from plumbing.files import atomic_write_text, load_tensors, read_json, strict_json
 
 OPTIONS_FILE = "run_options.json"
 # Options that say how a run runs and logs, never what it computes: a continuation may change them, and
@@ -116,6 +116,23 @@ class RunProtocol:
     def claim(self, run_dir, cfg):
         """`claim` with this protocol: the options of an earlier run with the same options, else None."""
         return claim(run_dir, self.options(cfg), self.resumable, self.outputs, bool(cfg.get("overwrite")))
+
+    def finished(self, run_dir, cfg, what, fix, keys=()) -> Optional[dict]:
+        """summary.json of a finished run with these options in `run_dir` (checked for `keys`; `what` and
+        `fix` name it in an error), else None; with overwrite=true always None. Call after `check`."""
+        summary = Path(run_dir) / "summary.json"
+        if cfg.get("overwrite") or recorded_options(run_dir) is None or not summary.is_file():
+            return None
+        return read_json(summary, what, fix, keys)
+
+    def claim_with_state(self, run_dir, cfg, what, keys, fix):
+        """`claim`, then the `state` file's tensors to resume from (checked for `keys`; `what` and `fix`
+        name it in an error) when the folder held this run and its state, else None."""
+        old = self.claim(run_dir, cfg)
+        path = Path(run_dir) / self.state
+        if old is None or not path.is_file():
+            return None
+        return load_tensors(path, what, keys=keys, fix=fix)
 
     def remove_outputs(self, run_dir) -> None:
         remove_outputs(run_dir, self.outputs)
