@@ -24,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 import tiny_world
@@ -126,7 +127,14 @@ def world_comparisons(out_dir, metric, baselines):
     compared = paired_comparisons(
         best, runs, baselines, ["setting_key"], lambda a, b: True, "em" if metric == "em" else "f1"
     )
-    return {entry["method"]: (entry, differences) for entry, differences in compared}, world_profile(out_dir, best)
+    comparisons = {entry["method"]: (entry, differences) for entry, differences in compared}
+    if comparisons:
+        # the best baseline against itself: zero on the same streams and questions, so that a baseline
+        # best in some worlds and not in others still has a row pooled over all of them
+        entry, differences = next(iter(comparisons.values()))
+        itself = dict(entry, method=entry["baseline"], lr=entry["baseline_lr"])
+        comparisons[itself["method"]] = (itself, [np.zeros_like(d) for d in differences])
+    return comparisons, world_profile(out_dir, best)
 
 
 def world_profile(out_dir, best):
@@ -161,18 +169,18 @@ def read_answer_mass(path):
 
 
 def pooled_table(out_dirs, metric, baselines, n_resamples=10_000, seed=0):
-    """(comparisons, profiles). comparisons, per method compared in every world: one row per world
-    (its difference to its best baseline, the interval over streams and questions) and a `pooled` row
-    (pooled_compare); columns world, method, baseline, difference, ci_low, ci_high, n_streams,
-    n_questions, n_worlds, world_sd, world_min, world_max (the last four on pooled rows). profiles:
-    world_profile's rows of every world."""
+    """(comparisons, profiles). comparisons, per method compared in every world (a world's best
+    baseline counts as 0 there): one row per world (its difference to its best baseline, the interval
+    over streams and questions) and a `pooled` row (pooled_compare); columns world, method, baseline,
+    difference, ci_low, ci_high, n_streams, n_questions, n_worlds, world_sd, world_min, world_max (the
+    last four on pooled rows). profiles: world_profile's rows of every world."""
     names = [Path(d).resolve().name for d in out_dirs]
     if len(set(names)) < len(names):
         raise UsageError(f"the world folders {', '.join(map(str, out_dirs))} share names; give folders named apart")
     read = [world_comparisons(d, metric, baselines) for d in out_dirs]
     per_world = [comparisons for comparisons, _ in read]
     profiles = pd.concat([profile for _, profile in read], ignore_index=True)
-    methods = [m for m in per_world[0] if all(m in world for world in per_world)]
+    methods = [m for m in dict.fromkeys(profiles["method"]) if all(m in world for world in per_world)]
     if not methods:
         raise UsageError("no method is compared with a baseline in every world; pool worlds of the same demo")
     rows = []

@@ -120,6 +120,13 @@ def test_pooled_table_matches_the_bootstrap_of_the_hand_differences(tmp_path):
     assert row["world_sd"] == pytest.approx(np.std(per_world, ddof=1))
     assert (row["world_min"], row["world_max"]) == pytest.approx((min(per_world), max(per_world)))
     assert row["n_worlds"] == 2 and row["n_streams"] == 5 and row["baseline"] == "TFIDF/uniform"
+    # a baseline best in one world has difference 0 there, and is pooled with its difference elsewhere
+    uniform = table[table["method"] == "uniform"].set_index("world")
+    assert uniform.loc["worldA", ["difference", "ci_low", "ci_high"]].tolist() == [0.0, 0.0, 0.0]
+    in_b = [np.subtract(SCORES["worldB"]["uniform"][s], SCORES["worldB"]["TFIDF"][s]) for s in (1, 2, 3)]
+    assert uniform.loc["worldB", "difference"] == pytest.approx(np.mean([np.mean(d) for d in in_b]))
+    assert uniform.loc["pooled", "difference"] == pytest.approx(np.mean([np.mean(d) for d in in_b]) / 2)
+    assert list(dict.fromkeys(table["method"])) == ["uniform", "TFIDF", "CaMeLS"]
     text = (tmp_path / "out" / "pooled.md").read_text()
     assert f"| CaMeLS | pooled | TFIDF/uniform | {100 * np.mean(per_world):+.1f} |" in text
     assert "| (answer tokens) | 5.0% | – |" in text and "| CaMeLS | 68.8 · 25.0% | 50.0 · – |" in text
